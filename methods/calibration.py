@@ -1,0 +1,61 @@
+"""Calibration data handed to data-dependent methods (Fisher importance, distillation)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["Calibration", "Context"]
+
+Batch = dict[str, Any]
+
+
+def _default_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    out = model(**batch)
+    loss = getattr(out, "loss", None)
+    if loss is None:
+        raise ValueError(
+            "calibration batches give no loss: pass labels in the batches or a loss_fn "
+            "(Fisher importance needs a task loss; self-distillation has zero gradient at the unpruned model)"
+        )
+    return loss
+
+
+def _default_inputs(batch: Batch) -> list[Batch]:
+    return [{k: v for k, v in batch.items() if k not in ("labels", "label", "score")}]
+
+
+@dataclass
+class Calibration:
+    """Batches of task data plus how to turn one into a loss and into model inputs.
+
+    batches: task batches (dicts); their layout belongs to the task.
+    loss_fn(model, batch) -> scalar task loss (default: the model's own `loss` output).
+    model_inputs(batch) -> list of keyword dicts for `model(**inputs)` (default: the batch
+        without its labels); sentence pairs give two.
+    features(model, inputs) -> the tensor a distillation "embedding" loss compares
+        (default: mean of the last hidden state over the attention mask).
+    """
+
+    batches: Sequence[Batch]
+    loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor] = _default_loss
+    model_inputs: Callable[[Batch], list[Batch]] = _default_inputs
+    features: Callable[[torch.nn.Module, Batch], torch.Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.batches) == 0:
+            raise ValueError("calibration has no batches")
+
+
+@dataclass
+class Context:
+    """What a method handler may use besides the model and its spec."""
+
+    calibration: Calibration | None = None
+    teacher: torch.nn.Module | None = None
+    structure_only: bool = False  # rebuilding a saved model's shapes: skip data-dependent work
+    log: Callable[[str], None] = lambda msg: None
+    notes: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,121 @@
+"""Knowledge distillation from the uncompressed model (the teacher) into the pruned one.
+
+Losses (any combination, summed):
+- "embedding": 1 - cosine + MSE between pooled features (sentence-embedding models);
+- "logits": temperature-scaled KL divergence of the logits (Hinton et al. 2015), mixed
+  with the task loss by `alpha` when the calibration gives one;
+- "hidden": MSE between hidden states, each kept student layer matched to the teacher
+  layer it came from (TinyBERT-style layer map, so dropped layers are skipped).
+Teacher outputs are computed once per calibration set and cached on it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .calibration import Calibration, Context
+from .plan import DistillSpec
+
+__all__ = ["DistillStage", "distill", "mean_pool"]
+
+
+@dataclass(frozen=True)
+class DistillStage:
+    spec: DistillSpec
+    layers: tuple[int, ...]
+
+    @classmethod
+    def from_plan(cls, plan) -> DistillStage | None:
+        return cls(plan.distill, plan.layers) if plan.distill.enabled else None
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return hidden.mean(1)
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
+
+
+def _features(calib: Calibration, model: nn.Module, inputs: dict, out) -> torch.Tensor:
+    if calib.features is not None:
+        return calib.features(model, inputs)
+    return mean_pool(out.hidden_states[-1], inputs.get("attention_mask"))
+
+
+def _run(model, inputs, losses):
+    return model(**inputs, output_hidden_states=("hidden" in losses or "embedding" in losses))
+
+
+def _teacher_targets(teacher, calib: Calibration, spec: DistillSpec):
+    cache = calib.__dict__.setdefault("_teacher_cache", {})
+    key = (id(teacher), spec.losses)
+    if key not in cache:
+        targets = []
+        with torch.no_grad():
+            for batch in calib.batches:
+                per_input = []
+                for inputs in calib.model_inputs(batch):
+                    out = _run(teacher, inputs, spec.losses)
+                    t = {}
+                    if "embedding" in spec.losses:
+                        t["embedding"] = _features(calib, teacher, inputs, out)
+                    if "logits" in spec.losses:
+                        t["logits"] = out.logits
+                    if "hidden" in spec.losses:
+                        t["hidden"] = out.hidden_states
+                    per_input.append(t)
+                targets.append(per_input)
+        cache[key] = targets
+    return cache[key]
+
+
+def distill(model: nn.Module, stage: DistillStage, ctx: Context) -> nn.Module:
+    if ctx.structure_only:
+        return model
+    calib, teacher, spec = ctx.calibration, ctx.teacher, stage.spec
+    if calib is None or teacher is None:
+        raise ValueError("distillation needs calibration batches and the teacher model")
+    targets = _teacher_targets(teacher, calib, spec)
+    if spec.freeze_embeddings:
+        for name, p in model.named_parameters():
+            if "embed" in name or "wte" in name or "wpe" in name:
+                p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
+    model.eval()  # no dropout: short recovery runs are steadier without it
+    order = itertools.cycle(range(len(calib.batches)))
+    for step in range(spec.steps):
+        b = next(order)
+        batch = calib.batches[b]
+        loss = torch.zeros(())
+        for inputs, tgt in zip(calib.model_inputs(batch), targets[b]):
+            out = _run(model, inputs, spec.losses)
+            if "embedding" in spec.losses:
+                s, t = _features(calib, model, inputs, out), tgt["embedding"]
+                loss = loss + (1 - F.cosine_similarity(s, t, dim=-1)).mean() + F.mse_loss(s, t)
+            if "logits" in spec.losses:
+                tau = spec.temperature
+                kd = F.kl_div(F.log_softmax(out.logits / tau, -1), F.softmax(tgt["logits"] / tau, -1),
+                              reduction="batchmean") * tau * tau
+                loss = loss + spec.alpha * kd
+            if "hidden" in spec.losses:
+                for j, orig in enumerate(stage.layers):
+                    loss = loss + F.mse_loss(out.hidden_states[j + 1], tgt["hidden"][orig + 1]) / len(stage.layers)
+        if "logits" in spec.losses and spec.alpha < 1:
+            try:
+                loss = loss + (1 - spec.alpha) * calib.loss_fn(model, batch)
+            except ValueError:
+                pass  # no labels: pure distillation
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % 50 == 0 or step + 1 == spec.steps:
+            ctx.log(f"distill step {step + 1}/{spec.steps} loss {loss.item():.4f}")
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model

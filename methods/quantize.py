@@ -1,0 +1,130 @@
+"""Per-layer weight quantization.
+
+bits 32: float32 (unchanged); 16: bfloat16 weights and compute (real kernels; inputs and
+outputs of the layer are cast so neighbours may use other precisions); 8: int8 weights with
+PyTorch's dynamic-quantized Linear (a real int8 GEMM kernel, per-channel scales, activations
+quantized per batch at run time); 4/3/2: SIMULATED round-to-nearest, symmetric, group-wise
+along the input dimension: the weights are rounded to the low-bit grid but stored and
+computed in float32, so quality and size are real while speed is not.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .adapters import _is_conv1d, get_adapter
+from .calibration import Context
+
+__all__ = ["QuantSpec", "quantize", "fake_quantize_weight", "int8_available", "BITS_ATTR"]
+
+BITS_ATTR = "_slimformer_bits"
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    bits: tuple[int, ...]  # per ORIGINAL layer
+    layers: tuple[int, ...]
+    group_size: int = 64
+
+    @classmethod
+    def from_plan(cls, plan) -> QuantSpec | None:
+        if all(plan.bits[i] == 32 for i in plan.layers):
+            return None
+        return cls(plan.bits, plan.layers, plan.group_size)
+
+
+def int8_available() -> bool:
+    try:
+        from torch.ao.nn.quantized.dynamic import Linear  # noqa: F401
+    except ImportError:
+        return False
+    engines = torch.backends.quantized.supported_engines
+    return any(e in engines for e in ("x86", "fbgemm", "onednn", "qnnpack"))
+
+
+def fake_quantize_weight(w: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+    """Symmetric round-to-nearest per (output row, group of `group_size` inputs)."""
+    out_f, in_f = w.shape
+    g = group_size if in_f % group_size == 0 else in_f
+    groups = w.float().reshape(out_f, in_f // g, g)
+    qmax = 2 ** (bits - 1) - 1
+    scale = groups.abs().amax(-1, keepdim=True).clamp_min(1e-8) / qmax
+    q = (groups / scale).round().clamp(-qmax - 1, qmax)
+    return (q * scale).reshape(out_f, in_f).to(w.dtype)
+
+
+def _conv1d_to_linear(layer: nn.Module) -> None:
+    for name, child in list(layer.named_children()):
+        if _is_conv1d(child):
+            lin = nn.Linear(child.weight.shape[0], child.nf)
+            with torch.no_grad():
+                lin.weight.copy_(child.weight.t())
+                lin.bias.copy_(child.bias)
+            setattr(layer, name, lin)
+        else:
+            _conv1d_to_linear(child)
+
+
+def _cast(obj, dtype):
+    if torch.is_tensor(obj):
+        return obj.to(dtype) if obj.is_floating_point() else obj
+    if isinstance(obj, tuple):
+        return tuple(_cast(o, dtype) for o in obj)
+    if isinstance(obj, list):
+        return [_cast(o, dtype) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _cast(v, dtype) for k, v in obj.items()}
+    return obj
+
+
+def _bf16_in(module, args, kwargs):
+    return _cast(args, torch.bfloat16), _cast(kwargs, torch.bfloat16)
+
+
+def _fp32_out(module, args, output):
+    return _cast(output, torch.float32)
+
+
+def _to_bf16(layer: nn.Module) -> None:
+    layer.to(torch.bfloat16)
+    layer.register_forward_pre_hook(_bf16_in, with_kwargs=True)
+    layer.register_forward_hook(_fp32_out)
+
+
+def _to_int8(layer: nn.Module) -> None:
+    if not int8_available():
+        raise RuntimeError("bits=8 needs PyTorch's dynamic int8 Linear (torch.ao quantized engine); not available")
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    _conv1d_to_linear(layer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao dynamic quantization is deprecated upstream
+        quantize_dynamic(layer, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+
+
+def _to_simulated(layer: nn.Module, bits: int, group_size: int, structure_only: bool) -> None:
+    for module in layer.modules():
+        if isinstance(module, nn.Linear) or _is_conv1d(module):
+            w = module.weight.data
+            if not structure_only:
+                w2 = fake_quantize_weight(w.t() if _is_conv1d(module) else w, bits, group_size)
+                module.weight.data = w2.t().contiguous() if _is_conv1d(module) else w2
+            setattr(module, BITS_ATTR, bits)
+
+
+def quantize(model: nn.Module, spec: QuantSpec, ctx: Context) -> nn.Module:
+    adapter = get_adapter(model)
+    for pos, original in enumerate(spec.layers):
+        bits = spec.bits[original]
+        layer = adapter.layers()[pos]
+        if bits == 16:
+            _to_bf16(layer)
+        elif bits == 8:
+            _to_int8(layer)
+        elif bits < 8:
+            _to_simulated(layer, bits, spec.group_size, ctx.structure_only)
+    return model

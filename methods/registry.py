@@ -1,0 +1,94 @@
+"""Registered compression methods and `apply_plan`, which composes them in a fixed order:
+prune -> low-rank -> distil -> quantize."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from .adapters import get_adapter
+from .calibration import Calibration, Context
+from .distill import DistillStage, distill
+from .lowrank import LowRankSpec, low_rank
+from .plan import Plan
+from .prune import PruneSpec, prune
+from .quantize import QuantSpec, quantize
+
+__all__ = ["Method", "METHODS", "apply_plan", "plan_of", "CONFIG_KEY"]
+
+CONFIG_KEY = "slimformer"
+
+
+@dataclass(frozen=True)
+class Method:
+    """A compression method: how to read its spec off a resolved plan, and its handler."""
+
+    name: str
+    spec_from_plan: Callable[[Plan], Any | None]  # None: nothing to do for this plan
+    handler: Callable[[nn.Module, Any, Context], nn.Module]
+
+
+METHODS: tuple[Method, ...] = (
+    Method("prune", PruneSpec.from_plan, prune),
+    Method("low_rank", LowRankSpec.from_plan, low_rank),
+    Method("distill", DistillStage.from_plan, distill),
+    Method("quantize", QuantSpec.from_plan, quantize),
+)
+
+
+def plan_of(model: nn.Module) -> Plan | None:
+    """The plan a compressed model was built with (None for an uncompressed model)."""
+    info = getattr(model.config, CONFIG_KEY, None)
+    return Plan.from_dict(info["plan"]) if info else None
+
+
+def apply_plan(
+    model: nn.Module,
+    plan: Plan,
+    calibration: Calibration | None = None,
+    *,
+    structure_only: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> nn.Module:
+    """A new, physically smaller copy of `model` built by `plan`; `model` is left untouched.
+
+    `calibration` feeds Fisher importance and distillation. `structure_only` rebuilds the
+    shapes only (used when loading a saved model whose weights then overwrite them).
+    """
+    if getattr(model.config, CONFIG_KEY, None):
+        raise ValueError("this model is already compressed; apply plans to the uncompressed model")
+    adapter = get_adapter(model)
+    resolved = plan.resolve(adapter.shape())
+    if resolved.importance == "fisher" and calibration is None and not structure_only:
+        raise ValueError("importance 'fisher' needs calibration batches; pass calibration= or use 'magnitude'")
+    original_config = model.config.to_dict()
+    was_training = model.training
+    model.eval()
+    student = copy.deepcopy(model)
+    ctx = Context(
+        calibration=calibration,
+        teacher=model if resolved.distill.enabled else None,
+        structure_only=structure_only,
+        log=log or (lambda msg: None),
+    )
+    for method in METHODS:
+        spec = method.spec_from_plan(resolved)
+        if spec is not None:
+            student = method.handler(student, spec, ctx)
+    model.train(was_training)
+    setattr(
+        student.config,
+        CONFIG_KEY,
+        {
+            "plan": resolved.to_dict(),
+            "original_config": original_config,
+            "model_class": type(model).__name__,
+            "simulated": resolved.simulated,
+        },
+    )
+    student.eval()
+    return student
