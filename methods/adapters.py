@@ -34,6 +34,15 @@ def _is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
 
+def _conv1d_as_linear(module: nn.Module) -> nn.Linear:
+    """An nn.Linear computing the same as GPT-2's Conv1D (weight stored transposed)."""
+    lin = nn.Linear(module.weight.shape[0], module.nf)
+    with torch.no_grad():
+        lin.weight.copy_(module.weight.t())
+        lin.bias.copy_(module.bias)
+    return lin
+
+
 def weight_out_in(module: nn.Module) -> torch.Tensor:
     """The weight as [out_features, in_features], for nn.Linear and GPT-2's Conv1D."""
     return module.weight.t() if _is_conv1d(module) else module.weight
@@ -208,6 +217,10 @@ class Adapter:
 
     def prune_ffn(self, layer: nn.Module, keep: torch.Tensor) -> None:
         keep = torch.as_tensor(sorted(int(i) for i in keep), dtype=torch.long)
+        if len(keep) == 0:  # GPT-2's Conv1D cannot run with 0 inputs (x.view(-1, 0)): use nn.Linear
+            for path in self.ffn_in + (self.ffn_out,):
+                if _is_conv1d(_get(layer, path)):
+                    _set(layer, path, _conv1d_as_linear(_get(layer, path)))
         ins, out = self.ffn_modules(layer)
         for m in ins:
             slice_out(m, keep)

@@ -101,9 +101,12 @@ def _to_int8(layer: nn.Module) -> None:
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     _conv1d_to_linear(layer)
+    # by name, skipping empty projections (0 heads/neurons kept): per-channel quantization fails on them
+    names = {name: per_channel_dynamic_qconfig for name, m in layer.named_modules()
+             if isinstance(m, nn.Linear) and m.weight.numel()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao dynamic quantization is deprecated upstream
-        quantize_dynamic(layer, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+        quantize_dynamic(layer, names, dtype=torch.qint8, inplace=True)
 
 
 def _to_simulated(layer: nn.Module, bits: int, group_size: int, structure_only: bool) -> None:

@@ -1,0 +1,16 @@
+"""Search controller, CLI, tasks, latency protocol, cost model and reports.
+
+Heavy modules load lazily so `slimformer --help` starts fast.
+"""
+
+__all__ = ["load_study_config", "run_search", "report_study"]
+
+_LAZY = {"load_study_config": "config", "run_search": "study", "report_study": "report"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,234 @@
+"""The `slimformer` command line. Exit codes: 0 success, 2 bad input (one line on stderr),
+1 internal error, 130 interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from .errors import UserError
+
+__all__ = ["main", "build_parser"]
+
+DEFAULT_STUDY = "studies/quickstart.yaml"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def _load_plan(path: str):
+    from slimformer.methods import Plan
+
+    try:
+        return Plan.load(path)
+    except ValueError as exc:
+        raise UserError(f"invalid plan {path}: {exc}") from None
+
+
+def _study_or_default(path: str | None):
+    from .config import load_study_config
+
+    return load_study_config(path or DEFAULT_STUDY)
+
+
+# ----- commands ---------------------------------------------------------------------------
+def cmd_compress(args) -> int:
+    from slimformer.methods import model_size, save_compressed
+    from slimformer.methods.adapters import UnsupportedModelError
+
+    from .config import load_study_config
+    from .workbench import Workbench
+
+    plan = _load_plan(args.plan)
+    cfg = load_study_config(args.study) if args.study else load_study_config(data={})
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": args.model})})
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+        raise UserError(f"{out} exists and is not empty; choose another --out or pass --force")
+    try:
+        bench = Workbench(cfg, log=_log)
+        model = bench.build(plan, log=_log)
+    except UserError:
+        raise
+    except UnsupportedModelError as exc:
+        raise UserError(str(exc)) from None
+    except ValueError as exc:
+        raise UserError(f"plan does not fit the model: {exc}") from None
+    size = model_size(model, plan.group_size)
+    save_compressed(model, plan, out, tokenizer=bench.tokenizer, metrics=size, force=args.force)
+    base = model_size(bench.model)
+    _log(f"saved to {out}: {size['params']:,} params ({base['params']:,} before), "
+         f"{size['size_mb']:.1f} MB ({base['size_mb']:.1f} MB before)"
+         + (" [simulated low-bit weights]" if size["simulated"] else ""))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from slimformer.methods import load_compressed, plan_of
+    from slimformer.methods.adapters import UnsupportedModelError
+    from slimformer.methods.export import MANIFEST, ExportError
+
+    from .workbench import Workbench
+
+    cfg = _study_or_default(args.study)
+    if args.data:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"validation": str(Path(args.data).resolve())})})
+    try:
+        bench = Workbench(cfg, log=_log)
+        target = Path(args.model)
+        if (target / MANIFEST).is_file() or (target.is_dir() and not (target / "config.json").is_file()):
+            model, _, plan = load_compressed(target)
+        else:
+            from .models import load_model
+
+            model, plan = load_model(args.model, bench.task.model_class), None
+    except (ExportError, UnsupportedModelError) as exc:
+        raise UserError(str(exc)) from None
+    plan = plan or plan_of(model)
+    _log(f"evaluating on {cfg.data.validation} ({cfg.task.type}), timing vs the uncompressed {cfg.model.name} ...")
+    result = bench.score(model, plan, full=True, rounds=args.rounds)
+    result["baseline_quality"] = bench.quality(bench.model, full=True)["quality"]
+    result["device"] = bench.facts()
+    result["plan"] = plan.to_dict() if plan else None
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"{result['metric']}: {result['quality']:.2f} (uncompressed {result['baseline_quality']:.2f})")
+        print(f"latency: {result['latency_ms']:.2f} ms median [p10 {result['latency_p10_ms']:.2f}, p90 "
+              f"{result['latency_p90_ms']:.2f}] vs {result['baseline_latency_ms']:.2f} ms -> "
+              f"speedup {result['speedup']:.2f}x ({result['runtime']})")
+        print(f"size: {result['params']:,} params, {result['size_mb']:.1f} MB"
+              + (" (low-bit weights are SIMULATED: size is real, speed is float32)" if result["simulated"] else ""))
+    return 0
+
+
+def cmd_search(args) -> int:
+    import signal
+
+    from .study import handle_for, run_search
+
+    cfg = _study_or_default(args.study)
+    if args.workers and args.workers > 1:
+        raise UserError("--workers > 1 is not supported yet; run several `slimformer search` processes "
+                        "on one journal or PostgreSQL storage instead")
+    if args.backend != "local":
+        raise UserError(f"--backend {args.backend} is not available in this version; use --backend local")
+
+    def _term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    try:
+        summary = run_search(cfg, trials=args.trials, timeout=args.timeout, storage=args.storage,
+                             study_name=args.study_name, seed=args.seed, log=_log)
+    except KeyboardInterrupt:
+        handle = handle_for(cfg, args.storage, args.study_name)
+        _log(f"stopped: finished trials are saved in {handle.url}; the interrupted one will be retried. "
+             f"Resume with the same command: slimformer search {args.study or DEFAULT_STUDY}")
+        return 130
+    study_file = args.study or DEFAULT_STUDY
+    best = summary["best"]
+    print(f"study {summary['study']}: {summary['finished']}/{summary['target']} trials finished ({summary['storage']})")
+    if best is None:
+        print("no trial meets the budget yet; run more trials or relax the budget")
+    else:
+        from slimformer.methods import Plan
+
+        b = summary["baseline"]
+        print(f"best under the budget: trial {best['number']}: {b['metric']} {best['quality']:.2f} "
+              f"(uncompressed {b['quality']:.2f}), {best['speedup']:.2f}x faster, {best['size_mb']:.1f} MB")
+        print("plan:")
+        print(Plan.from_dict(best["plan"]).to_yaml().rstrip())
+    print(f"report: slimformer report {study_file} --html report.html")
+    print(f"export: slimformer export {study_file} --best --out compressed/")
+    return 0
+
+
+# ----- parser -----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="slimformer", description="Find the best compressed Transformer under a latency budget.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    c = sub.add_parser("compress", help="apply a given plan without search",
+                       description="Apply a plan (YAML/JSON) to a model and save the compressed model.")
+    c.add_argument("--model", required=True, help="local directory, hub id, or the alias minilm-l6")
+    c.add_argument("--plan", required=True, help="plan file (.yaml or .json)")
+    c.add_argument("--out", required=True, help="empty output directory")
+    c.add_argument("--study", help="study file giving the task and calibration data (needed by fisher/distill)")
+    c.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    c.set_defaults(func=cmd_compress)
+
+    e = sub.add_parser("evaluate", help="quality, measured latency, speedup and size of a model",
+                       description="Score a model or an export directory on a study's task, data and device.")
+    e.add_argument("model", metavar="MODEL_OR_DIR", help="export directory, model directory, hub id or alias")
+    e.add_argument("--study", help=f"study file (default {DEFAULT_STUDY})")
+    e.add_argument("--data", help="validation file overriding the study's data.validation")
+    e.add_argument("--rounds", type=int, default=None, help="latency rounds (default: the study's device.rounds)")
+    e.add_argument("--json", action="store_true", help="print JSON")
+    e.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("search", help="create or resume a study and run it",
+                       description="Search compressed models under the study's budget; re-running resumes.")
+    s.add_argument("study", nargs="?", metavar="STUDY.yaml", help=f"study file (default {DEFAULT_STUDY})")
+    s.add_argument("--trials", type=int, help="finished trials the study should have (default: search.trials)")
+    s.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    _storage_flags(s)
+    s.add_argument("--backend", choices=("local", "ray"), default="local", help="where trials run")
+    s.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    s.add_argument("--seed", type=int, help="sampler seed (default: search.seed)")
+    s.set_defaults(func=cmd_search)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return p
+
+
+_EXTRA_COMMANDS: list = []
+
+
+def _storage_flags(p) -> None:
+    p.add_argument("--storage", help="Optuna storage URL (sqlite:///..., postgresql://...) or a .journal file")
+    p.add_argument("--study-name", help="study name in the storage (default: the study file's name)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        return args.func(args) or 0
+    except UserError as exc:
+        print(f"slimformer {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"slimformer {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+        if os.environ.get("SLIMFORMER_DEBUG"):
+            traceback.print_exc()
+        print(f"slimformer {args.command}: internal error: {type(exc).__name__}: {exc} "
+              "(set SLIMFORMER_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

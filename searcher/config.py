@@ -1,0 +1,193 @@
+"""Study files (YAML, DESIGN.md §5), validated with pydantic; every error names its key path."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import UserError
+
+__all__ = [
+    "StudyConfig", "ModelSection", "TaskSection", "DataSection", "DeviceSection", "BudgetSection",
+    "SearchSection", "load_study_config", "format_error", "TASKS", "RUNTIMES", "SAMPLERS",
+]
+
+TASKS = ("sentence-similarity", "text-classification")
+RUNTIMES = ("eager", "compile")
+SAMPLERS = ("tpe", "nsga2", "gp", "random")
+FORMATS = ("csv", "tsv", "json", "jsonl", "parquet")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Section):
+    name: str = Field("minilm-l6", description="local directory, hub id, or the alias minilm-l6")
+
+
+class TaskSection(_Section):
+    type: Literal[TASKS] = "sentence-similarity"
+    max_length: int = Field(128, ge=8, le=4096, description="tokenizer truncation length for quality")
+
+
+class DataSection(_Section):
+    format: Literal[FORMATS] | None = Field(None, description="file format; default from the extension")
+    validation: str | None = Field(None, description="validation file (relative to the study file)")
+    calibration: str | None = Field(None, description="calibration/training file for Fisher and distillation")
+    header: bool = True
+    names: list[str] | None = Field(None, description="column names when the file has no header line")
+    columns: dict[str, str] = Field(default_factory=dict, description="task field -> column in the file")
+    validation_size: int | None = Field(None, ge=1, description="rows of validation used during search")
+    calibration_size: int = Field(256, ge=1, description="rows of calibration data used per trial")
+    batch_size: int = Field(32, ge=1, description="batch size for quality evaluation and calibration")
+
+    @model_validator(mode="after")
+    def _names_need_no_header(self):
+        if self.names is not None and self.header:
+            raise ValueError("names is given, so set header: false (names replace a header line)")
+        return self
+
+
+class DeviceSection(_Section):
+    runtime: Literal[RUNTIMES] = "eager"
+    threads: int = Field(2, ge=1, le=512)
+    batch_size: int = Field(1, ge=1, le=1024)
+    seq_len: int = Field(128, ge=1, le=8192)
+    profile: str | None = Field(None, description="device profile JSON; default: this device's own")
+    rounds: int = Field(20, ge=3, description="interleaved latency rounds per measurement")
+    warmup: int = Field(3, ge=0)
+
+
+class BudgetSection(_Section):
+    latency_ms: float | None = Field(None, gt=0)
+    speedup: float | None = Field(None, gt=0)
+    max_quality_drop: float | None = Field(None, ge=0, description="in metric points (e.g. Spearman x100)")
+    size_mb: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_latency_target(self):
+        if self.latency_ms is not None and self.speedup is not None:
+            raise ValueError("give either latency_ms or speedup, not both")
+        return self
+
+
+class SearchSection(_Section):
+    sampler: Literal[SAMPLERS] = "tpe"
+    trials: int = Field(30, ge=1)
+    timeout: float | None = Field(None, gt=0, description="seconds")
+    storage: str | None = Field(None, description="Optuna storage URL or journal file; default: SQLite next to the study")
+    study_name: str | None = None
+    seed: int | None = 0
+    workers: int = Field(1, ge=1)
+    objectives: list[Literal["quality", "latency", "size"]] = ["quality", "latency"]
+    seed_uniform: bool = Field(True, description="enqueue the baseline and a few uniform plans first")
+    isolate: bool = False
+
+    @field_validator("objectives")
+    @classmethod
+    def _needs_quality(cls, v):
+        if "quality" not in v or len(set(v)) != len(v) or len(v) < 2:
+            raise ValueError("objectives must include quality and at least one of latency, size, without repeats")
+        return v
+
+
+class StudyConfig(_Section):
+    model: ModelSection = ModelSection()
+    task: TaskSection = TaskSection()
+    data: DataSection = DataSection()
+    device: DeviceSection = DeviceSection()
+    budget: BudgetSection = BudgetSection()
+    space: dict[str, Any] | None = None
+    search: SearchSection = SearchSection()
+    path: Path | None = Field(None, exclude=True)
+
+    def resolve_path(self, value: str | None) -> Path | None:
+        """A path from the file, relative to the study file's folder."""
+        if value is None:
+            return None
+        p = Path(value).expanduser()
+        if not p.is_absolute() and self.path is not None:
+            p = self.path.parent / p
+        return p
+
+    @property
+    def name(self) -> str:
+        return self.search.study_name or (self.path.stem if self.path else "study")
+
+
+_SHORTHANDS = {"model": "name", "task": "type"}
+
+
+def _did_you_mean(loc: tuple, model: type[BaseModel]) -> str:
+    """For an unknown key, suggest the closest allowed one at that level."""
+    target = model
+    for part in loc[:-1]:
+        field = target.model_fields.get(part) if isinstance(part, str) else None
+        ann = getattr(field, "annotation", None) if field else None
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            target = ann
+        else:
+            return ""
+    names = list(target.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(n for n in names if n != 'path')})"
+
+
+def format_error(exc: ValidationError, model: type[BaseModel] = None, root: str = "") -> str:
+    """One line for the first error: key path, what is wrong, what is allowed."""
+    err = exc.errors()[0]
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
+    path = ".".join(str(p) for p in ((root,) if root else ()) + loc) or root or "study"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        hint = _did_you_mean(loc, model or StudyConfig)
+        return f"{path}: unknown key{hint}"
+    if err["type"] == "literal_error":
+        return f"{path}: {msg.replace('Input should be', 'must be')}, got {err.get('input')!r}"
+    return f"{path}: {msg.replace('Value error, ', '')} (got {err.get('input')!r})"
+
+
+def _expand(data: dict) -> dict:
+    data = dict(data)
+    for key, field in _SHORTHANDS.items():
+        if isinstance(data.get(key), str):
+            data[key] = {field: data[key]}
+    return data
+
+
+def load_study_config(path: str | Path | None = None, data: dict | None = None) -> StudyConfig:
+    """Read and validate a study file (or a dict); raise UserError with one clear line."""
+    if data is None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"study file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise UserError(f"{p}: malformed YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+        path = p
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a study file must be a mapping of sections, got {type(data).__name__}")
+    try:
+        cfg = StudyConfig(**_expand(data), path=Path(path).resolve() if path else None)
+    except ValidationError as exc:
+        raise UserError(f"{path or 'study'}: {format_error(exc)}") from None
+    except TypeError as exc:
+        raise UserError(f"{path or 'study'}: {exc}") from None
+    if cfg.space is not None:
+        from slimformer.spaces import SpaceError, parse_space_config
+
+        try:
+            parse_space_config(cfg.space)
+        except SpaceError as exc:
+            raise UserError(f"{path or 'study'}: {exc}") from None
+    return cfg

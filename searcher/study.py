@@ -1,0 +1,281 @@
+"""Create or resume a multi-objective Optuna study and run trials until it has the requested
+number of finished ones. Every finished trial is in the storage as soon as it ends."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import TrialState
+
+from slimformer.methods import Plan, model_size
+from slimformer.methods.adapters import UnsupportedModelError, get_adapter
+
+from .config import StudyConfig
+from .errors import UserError
+from .progress import SearchProgress
+from .storage import check_storage, fail_stale_trials, open_storage, owner_attrs, storage_url
+
+__all__ = ["run_search", "StudyHandle", "open_study", "constraints_of", "best_feasible", "counted", "SCHEMA"]
+
+SCHEMA = 1  # version of what slimformer stores in a study
+DIRECTIONS = {"quality": "maximize", "latency": "minimize", "size": "minimize"}
+
+
+@dataclass
+class StudyHandle:
+    url: str
+    name: str
+
+
+def handle_for(cfg: StudyConfig, storage: str | None = None, study_name: str | None = None) -> StudyHandle:
+    name = study_name or cfg.name
+    return StudyHandle(storage_url(storage or cfg.search.storage, cfg.path, name), name)
+
+
+def open_study(handle: StudyHandle, read_only: bool = True) -> optuna.Study:
+    storage = open_storage(handle.url, read_only=read_only)
+    try:
+        return optuna.load_study(study_name=handle.name, storage=storage)
+    except KeyError:
+        raise UserError(f"no study named {handle.name!r} in {handle.url}") from None
+
+
+def _sampler(name: str, seed: int | None, workers: int) -> optuna.samplers.BaseSampler:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=8,
+                                              constant_liar=workers > 1)
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=10)
+        if name == "gp":
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=8)
+        return optuna.samplers.RandomSampler(seed=seed)
+
+
+def constraints_of(cfg: StudyConfig, baseline_quality: float, quality: float, latency_ms: float,
+                   speedup: float, size_mb: float) -> dict[str, float]:
+    """Optuna constraint values: <= 0 means the budget is met."""
+    b = cfg.budget
+    out = {}
+    if b.speedup is not None:
+        out["speedup"] = b.speedup - speedup
+    if b.latency_ms is not None:
+        out["latency_ms"] = latency_ms - b.latency_ms
+    if b.max_quality_drop is not None:
+        out["quality_drop"] = (baseline_quality - quality) - b.max_quality_drop
+    if b.size_mb is not None:
+        out["size_mb"] = size_mb - b.size_mb
+    return out
+
+
+def counted(trial) -> bool:
+    """Finished trials that count toward --trials (a crashed trial queued again does not)."""
+    if trial.state == TrialState.COMPLETE:
+        return True
+    return trial.state == TrialState.FAIL and not trial.user_attrs.get("retried")
+
+
+def best_feasible(study: optuna.Study):
+    """The feasible trial of highest quality (ties: lower latency), or None."""
+    ok = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+          if all(v <= 0 for v in t.user_attrs.get("constraints", {}).values())]
+    if not ok:
+        return None
+    return max(ok, key=lambda t: (t.values[0], -t.user_attrs.get("latency_ms", 0)))
+
+
+def _study_meta(cfg: StudyConfig, space, bench) -> dict:
+    return {
+        "schema": SCHEMA,
+        "objectives": list(cfg.search.objectives),
+        "space_fingerprint": space.fingerprint(),
+        "model": cfg.model.name,
+        "task": cfg.task.type,
+        "metric": bench.task.metric,
+        "budget": cfg.budget.model_dump(),
+        "device": bench.facts(),
+    }
+
+
+def _check_compatible(study: optuna.Study, meta: dict, cfg: StudyConfig) -> None:
+    stored = study.user_attrs
+    if stored.get("schema", SCHEMA) > SCHEMA:
+        raise UserError(f"study {study.study_name!r} was written by a newer slimformer (schema {stored['schema']})")
+    want = [optuna.study.StudyDirection.MAXIMIZE if DIRECTIONS[o] == "maximize" else
+            optuna.study.StudyDirection.MINIMIZE for o in cfg.search.objectives]
+    if list(study.directions) != want or stored.get("objectives", meta["objectives"]) != meta["objectives"]:
+        raise UserError(f"study {study.study_name!r} was created with objectives {stored.get('objectives')}, "
+                        f"the file asks for {meta['objectives']}; use a new --study-name or storage")
+    if stored.get("space_fingerprint") not in (None, meta["space_fingerprint"]):
+        raise UserError(f"study {study.study_name!r} was created with a different search space; "
+                        "use a new --study-name (or restore the space) to keep results comparable")
+    for key in ("model", "task"):
+        if stored.get(key) not in (None, meta[key]):
+            raise UserError(f"study {study.study_name!r} was created for {key} {stored[key]!r}, "
+                            f"the file says {meta[key]!r}")
+
+
+def _check_budget_reachable(cfg: StudyConfig, space, bench, log) -> None:
+    """Refuse a budget that even the smallest plan in the space cannot meet (measured)."""
+    b = cfg.budget
+    if b.speedup is None and b.latency_ms is None and b.size_mb is None:
+        return
+    smallest = space.smallest_plan()
+    cheap = Plan.from_dict({**smallest.to_dict(), "importance": "magnitude", "distill": {"steps": 0}})
+    model = bench.build(cheap)
+    size = model_size(model)["size_mb"]
+    if b.size_mb is not None and size > b.size_mb:
+        raise UserError(f"budget size_mb {b.size_mb} is out of reach: the smallest plan in the space is {size:.1f} MB")
+    if b.speedup is None and b.latency_ms is None:
+        return
+    lat = bench.latency({"smallest": model}, rounds=max(6, cfg.device.rounds // 2))
+    speedup, ms = lat["smallest"].speedup, lat["smallest"].median_ms
+    log(f"smallest plan in the space: {speedup:.2f}x faster ({ms:.1f} ms)")
+    slack = 1.15  # measurement noise allowance
+    if b.speedup is not None and speedup * slack < b.speedup:
+        raise UserError(f"budget speedup {b.speedup} is out of reach: the smallest plan in the space runs "
+                        f"only {speedup:.2f}x faster on this device; widen the space or relax the budget")
+    if b.latency_ms is not None and ms > b.latency_ms * slack:
+        raise UserError(f"budget latency_ms {b.latency_ms} is out of reach: the smallest plan in the space "
+                        f"takes {ms:.1f} ms here; widen the space or relax the budget")
+
+
+class _TrialFailed(Exception):
+    pass
+
+
+def _run_trial(trial, cfg: StudyConfig, space, bench, baseline: dict) -> list[float]:
+    plan = space.sample(trial)
+    trial.set_user_attr("plan", plan.to_dict())
+    t0 = time.perf_counter()
+    model = bench.build(plan)
+    t1 = time.perf_counter()
+    q = bench.quality(model)["quality"]
+    if not math.isfinite(q):
+        raise _TrialFailed("quality is not a finite number (the compressed model diverged)")
+    lat = bench.latency({"candidate": model})
+    t2 = time.perf_counter()
+    speedup = lat["candidate"].speedup
+    latency_ms = baseline["latency_ms"] / speedup  # drift-free: the study's baseline over the paired ratio
+    size = model_size(model, plan.group_size)
+    cons = constraints_of(cfg, baseline["quality"], q, latency_ms, speedup, size["size_mb"])
+    for key, value in cons.items():
+        trial.set_constraint(key, value)
+    trial.set_user_attr("constraints", cons)
+    attrs = {
+        "quality": q, "latency_ms": latency_ms, "latency_raw_ms": lat["candidate"].median_ms,
+        "latency_spread_ms": lat["candidate"].p90_ms - lat["candidate"].p10_ms,
+        "speedup": speedup, "size_mb": size["size_mb"], "params": size["params"],
+        "simulated": size["simulated"], "build_s": t1 - t0, "eval_s": t2 - t1,
+        "feasible": all(v <= 0 for v in cons.values()),
+    }
+    for k, v in attrs.items():
+        trial.set_user_attr(k, v)
+    values = {"quality": q, "latency": latency_ms, "size": size["size_mb"]}
+    return [values[o] for o in cfg.search.objectives]
+
+
+def _baseline(cfg: StudyConfig, bench, log) -> dict:
+    log("measuring the uncompressed model (quality on the search split, latency) ...")
+    q = bench.quality(bench.model)
+    lat = bench.latency({}, rounds=max(cfg.device.rounds, 20))["baseline"]
+    size = model_size(bench.model)
+    return {"quality": q["quality"], "metric": q["metric"], "latency_ms": lat.median_ms,
+            "latency_spread_ms": lat.p90_ms - lat.p10_ms, "size_mb": size["size_mb"], "params": size["params"]}
+
+
+def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | None = None,
+               storage: str | None = None, study_name: str | None = None, seed: int | None = None,
+               log=print, progress: bool = True) -> dict:
+    """Create or resume the study and run it to `trials` finished trials; returns a summary."""
+    from slimformer.spaces import Space, SpaceError
+
+    from .workbench import Workbench
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    handle = handle_for(cfg, storage, study_name)
+    check_storage(handle.url)
+    target = trials or cfg.search.trials
+    timeout = timeout or cfg.search.timeout
+    seed = cfg.search.seed if seed is None else seed
+    try:
+        bench = Workbench(cfg, log=log)
+        shape = get_adapter(bench.model).shape()
+    except UnsupportedModelError as exc:
+        raise UserError(str(exc)) from None
+    space_cfg = cfg.space
+    if space_cfg is None and not set(bench.facts()["flags"]) & {"amx_bf16", "avx512_bf16"}:
+        from slimformer.spaces import BitsDim, default_space
+
+        space_cfg = default_space().model_copy(update={"bits": BitsDim(choices=[32, 8])})
+        log("this CPU has no native bf16 (AMX/AVX512-BF16): the default space leaves out bits 16")
+    try:
+        space = Space.from_dict(space_cfg, shape)
+    except SpaceError as exc:
+        raise UserError(str(exc)) from None
+    needs_calib = any(p in ("importance", "distill_steps") for p in space.distributions()) or \
+        space.largest_plan().importance == "fisher"
+    if needs_calib and cfg.data.calibration is None:
+        raise UserError("the space searches fisher importance or distillation, which need data.calibration")
+    meta = _study_meta(cfg, space, bench)
+
+    study_storage = open_storage(handle.url)
+    existing = handle.name in [s.study_name for s in optuna.study.get_all_study_summaries(study_storage)]
+    if existing:
+        study = optuna.load_study(study_name=handle.name, storage=study_storage,
+                                  sampler=_sampler(cfg.search.sampler, seed, cfg.search.workers))
+        _check_compatible(study, meta, cfg)
+    else:
+        _check_budget_reachable(cfg, space, bench, log)
+        study = optuna.create_study(
+            storage=study_storage, study_name=handle.name,
+            directions=[DIRECTIONS[o] for o in cfg.search.objectives],
+            sampler=_sampler(cfg.search.sampler, seed, cfg.search.workers),
+        )
+        for key, value in meta.items():
+            study.set_user_attr(key, value)
+        study.set_user_attr("baseline", _baseline(cfg, bench, log))
+        if cfg.search.seed_uniform:
+            for params in space.uniform_plans():
+                study.enqueue_trial(params, user_attrs={"seeded": True}, skip_if_exists=True)
+    baseline = study.user_attrs["baseline"]
+    fail_stale_trials(study, log)
+    done = sum(counted(t) for t in study.get_trials(deepcopy=False))
+    log(f"study {handle.name!r} in {handle.url}: {done} finished trial(s), running to {target}")
+    for line in space.describe():
+        log(f"  {line}")
+    started = time.monotonic()
+    bar = SearchProgress(target, done, baseline, enabled=progress, log=log)
+    with bar:
+        while done < target and (timeout is None or time.monotonic() - started < timeout):
+            trial = study.ask()
+            for key, value in owner_attrs().items():
+                trial.set_user_attr(key, value)
+            try:
+                values = _run_trial(trial, cfg, space, bench, baseline)
+            except KeyboardInterrupt:
+                trial.set_user_attr("fail_reason", "interrupted (Ctrl-C / SIGTERM)")
+                trial.set_user_attr("retried", True)
+                study.tell(trial, state=TrialState.FAIL)
+                if trial.params:
+                    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+                raise
+            except Exception as exc:  # noqa: BLE001 - a failed candidate must not stop the study
+                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                trial.set_user_attr("fail_reason", reason)
+                study.tell(trial, state=TrialState.FAIL)
+                bar.trial_failed(trial.number, reason)
+            else:
+                frozen = study.tell(trial, values)
+                bar.trial_done(frozen, best_feasible(study))
+            done += 1
+    best = best_feasible(study)
+    return {"study": handle.name, "storage": handle.url, "finished": done, "target": target,
+            "baseline": baseline, "best": None if best is None else
+            {"number": best.number, **{k: best.user_attrs.get(k) for k in ("quality", "latency_ms", "speedup", "size_mb", "plan")}}}

@@ -1,0 +1,103 @@
+"""Everything a study needs loaded once: model, tokenizer, task, data, inputs; and the three
+things done to every candidate: build it from a plan, score its quality, time it."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import torch
+
+from slimformer.methods import Plan, apply_plan, model_size
+
+from .config import StudyConfig
+from .data import load_rows
+from .errors import UserError
+from .latency import device_facts, measure_latency
+from .models import load_model, load_tokenizer
+from .tasks import example_inputs, get_task
+
+__all__ = ["Workbench"]
+
+
+class Workbench:
+    def __init__(self, cfg: StudyConfig, log=print):
+        self.cfg = cfg
+        self.log = log
+        torch.set_num_threads(cfg.device.threads)
+        self.tokenizer = load_tokenizer(cfg.model.name)
+        self.task = get_task(cfg.task.type, self.tokenizer, cfg.task.max_length, cfg.data.batch_size)
+        self.model = load_model(cfg.model.name, self.task.model_class)
+        self.inputs = example_inputs(self.tokenizer, cfg.device.batch_size, cfg.device.seq_len)
+
+    # ----- data -------------------------------------------------------------------------
+    def _rows(self, which: str, limit: int | None):
+        d = self.cfg.data
+        path = self.cfg.resolve_path(getattr(d, which))
+        if path is None:
+            raise UserError(f"data.{which} is not set in the study file")
+        return load_rows(path, self.task.name, fmt=d.format, header=d.header, names=d.names,
+                         columns=d.columns, limit=limit)
+
+    @cached_property
+    def validation(self) -> list[dict]:
+        """The validation rows used during search (data.validation_size of them)."""
+        return self.task.prepare(self._rows("validation", self.cfg.data.validation_size))
+
+    @cached_property
+    def full_validation(self) -> list[dict]:
+        if self.cfg.data.validation_size is None:
+            return self.validation
+        return self.task.prepare(self._rows("validation", None))
+
+    @cached_property
+    def calibration(self):
+        if self.cfg.data.calibration is None:
+            return None
+        return self.task.calibration(self.task.prepare(self._rows("calibration", self.cfg.data.calibration_size)))
+
+    # ----- candidates ---------------------------------------------------------------------
+    def build(self, plan: Plan, log=None):
+        needs_data = plan.importance == "fisher" or plan.distill.enabled
+        if needs_data and self.calibration is None:
+            raise UserError("this plan needs calibration data (fisher importance or distillation): set data.calibration")
+        return apply_plan(self.model, plan, self.calibration if needs_data else None, log=log)
+
+    def runner(self, model):
+        inputs = self.inputs
+        if self.cfg.device.runtime == "compile":
+            model = torch.compile(model, dynamic=False)
+        return lambda: model(**inputs)
+
+    def quality(self, model, full: bool = False) -> dict:
+        with torch.inference_mode():
+            return self.task.quality(model, self.full_validation if full else self.validation)
+
+    def latency(self, models: dict[str, torch.nn.Module], rounds: int | None = None) -> dict:
+        """Interleaved timing of the named models against the uncompressed baseline."""
+        d = self.cfg.device
+        runners = {"baseline": self.runner(self.model)}
+        runners.update({name: self.runner(m) for name, m in models.items()})
+        return measure_latency(runners, baseline="baseline", rounds=rounds or d.rounds, warmup=d.warmup,
+                               threads=d.threads)
+
+    def facts(self) -> dict:
+        d = self.cfg.device
+        return {**device_facts(d.threads, d.runtime), "batch_size": d.batch_size, "seq_len": d.seq_len}
+
+    def score(self, model, plan: Plan | None = None, full: bool = False, rounds: int | None = None) -> dict:
+        """quality, latency (median/spread), speedup vs the baseline, params and size."""
+        q = self.quality(model, full)
+        lat = self.latency({"candidate": model}, rounds)
+        size = model_size(model, plan.group_size if plan else 64)
+        return {
+            **q,
+            "latency_ms": lat["candidate"].median_ms,
+            "latency_p10_ms": lat["candidate"].p10_ms,
+            "latency_p90_ms": lat["candidate"].p90_ms,
+            "baseline_latency_ms": lat["baseline"].median_ms,
+            "speedup": lat["candidate"].speedup,
+            "params": size["params"],
+            "size_mb": size["size_mb"],
+            "simulated": size["simulated"],
+            "runtime": self.cfg.device.runtime,
+        }

@@ -1,0 +1,23 @@
+"""Search spaces: the study file's `space:` section, Optuna sampling and Plan building.
+
+Torch-free by design: imports only optuna, pydantic and `slimformer.methods.plan`.
+"""
+
+from .config import (
+    BitsDim,
+    DepthDim,
+    DistillDim,
+    ImportanceDim,
+    RankDim,
+    SpaceConfig,
+    SpaceError,
+    WidthDim,
+    default_space,
+)
+from .space import Space
+from .validation import format_validation_error, parse_space_config
+
+__all__ = [
+    "Space", "SpaceConfig", "SpaceError", "WidthDim", "DepthDim", "BitsDim", "RankDim",
+    "ImportanceDim", "DistillDim", "default_space", "parse_space_config", "format_validation_error",
+]

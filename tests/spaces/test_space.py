@@ -1,0 +1,298 @@
+"""slimformer.spaces: config validation, sampling with real Optuna trials, plan rebuilding."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import optuna
+import pytest
+import yaml
+from pydantic import ValidationError
+from slimformer.methods.plan import ModelShape, Plan
+from slimformer.spaces import (
+    Space,
+    SpaceConfig,
+    SpaceError,
+    default_space,
+    format_validation_error,
+    parse_space_config,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+MINILM = ModelShape(num_layers=6, num_heads=12, num_kv_heads=12, intermediate_size=1536, hidden_size=384)
+GQA = ModelShape(num_layers=4, num_heads=32, num_kv_heads=8, intermediate_size=2048, hidden_size=512)
+
+FULL_YAML = """
+space:
+  heads:      {choices: [4, 6, 8, 10, 12], tie: per_layer}
+  ffn:        {choices: [384, 768, 1152, 1536], tie: per_layer}
+  depth:      {min: 4}
+  bits:       {choices: [32, 16, 8], tie: per_layer}
+  rank:       {choices: [0, 64, 128], tie: shared}
+  importance: {choices: [magnitude, fisher]}
+  distill:    {steps: [0, 100, 300], lr: [1.0e-4, 3.0e-4], losses: [[embedding], [embedding, hidden]]}
+"""
+
+
+def full_space(shape: ModelShape = MINILM) -> Space:
+    return Space.from_dict(yaml.safe_load(FULL_YAML)["space"], shape)
+
+
+def space_of(data: dict, shape: ModelShape = MINILM) -> Space:
+    return Space.from_dict(data, shape)
+
+
+def ask_plans(space: Space, n: int, seed: int = 0, sampler=None):
+    study = optuna.create_study(sampler=sampler or optuna.samplers.RandomSampler(seed=seed))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        plan = space.sample(trial)
+        out.append((trial, plan))
+        study.tell(trial, 0.0)
+    return study, out
+
+
+# ----- sampling ---------------------------------------------------------------------------
+def test_random_trials_give_valid_plans_that_rebuild_from_params():
+    space = full_space()
+    _, trials = ask_plans(space, 50)
+    depths = set()
+    for trial, plan in trials:
+        resolved = plan.resolve(MINILM)
+        assert len(resolved.layers) == trial.params["depth"] >= 4
+        depths.add(trial.params["depth"])
+        assert space.plan_from_params(trial.params) == plan
+        assert Plan.from_json(plan.to_json()) == plan
+        assert space.sample(optuna.trial.FixedTrial(trial.params)) == plan
+        for i in resolved.layers:
+            assert resolved.heads[i] in (4, 6, 8, 10, 12)
+            assert resolved.ffn[i] in (384, 768, 1152, 1536)
+            assert resolved.bits[i] in (32, 16, 8)
+    assert depths == {4, 5, 6}
+
+
+def test_conditional_params_follow_depth_distill_and_ffn():
+    space = full_space()
+    _, trials = ask_plans(space, 50, seed=1)
+    for trial, plan in trials:
+        p, d = trial.params, trial.params["depth"]
+        assert {f"heads_L{i}" for i in range(d)} <= set(p)
+        assert not {f"heads_L{i}" for i in range(d, 6)} & set(p)
+        assert plan.layers == tuple(range(d))
+        # dropped layers carry neutral values
+        assert all(plan.heads[i] == 12 and plan.bits[i] == 32 and plan.rank[i] == 0 for i in range(d, 6))
+        distilled = p["distill_steps"] > 0
+        assert ("distill_lr" in p) == distilled and ("distill_losses" in p) == distilled
+        assert plan.distill.steps == p["distill_steps"]
+        if p.get("distill_losses") == "embedding+hidden":
+            assert plan.distill.losses == ("embedding", "hidden")
+    # rank is only asked for layers that keep FFN neurons
+    space = space_of({"ffn": {"choices": [0, 768]}, "rank": {"choices": [0, 64], "tie": "per_layer"}})
+    _, trials = ask_plans(space, 30)
+    for trial, plan in trials:
+        for i in range(6):
+            assert (f"rank_L{i}" in trial.params) == (trial.params[f"ffn_L{i}"] > 0)
+            if plan.ffn[i] == 0:
+                assert plan.rank[i] == 0
+
+
+def test_tpe_multivariate_group_copes_with_conditional_space():
+    space = full_space()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # multivariate/group are experimental in Optuna
+        sampler = optuna.samplers.TPESampler(multivariate=True, group=True, n_startup_trials=5, seed=0)
+        _, trials = ask_plans(space, 12, sampler=sampler)
+    for trial, plan in trials:
+        assert space.plan_from_params(trial.params) == plan
+
+
+@pytest.mark.parametrize("tie, names", [
+    ("per_layer", [f"heads_L{i}" for i in range(6)]),
+    ("shared", ["heads"]),
+    ("block:2", ["heads_B0", "heads_B1", "heads_B2"]),
+    ("block:4", ["heads_B0", "heads_B1"]),
+])
+def test_tie_names_and_tied_values(tie, names):
+    space = space_of({"heads": {"choices": [4, 8, 12], "tie": tie}})
+    assert list(space.distributions()) == names
+    size = {"per_layer": 1, "shared": 6, "block:2": 2, "block:4": 4}[tie]
+    _, trials = ask_plans(space, 20)
+    for trial, plan in trials:
+        assert sorted(trial.params) == sorted(names)
+        for i in range(6):
+            name = names[0] if tie == "shared" else names[i // size]
+            assert plan.heads[i] == trial.params[name]
+
+
+def test_single_choice_is_a_constant_not_a_param():
+    space = space_of({"bits": [8], "heads": {"choices": [6, 12], "tie": "shared"}, "depth": {"min": 6}})
+    assert list(space.distributions()) == ["heads"] and space.dimensions() == 1
+    _, trials = ask_plans(space, 3)
+    for trial, plan in trials:
+        assert set(trial.params) == {"heads"}
+        assert plan.bits == (8,) * 6 and plan.layers == tuple(range(6))
+
+
+def test_empty_space_samples_the_unchanged_model():
+    space = space_of({})
+    assert space.dimensions() == 0 and space.uniform_plans() == [{}]
+    _, [(trial, plan)] = ask_plans(space, 1)
+    assert trial.params == {} and plan == Plan()
+
+
+@pytest.mark.parametrize("drop, depth, kept", [
+    ("top", 4, (0, 1, 2, 3)), ("bottom", 4, (2, 3, 4, 5)), ("spread", 4, (0, 2, 3, 5)),
+    ("spread", 2, (0, 5)), ("spread", 6, (0, 1, 2, 3, 4, 5)), ("spread", 1, (5,)),
+])
+def test_which_layers_are_dropped(drop, depth, kept):
+    space = space_of({"depth": {"min": 1, "drop": drop}, "heads": {"choices": [6, 12], "tie": "per_layer"}})
+    assert space.kept_layers(depth) == kept
+    params = {"depth": depth, **{f"heads_L{i}": 6 for i in kept}}
+    plan = space.plan_from_params(params)
+    assert plan.layers == kept and all(plan.heads[i] == 6 for i in kept)
+
+
+# ----- GQA ----------------------------------------------------------------------------------
+def test_gqa_heads_are_multiples_of_the_group():
+    space = space_of({"heads": {"choices": [6, 8, 12, 16, 30, 32]}}, GQA)
+    assert space.distributions()["heads_L0"].choices == (8, 12, 16, 32)
+    assert any("dropped 6, 30" in line for line in space.describe())
+    _, trials = ask_plans(space, 20)
+    for _, plan in trials:
+        plan.resolve(GQA)
+        assert all(h % GQA.heads_per_group == 0 for h in plan.heads)
+    fractions = space_of({"heads": {"fractions": [0.3, 0.5, 1.0]}}, GQA)
+    assert fractions.distributions()["heads_L0"].choices == (8, 16, 32)
+    with pytest.raises(SpaceError, match=r"space\.heads\.choices: none of 6, 10 .* KV group size 4"):
+        space_of({"heads": {"choices": [6, 10]}}, GQA)
+
+
+def test_fractions_use_the_model_shape():
+    space = space_of({"heads": {"fractions": [0.5, 0.75, 1.0]}, "ffn": {"fractions": [0.25, 0.5, 1.0]}})
+    dists = space.distributions()
+    assert dists["heads_L0"].choices == (6, 9, 12) and dists["ffn_L5"].choices == (384, 768, 1536)
+
+
+# ----- seeding and extremes ------------------------------------------------------------------
+def test_uniform_plans_enqueue_with_the_baseline_first():
+    space = full_space()
+    seeds = space.uniform_plans()
+    assert 3 <= len(seeds) <= 5 and len({tuple(sorted(s.items())) for s in seeds}) == len(seeds)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for params in seeds:
+        study.enqueue_trial(params)
+    plans = []
+    for params in seeds:
+        trial = study.ask()
+        plans.append(space.sample(trial))
+        assert trial.params == params
+        study.tell(trial, 0.0)
+    base = plans[0].resolve(MINILM)
+    assert base.layers == tuple(range(6)) and base.heads == (12,) * 6 and base.ffn == (1536,) * 6
+    assert base.bits == (32,) * 6 and base.rank == (0,) * 6 and base.distill.steps == 0
+    assert plans[0] == space.largest_plan()
+    assert {p.bits for p in plans} >= {(16,) * 6, (8,) * 6}
+    assert any(p.heads == (8,) * 6 and p.ffn == (1152,) * 6 for p in plans)  # the middle choices
+
+
+def test_smallest_and_largest_plans():
+    space = full_space()
+    small = space.smallest_plan()
+    assert small.layers == (0, 1, 2, 3)
+    assert all(small.heads[i] == 4 and small.ffn[i] == 384 and small.bits[i] == 8 for i in small.layers)
+    assert all(small.rank[i] == 64 for i in small.layers)  # lowest real rank is the cheapest
+    big = space.largest_plan()
+    assert big.heads == (12,) * 6 and big.rank == (0,) * 6 and big.bits == (32,) * 6
+    small.resolve(MINILM)
+
+
+def test_default_space_for_both_shapes():
+    assert parse_space_config(None) == default_space()
+    for shape in (MINILM, GQA):
+        space = Space.from_dict(None, shape)
+        assert space.dimensions() > 0 and space.describe()
+        _, trials = ask_plans(space, 10)
+        for _, plan in trials:
+            plan.resolve(shape)
+
+
+# ----- fingerprint ---------------------------------------------------------------------------
+def test_fingerprint_is_stable_and_tracks_changes():
+    base = {"heads": {"choices": [6, 12]}, "bits": [32, 8], "depth": {"min": 4}}
+    fp = space_of(base).fingerprint()
+    assert fp == space_of(dict(base)).fingerprint()
+    assert fp == space_of({**base, "heads": {"choices": [12, 6, 6]}}).fingerprint()  # order/duplicates
+    assert fp == space_of({**base, "heads": {"fractions": [0.5, 1.0]}}).fingerprint()  # same choices
+    changed = [
+        {**base, "heads": {"choices": [6, 9, 12]}},
+        {**base, "heads": {"choices": [6, 12], "tie": "shared"}},
+        {**base, "depth": {"min": 4, "drop": "bottom"}},
+        {**base, "depth": {"min": 3}},
+        {**base, "bits": [32, 16]},
+        {**base, "importance": ["magnitude", "fisher"]},
+    ]
+    fps = {space_of(c).fingerprint() for c in changed}
+    assert fp not in fps and len(fps) == len(changed)
+    other = ModelShape(num_layers=6, num_heads=12, num_kv_heads=12, intermediate_size=3072, hidden_size=768)
+    assert space_of(base, other).fingerprint() != fp
+
+
+# ----- validation ------------------------------------------------------------------------------
+@pytest.mark.parametrize("data, pattern", [
+    ({"heads": {"choises": [4]}}, r"^space\.heads\.choises: unknown key 'choises'; did you mean 'choices'\?"),
+    ({"head": {"choices": [4]}}, r"^space\.head: unknown key 'head'; did you mean 'heads'\?"),
+    ({"distill": {"step": [0]}}, r"^space\.distill\.step: unknown key .* did you mean 'steps'\?"),
+    ({"heads": {"choices": []}}, r"^space\.heads\.choices: must list at least one choice"),
+    ({"bits": {"choices": [32, 6]}}, r"^space\.bits\.choices\[1\]: 6 is not a supported bit-width; allowed: 32, 16, 8, 4, 3, 2"),
+    ({"heads": {"choices": [4], "tie": "blok:2"}}, r"^space\.heads\.tie: tie must be per_layer, shared or block:N"),
+    ({"heads": {"choices": [4], "tie": "block:0"}}, r"^space\.heads\.tie: "),
+    ({"heads": {"choices": [4], "fractions": [0.5]}}, r"^space\.heads: give exactly one of choices"),
+    ({"heads": {"fractions": [1.5]}}, r"^space\.heads\.fractions\[0\]: a fraction must be in \[0, 1\]"),
+    ({"heads": {"choices": [-1]}}, r"^space\.heads\.choices\[0\]: "),
+    ({"importance": ["magnitud"]}, r"^space\.importance\.choices\[0\]: .*did you mean 'magnitude'\?"),
+    ({"distill": {"steps": [0], "losses": [["embeding"]]}}, r"^space\.distill\.losses\[0\]\[0\]: .*'embedding'"),
+    ({"depth": {"min": 5, "max": 4}}, r"^space\.depth: max \(4\) must be >= min \(5\)"),
+    ({"heads": {"choices": [4, 16]}}, r"^space\.heads\.choices\[1\]: 16 is more than the model's 12 attention heads"),
+    ({"ffn": {"choices": [2048]}}, r"^space\.ffn\.choices\[0\]: 2048 is more than the model's 1536 FFN neurons"),
+    ({"rank": {"choices": [512]}}, r"^space\.rank\.choices\[0\]: 512 exceeds min\(hidden 384, FFN 1536\)"),
+    ({"depth": {"min": 9}}, r"^space\.depth\.min: 9 is more than the model's 6 layers"),
+    ([1, 2], r"^space: must be a mapping"),
+])
+def test_validation_errors_are_one_clear_line(data, pattern):
+    with pytest.raises(SpaceError, match=pattern) as info:
+        space_of(data)
+    assert "\n" not in str(info.value)
+
+
+def test_format_validation_error_directly():
+    with pytest.raises(ValidationError) as info:
+        SpaceConfig.model_validate({"bits": {"choices": [32], "tei": "shared"}})
+    assert format_validation_error(info.value).startswith("space.bits.tei: unknown key 'tei'; did you mean 'tie'?")
+    assert format_validation_error(info.value, root="").startswith("bits.tei: ")
+
+
+def test_yaml_float_strings_are_accepted_for_lr():
+    # PyYAML reads `1e-4` (no dot) as a string; the space still takes it as a number
+    data = yaml.safe_load("distill: {steps: [100], lr: [1e-4]}")
+    space = space_of(data)
+    assert space.plan_from_params({"distill_steps": 100}).distill.lr == 1e-4
+
+
+def test_plan_from_params_rejects_foreign_params():
+    space = space_of({"heads": {"choices": [6, 12], "tie": "shared"}})
+    with pytest.raises(ValueError, match="lack 'heads'"):
+        space.plan_from_params({})
+    with pytest.raises(ValueError, match=r"heads = 7 is not in this space; allowed: 6, 12"):
+        space.plan_from_params({"heads": 7})
+    assert space.plan_from_params({"heads": 6, "other_param": 1}).heads == (6,) * 6
+
+
+def test_importing_spaces_does_not_import_torch():
+    code = ("import sys, slimformer.spaces; "
+            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
