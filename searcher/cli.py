@@ -158,6 +158,63 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import render_text, report_study, write_html
+
+    cfg = _study_or_default(args.study)
+    rep = report_study(cfg, storage=args.storage, study_name=args.study_name, rescore=not args.no_rescore, log=_log)
+    if args.html:
+        paths = write_html(rep, Path(args.html))
+        _log("plot written to " + " and ".join(str(p) for p in paths))
+    if args.json:
+        rep = {k: v for k, v in rep.items() if k != "trials" or args.all}
+        _print_json(rep)
+    else:
+        print(render_text(rep))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from optuna.trial import TrialState
+
+    from slimformer.methods import Plan, save_compressed
+    from slimformer.methods.export import ExportError
+
+    from .study import best_feasible, handle_for, open_study
+    from .workbench import Workbench
+
+    if args.best == (args.trial is not None):
+        raise UserError("choose exactly one of --best or --trial N")
+    cfg = _study_or_default(args.study)
+    study = open_study(handle_for(cfg, args.storage, args.study_name), read_only=True)
+    if args.best:
+        trial = best_feasible(study)
+        if trial is None:
+            raise UserError("no finished trial meets the budget yet; use --trial N to export another one")
+    else:
+        matches = [t for t in study.get_trials(deepcopy=False) if t.number == args.trial]
+        if not matches or matches[0].state != TrialState.COMPLETE or "plan" not in matches[0].user_attrs:
+            raise UserError(f"trial {args.trial} is not a finished trial of this study")
+        trial = matches[0]
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+        raise UserError(f"{out} exists and is not empty; choose another --out or pass --force")
+    plan = Plan.from_dict(trial.user_attrs["plan"])
+    _log(f"rebuilding trial {trial.number} from its plan ...")
+    bench = Workbench(cfg, log=_log)
+    model = bench.build(plan)
+    metrics = {k: trial.user_attrs.get(k) for k in ("quality", "latency_ms", "speedup", "size_mb", "params", "simulated")}
+    metrics.update({"trial": trial.number, "study": study.study_name, "metric": bench.task.metric})
+    try:
+        save_compressed(model, plan, out, tokenizer=bench.tokenizer, metrics=metrics, force=args.force)
+    except ExportError as exc:
+        raise UserError(str(exc)) from None
+    print(f"exported trial {trial.number} to {out} ({metrics['metric']} {metrics['quality']:.2f}, "
+          f"{metrics['speedup']:.2f}x, {metrics['size_mb']:.1f} MB)")
+    print(f"check it: slimformer evaluate {out} --study {args.study or DEFAULT_STUDY}")
+    return 0
+
+
 # ----- parser -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="slimformer", description="Find the best compressed Transformer under a latency budget.")
@@ -192,6 +249,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1, help="parallel worker processes")
     s.add_argument("--seed", type=int, help="sampler seed (default: search.seed)")
     s.set_defaults(func=cmd_search)
+
+    r = sub.add_parser("report", help="baseline, Pareto front and best trial under the budget",
+                       description="Report a study (read-only; works while it runs).")
+    r.add_argument("study", nargs="?", metavar="STUDY.yaml", help=f"study file (default {DEFAULT_STUDY})")
+    _storage_flags(r)
+    r.add_argument("--json", action="store_true", help="print JSON")
+    r.add_argument("--all", action="store_true", help="with --json: include every trial")
+    r.add_argument("--html", metavar="FILE", help="write an interactive plot (and a PNG next to it)")
+    r.add_argument("--no-rescore", action="store_true", help="skip re-scoring the front on the full split")
+    r.set_defaults(func=cmd_report)
+
+    x = sub.add_parser("export", help="rebuild a trial's model and save it",
+                       description="Rebuild the best (or a given) trial's model from its plan and save it.")
+    x.add_argument("study", nargs="?", metavar="STUDY.yaml", help=f"study file (default {DEFAULT_STUDY})")
+    x.add_argument("--best", action="store_true", help="the best trial under the budget")
+    x.add_argument("--trial", type=int, help="trial number")
+    x.add_argument("--out", required=True, help="empty output directory")
+    x.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    _storage_flags(x)
+    x.set_defaults(func=cmd_export)
 
     for register in _EXTRA_COMMANDS:
         register(sub)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
 from slimformer.methods.plan import SIMULATED_BITS, Plan
 
 from .costmodel import compile_profile, model_facts, predict

@@ -68,15 +68,16 @@ def _bytes(dtype: str, tokens, k, n):
     return w * k * n + a * tokens * (k + n)
 
 
-def _fit_linear(table: dict) -> tuple[float, float, float]:
-    """time = a + b*flops + c*bytes by non-negative least squares in relative error."""
+def _fit_linear(dtype: str, table: dict) -> tuple[float, float, float]:
+    """time = a + b*flops + c*bytes over the grid, non-negative least squares in relative error."""
     from scipy.optimize import nnls
 
-    ms = np.asarray(table["ms"], dtype=float)
-    t, k, n = np.meshgrid(table["tokens"], table["in"], table["out"], indexing="ij")
-    dt = {1: "int8", 2: "bfloat16"}.get(0, None)  # placeholder, replaced below
-    del dt
-    return t, k, n, ms  # type: ignore[return-value]
+    ms = np.asarray(table["ms"], dtype=float).ravel()
+    t, k, n = (x.ravel() for x in np.meshgrid(table["tokens"], table["in"], table["out"], indexing="ij"))
+    x = np.stack([np.ones_like(ms), 2 * t * k * n, _bytes(dtype, t, k, n)], axis=1)
+    w = 1 / np.maximum(ms, 1e-3)
+    coef, _ = nnls(x * w[:, None], ms * w)
+    return float(coef[0]), float(coef[1]), float(coef[2])
 
 
 class CompiledProfile:
@@ -90,7 +91,7 @@ class CompiledProfile:
         self.dtypes = tuple(profile["linear"])
         self._slices: dict = {}
         self._memo: dict = {}
-        self._fits = {dt: _fit_linear(t) for dt, t in profile["linear"].items()} if linear_model == "fit" else {}
+        self._fits = {dt: _fit_linear(dt, t) for dt, t in profile["linear"].items()} if linear_model == "fit" else {}
 
     def _sliced(self, section: str, dtype: str, tokens: int):
         key = (section, dtype, tokens)

@@ -85,7 +85,8 @@ def test_quantized_embeddings_stay_close(minilm, encoded, baseline, bits, floor)
     with torch.no_grad():
         emb = embed(small, encoded[0])
     assert emb.dtype == torch.float32
-    assert F.cosine_similarity(emb, baseline[0]).min().item() > floor
+    cos = F.cosine_similarity(emb, baseline[0]).min().item()
+    assert cos > floor, cos
     assert model_size(small)["size_mb"] < model_size(model)["size_mb"]
 
 
@@ -107,7 +108,7 @@ def test_fisher_importance_on_scored_pairs(minilm, encoded, baseline):
     batches = [
         {"a": {k: v[i:i + 16] for k, v in a.items()}, "b": {k: v[i:i + 16] for k, v in b.items()},
          "score": scores[i:i + 16]}
-        for i in range(0, N_PAIRS, 16)
+        for i in range(0, 32, 16)  # two batches keep this test short
     ]
 
     def loss_fn(m, batch):
@@ -116,7 +117,10 @@ def test_fisher_importance_on_scored_pairs(minilm, encoded, baseline):
 
     calib = Calibration(batches, loss_fn=loss_fn, model_inputs=lambda batch: [batch["a"], batch["b"]])
     small = apply_plan(model, Plan(heads=6, ffn=768, importance="fisher"), calib)
-    by_magnitude = apply_plan(model, Plan(heads=6, ffn=768))
-    assert model_size(small)["params"] == model_size(by_magnitude)["params"]
-    assert spearman(small, encoded) > 0.5
+    assert model.config.num_attention_heads == 12  # the input model is untouched
+    assert small.config.slimformer["plan"]["importance"] == "fisher"
+    assert all(layer.attention.self.num_attention_heads == 6 for layer in small.encoder.layer)
+    assert all(layer.intermediate.dense.out_features == 768 for layer in small.encoder.layer)
+    rho = spearman(small, encoded)
+    assert rho > 0.5, (rho, baseline[1])
     assert all(p.grad is None for p in model.parameters())  # the input model stays clean
