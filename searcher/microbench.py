@@ -1,15 +1,16 @@
 """The microbenchmarks behind a device profile (see `searcher.profile`).
 
 Every measurement is a "job" (a factory returning named no-argument callables). All jobs run
-in `passes` shuffled passes; a cell's figure is the median of its repetitions within a pass
-and the minimum over passes, so a burst of load from other processes hits random cells once
-rather than whole rows. Tables are then made monotone along every axis.
+in `passes` shuffled passes; a cell's figure is the best (minimum) of its repetitions over
+all passes: the kernel's cost when nothing else competes for the cores, which is what a
+machine shared with other work gets closest to. Shuffling spreads a burst of load from
+other processes over random cells rather than whole rows. Tables are then made monotone
+along every axis.
 """
 
 from __future__ import annotations
 
 import random
-import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -48,7 +49,7 @@ def _time_ms(fn, sync, budget_s: float, min_reps: int, max_reps: int) -> float:
         fn()
         sync()
         times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return min(times)
 
 
 def _torch_dtype(dt: str):
@@ -154,7 +155,7 @@ def run_benchmarks(
     import torch
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    budget, max_reps = (0.02, 7) if quick else (0.04, 11)
+    budget, max_reps = (0.01, 5) if quick else (0.015, 9)
     jobs: list[tuple[int, Job]] = []
     for dt in dtypes:
         jobs += [(len(tokens), _linear_job(dt, k, n, tokens, device)) for k in widths for n in widths]

@@ -1,6 +1,7 @@
 """Device profiles: microbenchmarks of the kernels a compressed Transformer runs.
 
-A profile is versioned JSON. Its tables hold median milliseconds on a grid, per dtype
+A profile is versioned JSON. Its tables hold milliseconds (best of repeated timings, see
+`searcher.microbench`) on a grid, per dtype
 (`float32`, `bfloat16`, `int8` = PyTorch dynamic int8 Linear):
 
 - `linear[dtype]`: nn.Linear forward, grid tokens x in_features x out_features;

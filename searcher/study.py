@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
@@ -41,6 +42,17 @@ def open_study(handle: StudyHandle, read_only: bool = True) -> optuna.Study:
         return optuna.load_study(study_name=handle.name, storage=storage)
     except KeyError:
         raise UserError(f"no study named {handle.name!r} in {handle.url}") from None
+
+
+def _study_exists(handle: StudyHandle) -> bool:
+    """Whether the study is already stored, without creating a storage file."""
+    for prefix in ("sqlite:///", "journal:"):
+        if handle.url.startswith(prefix) and not Path(handle.url[len(prefix):]).is_file():
+            return False
+    if "://" not in handle.url and not handle.url.startswith("journal:") and not Path(handle.url).is_file():
+        return False
+    storage = open_storage(handle.url, read_only=True)
+    return handle.name in [s.study_name for s in optuna.study.get_all_study_summaries(storage)]
 
 
 def _sampler(name: str, seed: int | None, workers: int) -> optuna.samplers.BaseSampler:
@@ -225,14 +237,15 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
         raise UserError("the space searches fisher importance or distillation, which need data.calibration")
     meta = _study_meta(cfg, space, bench)
 
+    existing = _study_exists(handle)
+    if not existing:  # everything is checked before the storage is first written
+        _check_budget_reachable(cfg, space, bench, log)
     study_storage = open_storage(handle.url)
-    existing = handle.name in [s.study_name for s in optuna.study.get_all_study_summaries(study_storage)]
     if existing:
         study = optuna.load_study(study_name=handle.name, storage=study_storage,
                                   sampler=_sampler(cfg.search.sampler, seed, cfg.search.workers))
         _check_compatible(study, meta, cfg)
     else:
-        _check_budget_reachable(cfg, space, bench, log)
         study = optuna.create_study(
             storage=study_storage, study_name=handle.name,
             directions=[DIRECTIONS[o] for o in cfg.search.objectives],

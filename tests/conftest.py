@@ -1,5 +1,9 @@
-"""Shared fixtures: tiny random-init models of every supported architecture, and the
-location of the shared evaluation data (`../shared/data` relative to the project root)."""
+"""Shared fixtures: tiny random-init models of every supported architecture (`tiny`, one
+test per architecture; `tiny_models`, all of them by name), and the location of the shared
+evaluation data (`shared_data`: `../shared/data` relative to the project root).
+
+Tests take these as fixtures rather than importing this module: other test folders have
+conftest.py files of their own, so `import conftest` would be ambiguous."""
 
 from __future__ import annotations
 
@@ -23,6 +27,10 @@ class Tiny:
 
     name: str
     cls_name: str
+    hidden: int = HIDDEN
+    layers: int = LAYERS
+    heads: int = HEADS
+    ffn: int = FFN
     kv_heads: int = HEADS
     qkv_bias: bool = True
     ffn_bias: bool = True
@@ -33,24 +41,21 @@ class Tiny:
     def config(self):
         import transformers as T
 
-        common = dict(vocab_size=VOCAB)
+        bert_like = dict(hidden_size=self.hidden, num_hidden_layers=self.layers, num_attention_heads=self.heads,
+                         intermediate_size=self.ffn)
         if self.name == "bert":
-            return T.BertConfig(**common, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                                intermediate_size=FFN, max_position_embeddings=64, num_labels=LABELS)
+            return T.BertConfig(**bert_like, vocab_size=VOCAB, max_position_embeddings=64, num_labels=LABELS)
         if self.name == "distilbert":
-            return T.DistilBertConfig(**common, dim=HIDDEN, n_layers=LAYERS, n_heads=HEADS, hidden_dim=FFN,
-                                      max_position_embeddings=64, num_labels=LABELS)
+            return T.DistilBertConfig(dim=self.hidden, n_layers=self.layers, n_heads=self.heads, hidden_dim=self.ffn,
+                                      vocab_size=VOCAB, max_position_embeddings=64, num_labels=LABELS)
         if self.name == "gpt2":
-            return T.GPT2Config(**common, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_inner=FFN, n_positions=64,
-                                bos_token_id=0, eos_token_id=0)
+            return T.GPT2Config(n_embd=self.hidden, n_layer=self.layers, n_head=self.heads, n_inner=self.ffn,
+                                vocab_size=VOCAB, n_positions=64, bos_token_id=0, eos_token_id=0)
         if self.name == "llama":
-            return T.LlamaConfig(**common, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                                 num_key_value_heads=self.kv_heads, intermediate_size=FFN, max_position_embeddings=64,
-                                 bos_token_id=0, eos_token_id=0, pad_token_id=0)
+            return T.LlamaConfig(**bert_like, num_key_value_heads=self.kv_heads, vocab_size=VOCAB,
+                                 max_position_embeddings=64, bos_token_id=0, eos_token_id=0, pad_token_id=0)
         if self.name == "vit":
-            return T.ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=HIDDEN,
-                               num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=FFN,
-                               num_labels=LABELS)
+            return T.ViTConfig(**bert_like, image_size=16, patch_size=4, num_channels=3, num_labels=LABELS)
         raise KeyError(self.name)
 
     def build(self, seed: int = 0):
@@ -79,6 +84,16 @@ class Tiny:
     def logits_shape(self) -> tuple[int, ...]:
         return (BATCH, SEQ, VOCAB) if self.causal_lm else (BATCH, LABELS)
 
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    def calibration(self, n_batches: int = 2):
+        """Batches with labels (so the model returns its own task loss)."""
+        from slimformer.methods import Calibration
+
+        return Calibration([self.inputs(seed=10 + i, labels=True) for i in range(n_batches)])
+
 
 TINY = {
     t.name: t
@@ -92,27 +107,14 @@ TINY = {
 }
 
 
-def param_count(model) -> int:
-    """Parameters counted once each (tied tensors once), including int8 packed weights."""
-    from slimformer.methods import model_size
-
-    return model_size(model)["params"]
-
-
-def calibration_for(tiny: Tiny, n_batches: int = 2):
-    from slimformer.methods import Calibration
-
-    return Calibration([tiny.inputs(seed=10 + i, labels=True) for i in range(n_batches)])
-
-
 @pytest.fixture(params=sorted(TINY))
 def tiny(request) -> Tiny:
     return TINY[request.param]
 
 
-@pytest.fixture
-def bert():
-    return TINY["bert"]
+@pytest.fixture(scope="session")
+def tiny_models() -> dict[str, Tiny]:
+    return TINY
 
 
 @pytest.fixture(scope="session")

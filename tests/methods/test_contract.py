@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FFN, HEADS, HIDDEN, LAYERS, TINY, Tiny, calibration_for, param_count
-
-from slimformer.methods import METHODS, Plan, apply_plan, get_adapter, load_compressed, model_size, save_compressed
+from slimformer.methods import (
+    METHODS,
+    Plan,
+    apply_plan,
+    get_adapter,
+    load_compressed,
+    model_size,
+    save_compressed,
+)
 from slimformer.methods.registry import plan_of
-
-HEAD_DIM = HIDDEN // HEADS
 
 # name -> (plan, methods it exercises). Head counts are multiples of 2 so that the GQA
 # model (4 query heads, 2 KV heads) accepts every plan.
@@ -34,24 +38,29 @@ CASES = {
 }
 
 
-def expected_params(tiny: Tiny, base, plan: Plan) -> int:
+def param_count(model) -> int:
+    """Parameters counted once each (tied tensors once), int8 packed weights included."""
+    return model_size(model)["params"]
+
+
+def expected_params(tiny, base, plan: Plan) -> int:
     """Parameter count predicted from the resolved plan and the layer shapes alone."""
-    g = HEADS // tiny.kv_heads
-    per_q_head = 2 * HEAD_DIM * HIDDEN + HEAD_DIM * tiny.qkv_bias  # q rows (+bias) and o columns
-    per_kv_group = 2 * (HEAD_DIM * HIDDEN + HEAD_DIM * tiny.qkv_bias)  # k and v rows (+bias)
-    per_neuron = tiny.ffn_inputs * (HIDDEN + tiny.ffn_bias) + HIDDEN
+    h, d, g = tiny.hidden, tiny.head_dim, tiny.heads // tiny.kv_heads
+    per_q_head = 2 * d * h + d * tiny.qkv_bias  # q rows (+bias) and o columns
+    per_kv_group = 2 * (d * h + d * tiny.qkv_bias)  # k and v rows (+bias)
+    per_neuron = tiny.ffn_inputs * (h + tiny.ffn_bias) + h
     per_layer = sum(p.numel() for p in get_adapter(base).layers()[0].parameters())
     total = sum(p.numel() for p in base.parameters())
-    for i in range(LAYERS):
+    for i in range(tiny.layers):
         if i not in plan.layers:
             total -= per_layer
             continue
-        removed = HEADS - plan.heads[i]
+        removed = tiny.heads - plan.heads[i]
         total -= removed * per_q_head + (removed // g) * per_kv_group
         f = plan.ffn[i]
-        total -= (FFN - f) * per_neuron
+        total -= (tiny.ffn - f) * per_neuron
         if plan.rank[i] and f:
-            for out_f, in_f in [(f, HIDDEN)] * tiny.ffn_inputs + [(HIDDEN, f)]:
+            for out_f, in_f in [(f, h)] * tiny.ffn_inputs + [(h, f)]:
                 r = min(plan.rank[i], out_f, in_f)
                 total += r * (out_f + in_f) - out_f * in_f
     return total
@@ -67,13 +76,19 @@ def test_every_registered_method_is_covered():
     assert {m.name for m in METHODS} <= covered
 
 
+def test_every_adapter_is_covered(tiny_models):
+    from slimformer.methods import adapters
+
+    used = {type(get_adapter(t.build())) for t in tiny_models.values()}
+    assert used == set(adapters._ADAPTERS)
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("arch", sorted(TINY))
-def test_contract(arch, case, tmp_path):
-    tiny, (plan, methods) = TINY[arch], CASES[case]
+def test_contract(tiny, case, tmp_path):
+    plan, methods = CASES[case]
     base = tiny.build()
     inputs = tiny.inputs()
-    calib = calibration_for(tiny) if "distill" in methods else None
+    calib = tiny.calibration() if "distill" in methods else None
     before_state = {k: v.clone() for k, v in base.state_dict().items()}
     before_config = base.config.to_dict()
     before_out = _logits(base, inputs)
@@ -129,77 +144,71 @@ def test_contract(arch, case, tmp_path):
     assert (again - out).abs().max().item() <= 1e-5
 
 
-def test_distillation_changes_the_student():
-    tiny = TINY["bert"]
+def test_distillation_changes_the_student(tiny_models):
+    tiny = tiny_models["bert"]
     base = tiny.build()
-    calib = calibration_for(tiny)
     plain = apply_plan(base, Plan(heads=2))
-    tuned = apply_plan(base, Plan(heads=2, distill={"steps": 3, "lr": 1e-2}), calib)
+    tuned = apply_plan(base, Plan(heads=2, distill={"steps": 3, "lr": 1e-2}), tiny.calibration())
     assert not torch.allclose(_logits(plain, tiny.inputs()), _logits(tuned, tiny.inputs()))
 
 
-def _q_blocks(model, layer_index: int) -> torch.Tensor:
-    layer = get_adapter(model).layers()[layer_index]
-    wq = get_adapter(model).attention_weights(layer)[0]
-    return wq.reshape(-1, HEAD_DIM, wq.shape[1])
-
-
-def kept_heads(base, small, layer_index: int) -> list[int]:
+def kept_heads(base, small, layer_index: int, head_dim: int) -> list[int]:
     """Original indices of the query heads `small` kept in one layer (matched by weights)."""
-    orig, new = _q_blocks(base, layer_index), _q_blocks(small, layer_index)
+
+    def q_blocks(model):
+        adapter = get_adapter(model)
+        wq = adapter.attention_weights(adapter.layers()[layer_index])[0]
+        return wq.reshape(-1, head_dim, wq.shape[1])
+
+    orig, new = q_blocks(base), q_blocks(small)
     return [next(j for j in range(orig.shape[0]) if torch.equal(orig[j], block)) for block in new]
 
 
-def test_gqa_keeps_whole_kv_groups():
-    tiny = TINY["llama"]
+def test_gqa_keeps_whole_kv_groups(tiny_models):
+    tiny = tiny_models["llama"]
+    d = tiny.head_dim
     base = tiny.build()
     small = apply_plan(base, Plan(heads=[2, 0, 4]))
     layers = get_adapter(small).layers()
     attn = layers[0].self_attn
-    assert attn.q_proj.out_features == 2 * HEAD_DIM
-    assert attn.k_proj.out_features == attn.v_proj.out_features == 1 * HEAD_DIM
-    assert attn.o_proj.in_features == 2 * HEAD_DIM
-    heads = kept_heads(base, small, 0)
-    assert heads in ([0, 1], [2, 3])  # one whole group of 2 query heads
+    assert attn.q_proj.out_features == attn.o_proj.in_features == 2 * d
+    assert attn.k_proj.out_features == attn.v_proj.out_features == 1 * d  # 1 of 2 KV groups
+    heads = kept_heads(base, small, 0, d)
+    assert heads in ([0, 1], [2, 3])  # the 2 query heads of one group
     group = heads[0] // 2
     k_orig = base.model.layers[0].self_attn.k_proj.weight
-    assert torch.equal(attn.k_proj.weight, k_orig[group * HEAD_DIM:(group + 1) * HEAD_DIM])
-    assert layers[2].self_attn.k_proj.out_features == 2 * HEAD_DIM
+    assert torch.equal(attn.k_proj.weight, k_orig[group * d:(group + 1) * d])
+    assert layers[2].self_attn.k_proj.out_features == 2 * d
     assert _logits(small, tiny.inputs()).shape == tiny.logits_shape()
 
 
-def test_gqa_rejects_partial_groups():
+def test_gqa_rejects_partial_groups(tiny_models):
     with pytest.raises(ValueError, match="heads"):
-        apply_plan(TINY["llama"].build(), Plan(heads=3))
+        apply_plan(tiny_models["llama"].build(), Plan(heads=3))
 
 
-def test_fisher_importance_uses_the_data():
-    tiny = TINY["bert"]
+def test_fisher_importance_uses_the_data(tiny_models):
+    tiny = tiny_models["bert"]
     base = tiny.build()
-    calib = calibration_for(tiny, n_batches=3)
-    plan = Plan(heads=1, ffn=8)
-    by_magnitude = apply_plan(base, plan)
-    by_fisher = apply_plan(base, replace_importance(plan, "fisher"), calib)
+    by_magnitude = apply_plan(base, Plan(heads=1, ffn=8))
+    by_fisher = apply_plan(base, Plan(heads=1, ffn=8, importance="fisher"), tiny.calibration(n_batches=3))
     assert param_count(by_fisher) == param_count(by_magnitude)
     assert _logits(by_fisher, tiny.inputs()).shape == tiny.logits_shape()
-    picks = [(kept_heads(base, by_magnitude, i), kept_heads(base, by_fisher, i)) for i in range(LAYERS)]
+    picks = [(kept_heads(base, by_magnitude, i, tiny.head_dim), kept_heads(base, by_fisher, i, tiny.head_dim))
+             for i in range(tiny.layers)]
     assert any(m != f for m, f in picks), picks
     assert plan_of(by_fisher).importance == "fisher"
 
 
-def replace_importance(plan: Plan, importance: str) -> Plan:
-    return Plan.from_dict({**plan.to_dict(), "importance": importance})
-
-
-def test_fisher_without_calibration_is_a_clear_error():
+def test_fisher_without_calibration_is_a_clear_error(tiny_models):
     with pytest.raises(ValueError, match="calibration"):
-        apply_plan(TINY["bert"].build(), Plan(heads=2, importance="fisher"))
+        apply_plan(tiny_models["bert"].build(), Plan(heads=2, importance="fisher"))
 
 
-def test_fisher_needs_a_task_loss():
-    tiny = TINY["bert"]
+def test_fisher_needs_a_task_loss(tiny_models):
     from slimformer.methods import Calibration
 
+    tiny = tiny_models["bert"]
     no_labels = Calibration([tiny.inputs()])
     with pytest.raises(ValueError, match="loss"):
         apply_plan(tiny.build(), Plan(heads=2, importance="fisher"), no_labels)
@@ -217,15 +226,14 @@ def test_unsupported_model_type_lists_supported_ones():
         assert name in str(info.value)
 
 
-def test_compressing_twice_is_refused():
-    tiny = TINY["distilbert"]
-    small = apply_plan(tiny.build(), Plan(heads=2))
+def test_compressing_twice_is_refused(tiny_models):
+    small = apply_plan(tiny_models["distilbert"].build(), Plan(heads=2))
     with pytest.raises(ValueError, match="already compressed"):
         apply_plan(small, Plan(ffn=8))
 
 
-def test_plan_is_checked_against_the_model():
-    base = TINY["gpt2"].build()
+def test_plan_is_checked_against_the_model(tiny_models):
+    base = tiny_models["gpt2"].build()
     with pytest.raises(ValueError, match="layers"):
         apply_plan(base, Plan(layers=[0, 3]))
     with pytest.raises(ValueError, match="heads"):
@@ -234,8 +242,8 @@ def test_plan_is_checked_against_the_model():
         apply_plan(base, Plan(ffn=[8, 8]))
 
 
-def test_same_plan_same_model():
-    tiny = TINY["vit"]
+def test_same_plan_same_model(tiny_models):
+    tiny = tiny_models["vit"]
     base = tiny.build()
     plan = Plan(heads=[1, 2, 3], ffn=20, rank=[4, 0, 0], bits=[32, 4, 32], group_size=8)
     a, b = apply_plan(base, plan), apply_plan(base, plan)

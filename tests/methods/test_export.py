@@ -7,16 +7,19 @@ import json
 
 import pytest
 import torch
-from conftest import TINY
-
 from slimformer.methods import ExportError, Plan, apply_plan, load_compressed, save_compressed
 
 PLAN = Plan(heads=[2, 4, 1], ffn=[16, 64, 32], bits=[8, 16, 32])
 
 
 @pytest.fixture(scope="module")
-def compressed():
-    return apply_plan(TINY["bert"].build(), PLAN)
+def bert(tiny_models):
+    return tiny_models["bert"]
+
+
+@pytest.fixture(scope="module")
+def compressed(bert):
+    return apply_plan(bert.build(), PLAN)
 
 
 @pytest.fixture
@@ -69,19 +72,15 @@ def test_int8_layers_are_stored_as_int8(saved):
         assert fp32 and all(f.get_tensor(k).dtype == torch.float32 for k in fp32)
 
 
-def test_load_reproduces_outputs(compressed, saved):
-    model, tokenizer, plan = load_compressed(saved)
-    inputs = TINY["bert"].inputs()
-    with torch.no_grad():
-        assert torch.equal(model(**inputs).logits, compressed(**inputs).logits)
-    assert plan == PLAN.resolve(plan_shape())
-    assert tokenizer is None
-
-
-def plan_shape():
+def test_load_reproduces_outputs(bert, compressed, saved):
     from slimformer.methods import get_adapter
 
-    return get_adapter(TINY["bert"].build()).shape()
+    model, tokenizer, plan = load_compressed(saved)
+    inputs = bert.inputs()
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, compressed(**inputs).logits)
+    assert plan == PLAN.resolve(get_adapter(bert.build()).shape())
+    assert tokenizer is None
 
 
 def test_one_changed_byte_is_detected(saved):
@@ -141,9 +140,9 @@ def test_target_is_a_file(compressed, tmp_path):
         save_compressed(compressed, PLAN, target, force=True)
 
 
-def test_uncompressed_model_is_refused(tmp_path):
+def test_uncompressed_model_is_refused(bert, tmp_path):
     with pytest.raises(ExportError, match="apply_plan"):
-        save_compressed(TINY["bert"].build(), None, tmp_path / "out")
+        save_compressed(bert.build(), None, tmp_path / "out")
 
 
 def test_mismatched_plan_is_refused(compressed, tmp_path):
@@ -151,8 +150,8 @@ def test_mismatched_plan_is_refused(compressed, tmp_path):
         save_compressed(compressed, Plan(importance="fisher"), tmp_path / "out")
 
 
-def test_tied_weights_are_stored_once_and_restored(tmp_path):
-    tiny = TINY["gpt2"]
+def test_tied_weights_are_stored_once_and_restored(tiny_models, tmp_path):
+    tiny = tiny_models["gpt2"]
     model = apply_plan(tiny.build(), Plan(ffn=32))
     out = save_compressed(model, None, tmp_path / "gpt2")
     loaded, _, _ = load_compressed(out)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import FrozenInstanceError
 
 import pytest
-
 from slimformer.methods import DistillSpec, ModelShape, Plan
 
 SHAPE = ModelShape(num_layers=3, num_heads=4, num_kv_heads=4, intermediate_size=64, hidden_size=32)
@@ -47,7 +47,7 @@ def test_plain_data():
     assert Plan.from_dict({}) == Plan()
     assert Plan.from_yaml("") == Plan()
     assert Plan.from_dict({"distill": {"steps": 3}}).distill.steps == 3
-    with pytest.raises(Exception):  # noqa: B017 - frozen dataclass
+    with pytest.raises(FrozenInstanceError):
         FULL.heads = 2
 
 

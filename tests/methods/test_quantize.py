@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY
-
 from slimformer.methods import Plan, apply_plan, get_adapter, model_size
 from slimformer.methods.quantize import BITS_ATTR, fake_quantize_weight
 
@@ -41,8 +39,8 @@ def test_fake_quantize_odd_width_uses_one_group():
     assert all(len(torch.unique(row)) <= 4 for row in q)
 
 
-def test_bits8_uses_the_real_int8_kernel():
-    tiny = TINY["gpt2"]  # Conv1D projections become int8 Linear too
+def test_bits8_uses_the_real_int8_kernel(tiny_models):
+    tiny = tiny_models["gpt2"]  # Conv1D projections become int8 Linear too
     base = tiny.build()
     small = apply_plan(base, Plan(bits=[8, 32, 32]))
     layers = get_adapter(small).layers()
@@ -56,8 +54,8 @@ def test_bits8_uses_the_real_int8_kernel():
     assert torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0) > 0.99
 
 
-def test_bits16_layers_hold_bfloat16_and_the_model_returns_float32():
-    tiny = TINY["llama"]
+def test_bits16_layers_hold_bfloat16_and_the_model_returns_float32(tiny_models):
+    tiny = tiny_models["llama"]
     small = apply_plan(tiny.build(), Plan(bits=[16, 32, 16]))
     layers = get_adapter(small).layers()
     assert all(p.dtype == torch.bfloat16 for p in layers[0].parameters())
@@ -68,8 +66,8 @@ def test_bits16_layers_hold_bfloat16_and_the_model_returns_float32():
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
-def test_simulated_bits_round_the_weights():
-    tiny = TINY["vit"]
+def test_simulated_bits_round_the_weights(tiny_models):
+    tiny = tiny_models["vit"]
     small = apply_plan(tiny.build(), Plan(bits=[4, 32, 2], group_size=16))
     layers = get_adapter(small).layers()
     for pos, bits in ((0, 4), (2, 2)):
@@ -82,8 +80,8 @@ def test_simulated_bits_round_the_weights():
 
 
 @pytest.mark.parametrize("arch", ["bert", "gpt2"])
-def test_size_shrinks_with_bits(arch):
-    base = TINY[arch].build()
+def test_size_shrinks_with_bits(tiny_models, arch):
+    base = tiny_models[arch].build()
     sizes = {b: model_size(apply_plan(base, Plan(bits=b, group_size=16))) for b in (2, 3, 4, 8, 16)}
     sizes[32] = model_size(base)
     mb = [sizes[b]["size_mb"] for b in (2, 3, 4, 8, 16, 32)]
@@ -93,8 +91,8 @@ def test_size_shrinks_with_bits(arch):
         2: True, 3: True, 4: True, 8: False, 16: False, 32: False}
 
 
-def test_size_counts_every_layer_parameter_at_its_width():
-    base = TINY["bert"].build()
+def test_size_counts_every_layer_parameter_at_its_width(tiny_models):
+    base = tiny_models["bert"].build()
     full, half = model_size(base), model_size(apply_plan(base, Plan(bits=16)))
     layer_params = sum(p.numel() for p in get_adapter(base).layers().parameters())
     assert full["size_bytes"] == 4 * full["params"]

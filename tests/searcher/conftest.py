@@ -1,0 +1,86 @@
+"""A tiny BERT (random weights, MiniLM's tokenizer) and a study around it, so search,
+resume and CLI tests run in seconds."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+STUDIES = Path(__file__).resolve().parents[2] / "studies"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    import torch
+    import transformers as T
+
+    from slimformer.searcher.models import load_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    cfg = T.BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                       intermediate_size=256, max_position_embeddings=256)
+    T.BertModel(cfg).save_pretrained(out)
+    load_tokenizer("minilm-l6").save_pretrained(out)
+    return out
+
+
+def run_cli(*args, cwd=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "slimformer.searcher.cli", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+
+def assert_user_error(res, *fragments):
+    """Exit 2, one clear line naming every fragment, no traceback."""
+    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
+    assert "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert "error" in lines[-1]
+    for f in fragments:
+        assert f in lines[-1], (f, lines[-1])
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+@pytest.fixture
+def user_error():
+    return assert_user_error
+
+
+@pytest.fixture
+def make_study(tmp_path, tiny_model_dir):
+    return lambda **overrides: write_study(tmp_path, tiny_model_dir, **overrides)
+
+
+def write_study(folder: Path, model_dir: Path, **overrides) -> Path:
+    """A study file on the tiny model with the quickstart's data; sections merged from overrides."""
+    data_dir = folder / "data"
+    if not data_dir.exists():
+        shutil.copytree(STUDIES / "data", data_dir)
+    study = {
+        "model": str(model_dir),
+        "task": "sentence-similarity",
+        "data": {"format": "tsv", "header": False,
+                 "names": ["genre", "file", "year", "id", "score", "sentence1", "sentence2"],
+                 "validation": "data/sts-dev.tsv", "validation_size": 64,
+                 "calibration": "data/sts-train-1k.tsv", "calibration_size": 32},
+        "device": {"threads": 1, "seq_len": 32, "rounds": 4, "warmup": 1},
+        "space": {"heads": {"choices": [1, 2, 4]}, "ffn": {"choices": [64, 128, 256]}, "depth": {"min": 2}},
+        "search": {"trials": 4, "seed": 0, "sampler": "random"},
+    }
+    for section, value in overrides.items():
+        if isinstance(value, dict) and isinstance(study.get(section), dict):
+            study[section] = {**study[section], **value}
+        else:
+            study[section] = value
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path

@@ -1,0 +1,113 @@
+"""Search end to end on a tiny model: study results, report, export; resume after a real
+`kill -9` and after Ctrl-C; a changed space is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+from optuna.trial import TrialState
+
+
+
+def _study(path):
+    return optuna.load_study(study_name="study", storage=f"sqlite:///{path.parent / 'study.db'}")
+
+
+def _start(path, *extra):
+    return subprocess.Popen([sys.executable, "-m", "slimformer.searcher.cli", "search", str(path), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_running_after(path, n_complete, deadline=240):
+    """Wait until the study has n_complete finished trials and one RUNNING with params."""
+    end = time.time() + deadline
+    while time.time() < end:
+        time.sleep(0.2)
+        if not (path.parent / "study.db").exists():
+            continue
+        try:
+            trials = _study(path).get_trials(deepcopy=False)
+        except Exception:  # noqa: BLE001 - the study may not exist yet
+            continue
+        done = sum(t.state == TrialState.COMPLETE for t in trials)
+        running = [t for t in trials if t.state == TrialState.RUNNING and t.params]
+        if done >= n_complete and running:
+            return {t.number: t.params for t in trials if t.state == TrialState.COMPLETE}, running[0]
+    raise AssertionError("the search never reached the expected state")
+
+
+def test_search_report_export(tmp_path, make_study, cli, user_error):
+    path = make_study(budget={"speedup": 1.05})
+    res = cli("search", path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "trials finished" in res.stdout
+    study = _study(path)
+    complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4
+    first = complete[0]
+    assert first.user_attrs["seeded"] and first.params["depth"] == 4  # the baseline plan goes first
+    for t in complete:
+        assert {"quality", "latency_ms", "speedup", "size_mb", "plan", "constraints"} <= set(t.user_attrs)
+        assert t.constraints["speedup"] == 1.05 - t.user_attrs["speedup"]
+
+    rep = cli("report", path, "--json", "--no-rescore")
+    assert rep.returncode == 0, rep.stderr
+    data = json.loads(rep.stdout)
+    assert {"baseline", "pareto", "best", "cost_model"} <= set(data)
+    for row in data["pareto"]:
+        assert {"number", "quality", "latency_ms", "speedup", "size_mb", "feasible", "plan"} <= set(row)
+        assert row["feasible"]
+    if data["best"] is not None:
+        out = tmp_path / "best"
+        exp = cli("export", path, "--best", "--out", out)
+        assert exp.returncode == 0, exp.stderr
+        ev = cli("evaluate", out, "--study", path, "--json")
+        assert ev.returncode == 0, ev.stderr
+        got = json.loads(ev.stdout)
+        assert abs(got["params"] - data["best"]["params"]) == 0
+        assert {"quality", "metric", "latency_ms", "baseline_latency_ms", "speedup", "params", "size_mb"} <= set(got)
+
+
+def test_resume_after_kill_9(tmp_path, make_study, cli, user_error):
+    path = make_study(search={"trials": 5}, device={"rounds": 150})
+    proc = _start(path)
+    finished, running = _wait_running_after(path, 2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    res = cli("search", path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    trials = _study(path).get_trials()
+    for number, params in finished.items():  # nothing finished was lost
+        assert trials[number].state == TrialState.COMPLETE and trials[number].params == params
+    killed = trials[running.number]
+    assert killed.state == TrialState.FAIL and "stale" in killed.user_attrs["fail_reason"]
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == running.number]
+    assert retry and retry[0].params == running.params and retry[0].state == TrialState.COMPLETE
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 5
+
+
+def test_ctrl_c_stops_cleanly_and_resumes(tmp_path, make_study, cli, user_error):
+    path = make_study(search={"trials": 4}, device={"rounds": 150})
+    proc = _start(path)
+    _wait_running_after(path, 1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "Resume with the same command" in err
+    res = cli("search", path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sum(t.state == TrialState.COMPLETE for t in _study(path).get_trials()) == 4
+
+
+def test_changed_space_is_refused(tmp_path, make_study, cli, user_error):
+    path = make_study(search={"trials": 1})
+    assert cli("search", path).returncode == 0
+    make_study(search={"trials": 2}, space={"heads": {"choices": [2, 4]}})
+    user_error(cli("search", path), "different search space")
+    assert len(_study(path).get_trials()) == 1
