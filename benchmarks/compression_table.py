@@ -18,8 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-
-from slimformer.methods import Plan, apply_plan, model_size
+from slimformer.methods import Plan, model_size
 from slimformer.searcher.config import load_study_config
 from slimformer.searcher.data import load_rows
 from slimformer.searcher.latency import device_facts, measure_latency

@@ -12,6 +12,7 @@ Teacher outputs are computed once per calibration set and cached on it.
 from __future__ import annotations
 
 import itertools
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -52,8 +53,9 @@ def _run(model, inputs, losses):
 
 
 def _teacher_targets(teacher, calib: Calibration, spec: DistillSpec):
-    cache = calib.__dict__.setdefault("_teacher_cache", {})
-    key = (id(teacher), spec.losses)
+    per_teacher = calib.__dict__.setdefault("_teacher_cache", weakref.WeakKeyDictionary())
+    cache = per_teacher.setdefault(teacher, {})
+    key = spec.losses
     if key not in cache:
         targets = []
         with torch.no_grad():
@@ -81,6 +83,7 @@ def distill(model: nn.Module, stage: DistillStage, ctx: Context) -> nn.Module:
     if calib is None or teacher is None:
         raise ValueError("distillation needs calibration batches and the teacher model")
     targets = _teacher_targets(teacher, calib, spec)
+    trainable = {id(p): p.requires_grad for p in model.parameters()}
     if spec.freeze_embeddings:
         for name, p in model.named_parameters():
             if "embed" in name or "wte" in name or "wpe" in name:
@@ -117,5 +120,5 @@ def distill(model: nn.Module, stage: DistillStage, ctx: Context) -> nn.Module:
         if (step + 1) % 50 == 0 or step + 1 == spec.steps:
             ctx.log(f"distill step {step + 1}/{spec.steps} loss {loss.item():.4f}")
     for p in model.parameters():
-        p.requires_grad_(True)
+        p.requires_grad_(trainable[id(p)])
     return model

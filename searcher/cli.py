@@ -176,7 +176,6 @@ def cmd_report(args) -> int:
 
 def cmd_export(args) -> int:
     from optuna.trial import TrialState
-
     from slimformer.methods import Plan, save_compressed
     from slimformer.methods.export import ExportError
 

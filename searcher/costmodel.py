@@ -282,9 +282,8 @@ def _layer(cp: CompiledProfile, f: ModelFacts, heads: int, ffn: int, rank: int, 
     dt = _RUNTIME_DTYPE[bits]
     tok, hdim = batch * seq, f.shape.hidden_size
     attn, dense = _linears(f, heads, ffn, rank)
-    lin_dt = lambda k, n: dt if (dt != "int8" or (k and n)) else "float32"  # noqa: E731
     ms = cp.overhead("layer_ms", dt, hdim, tok)
-    ms += sum(cp.linear(lin_dt(k, n), tok, k, n) for k, n, _ in attn + dense)
+    ms += sum(cp.linear(dt, tok, k, n) for k, n, _ in attn + dense)
     if heads:
         ms += cp.overhead("attn_ms", dt, hdim, tok)
         ms += cp.attention("bfloat16" if dt == "bfloat16" else "float32", batch * heads, seq, f.head_dim)

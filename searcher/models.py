@@ -54,7 +54,6 @@ def resolve_model_path(name: str) -> str:
 def load_model(name: str, task_class: str = "AutoModel", **kwargs):
     """Load a model (eval mode, float32) for a task head class name from transformers."""
     import transformers
-
     from slimformer.methods.adapters import get_adapter
 
     path = resolve_model_path(name)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
-
 from slimformer.methods import Plan, model_size
 from slimformer.methods.adapters import UnsupportedModelError, get_adapter
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from slimformer.methods.calibration import Calibration
 from slimformer.methods.distill import mean_pool
 

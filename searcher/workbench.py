@@ -6,7 +6,6 @@ from __future__ import annotations
 from functools import cached_property
 
 import torch
-
 from slimformer.methods import Plan, apply_plan, model_size
 
 from .config import StudyConfig

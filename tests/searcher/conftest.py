@@ -18,7 +18,6 @@ STUDIES = Path(__file__).resolve().parents[2] / "studies"
 def tiny_model_dir(tmp_path_factory) -> Path:
     import torch
     import transformers as T
-
     from slimformer.searcher.models import load_tokenizer
 
     out = tmp_path_factory.mktemp("tiny-bert")
