@@ -56,6 +56,7 @@ class Context:
 
     calibration: Calibration | None = None
     teacher: torch.nn.Module | None = None
+    source: torch.nn.Module | None = None  # the uncompressed input model (read-only)
     structure_only: bool = False  # rebuilding a saved model's shapes: skip data-dependent work
     log: Callable[[str], None] = lambda msg: None
     notes: dict[str, Any] = field(default_factory=dict)

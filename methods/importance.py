@@ -4,6 +4,8 @@ Framework for Transformers", §4.1)."""
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from .adapters import Adapter, weight_out_in
@@ -96,5 +98,8 @@ def importance_scores(adapter: Adapter, kind: str, calibration: Calibration | No
     if kind == "fisher":
         if calibration is None:
             raise ValueError("importance 'fisher' needs calibration batches; pass calibration= or use 'magnitude'")
-        return fisher_scores(adapter, calibration, log)
+        cache = calibration.__dict__.setdefault("_fisher_cache", weakref.WeakKeyDictionary())
+        if adapter.model not in cache:
+            cache[adapter.model] = fisher_scores(adapter, calibration, log)
+        return cache[adapter.model]
     raise ValueError(f"unknown importance {kind!r}; allowed: magnitude, fisher")

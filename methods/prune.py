@@ -47,7 +47,9 @@ def prune(model: nn.Module, spec: PruneSpec, ctx: Context) -> nn.Module:
     ]
     if needs and not ctx.structure_only:
         ctx.log(f"importance: {spec.importance}")
-        head_scores, neuron_scores = importance_scores(adapter, spec.importance, ctx.calibration, ctx.log)
+        # scores of the untouched source model (identical weights; cached per calibration set)
+        scorer = get_adapter(ctx.source) if ctx.source is not None else adapter
+        head_scores, neuron_scores = importance_scores(scorer, spec.importance, ctx.calibration, ctx.log)
     for i in needs:
         layer = layers[i]
         n_heads, n_neurons = adapter.num_heads(layer), adapter.num_neurons(layer)

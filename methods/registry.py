@@ -72,6 +72,7 @@ def apply_plan(
     ctx = Context(
         calibration=calibration,
         teacher=model if resolved.distill.enabled else None,
+        source=model,
         structure_only=structure_only,
         log=log or (lambda msg: None),
     )

@@ -44,9 +44,12 @@ def _interp1(xs, ys, x: float) -> float:
     return (ys[i] * (1 - f) + ys[i + 1] * f) * s
 
 
-def _interp2(xs, ys, grid, x: float, y: float) -> float:
+def _interp2(xs, ys, grid, x: float, y: float, scale: bool = True) -> float:
+    """Bilinear; beyond the last point proportional (`scale`) or clamped."""
     i, fx, sx = _locate(xs, x)
     j, fy, sy = _locate(ys, y)
+    if not scale:
+        sx = sy = 1.0
     i1, j1 = min(i + 1, len(xs) - 1), min(j + 1, len(ys) - 1)
     top = grid[i][j] * (1 - fy) + grid[i][j1] * fy
     bottom = grid[i1][j] * (1 - fy) + grid[i1][j1] * fy
@@ -141,7 +144,8 @@ class CompiledProfile:
         if hit is None:
             ov = self.profile["overhead"].get(arch) or next(iter(self.profile["overhead"].values()))
             grid = ov["embed_ms"] if part == "embed" else ov[part].get(dtype, ov[part]["float32"])
-            hit = self._memo[key] = _interp2(ov["hidden"], ov["tokens"], grid, hidden, tokens)
+            hit = self._memo[key] = _interp2(ov["hidden"], ov["tokens"], grid, hidden, tokens,
+                                             scale=part != "kernel_scale")
         return hit
 
 
@@ -282,13 +286,14 @@ def _layer(cp: CompiledProfile, f: ModelFacts, heads: int, ffn: int, rank: int, 
     dt = _RUNTIME_DTYPE[bits]
     tok, hdim = batch * seq, f.shape.hidden_size
     attn, dense = _linears(f, heads, ffn, rank)
-    ms = cp.overhead("layer_ms", dt, hdim, tok)
-    ms += sum(cp.linear(dt, tok, k, n) for k, n, _ in attn + dense)
+    kdt = "bfloat16" if dt == "bfloat16" else "float32"  # int8 layers run attention/activation in float32
+    ms = sum(cp.linear(dt, tok, k, n) for k, n, _ in attn + dense)
     if heads:
-        ms += cp.overhead("attn_ms", dt, hdim, tok)
-        ms += cp.attention("bfloat16" if dt == "bfloat16" else "float32", batch * heads, seq, f.head_dim)
+        ms += cp.attention(kdt, batch * heads, seq, f.head_dim)
     if ffn:
-        ms += cp.activation("bfloat16" if dt == "bfloat16" else "float32", tok, ffn) * f.ffn_inputs
+        ms += cp.activation(kdt, tok, ffn) * f.ffn_inputs
+    ms *= cp.overhead("kernel_scale", dt, hdim, tok)
+    ms += cp.overhead("layer_ms", dt, hdim, tok) + (cp.overhead("attn_ms", dt, hdim, tok) if heads else 0.0)
     flops = sum(2 * tok * k * n for k, n, _ in attn + dense) + 4 * batch * heads * seq * seq * f.head_dim
     params, size = _param_bytes(attn + dense, bits, group)
     extra = f.norm_params + (hdim if heads == 0 and f.o_inside_core and f.o_bias else 0)  # NoAttention's bias

@@ -17,7 +17,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["run_benchmarks", "grid_widths", "DTYPE_BITS"]
+__all__ = [
+    "run_benchmarks", "grid", "layer_configs", "linear_tables", "activation_tables", "attention_tables",
+    "overhead_table", "DTYPE_BITS",
+]
 
 DTYPE_BITS = {"float32": 32, "bfloat16": 16, "int8": 8}
 OVERHEAD_LAYERS, OVERHEAD_FFN = 4, 32
@@ -25,10 +28,17 @@ OVERHEAD_LAYERS, OVERHEAD_FFN = 4, 32
 Job = Callable[[], list[tuple[tuple, Callable[[], object]]]]
 
 
-def grid_widths(hidden_sizes: tuple[int, ...], quick: bool) -> list[int]:
-    """Feature widths measured: 0, 32, 64 and fractions/multiples of every hidden size."""
+def grid(hidden_sizes: tuple[int, ...], head_dims, quick: bool) -> tuple[list[int], list[int]]:
+    """(feature widths, head counts) measured: 0, 32, 64 and fractions/multiples of every
+    hidden size, plus every shape of the reference layers (`layer_configs`)."""
     fracs = (0.25, 0.5, 1, 2, 4) if quick else (1 / 6, 1 / 3, 0.5, 2 / 3, 1, 1.5, 2, 3, 4)
-    return sorted({0, 32, 64} | {max(8, int(round(h * f / 8)) * 8) for h in hidden_sizes for f in fracs})
+    widths = {0, 32, 64} | {max(8, int(round(h * f / 8)) * 8) for h in hidden_sizes for f in fracs}
+    heads = {1, 4, 12} if quick else {1, 2, 4, 8, 12, 16}
+    for h in hidden_sizes:
+        d, configs = layer_configs(h, head_dims)
+        widths |= {h} | {n * d for n, _ in configs.values()} | {f for _, f in configs.values()}
+        heads |= {n for n, _ in configs.values() if n}
+    return sorted(widths), sorted(heads)
 
 
 def _monotone(arr) -> np.ndarray:
@@ -113,29 +123,38 @@ def _attention_job(dt: str, d: int, h: int, seqs, device) -> Job:
     return make
 
 
-def _overhead_job(hidden: int, d: int, dtypes, tokens, device) -> Job:
-    """Tiny random BERT models built by `apply_plan` exactly as the product builds them:
-    no layers (embeddings + pooler), and per dtype OVERHEAD_LAYERS layers of one head and
-    OVERHEAD_FFN neurons, with attention and (not int8, which cannot hold 0-width layers)
-    without."""
+def layer_configs(hidden: int, head_dims) -> tuple[int, dict[str, tuple[int, int]]]:
+    """(head_dim, {name: (heads, ffn)}) of the reference layers timed at width `hidden`:
+    tiny (1 head, 32 neurons), bare (no attention), mid and full width."""
+    dims = [x for x in head_dims if hidden % x == 0] or [hidden]
+    d = min(dims, key=lambda x: (abs(hidden / 12 - x), x))
+    full = max(1, hidden // d)
+    return d, {"tiny": (1, OVERHEAD_FFN), "bare": (0, OVERHEAD_FFN), "mid": (max(1, full // 3), 2 * hidden),
+               "full": (full, 4 * hidden)}
+
+
+def _overhead_job(hidden: int, head_dims, dtypes, tokens, device) -> Job:
+    """Random BERT models of width `hidden` built by `apply_plan` exactly as the product
+    builds them: no layers (embeddings + pooler), and per dtype OVERHEAD_LAYERS layers of
+    each reference shape (int8 cannot hold the 0-width layers of `bare`)."""
 
     def make():
         import torch
         import transformers
         from slimformer.methods import Plan, apply_plan
 
+        d, configs = layer_configs(hidden, head_dims)
         config = transformers.BertConfig(
-            vocab_size=512, hidden_size=hidden, num_attention_heads=max(1, hidden // d), intermediate_size=4 * hidden,
+            vocab_size=512, hidden_size=hidden, num_attention_heads=configs["full"][0], intermediate_size=4 * hidden,
             num_hidden_layers=OVERHEAD_LAYERS, max_position_embeddings=max(tokens) + 2, attn_implementation="sdpa",
         )
         torch.manual_seed(0)
         base = transformers.BertModel(config).eval()
         models = {("embed",): apply_plan(base, Plan(layers=[]))}
         for dt in dtypes:
-            bits = DTYPE_BITS[dt]
-            models[("attn", dt)] = apply_plan(base, Plan(heads=1, ffn=OVERHEAD_FFN, bits=bits))
-            if dt != "int8":
-                models[("noattn", dt)] = apply_plan(base, Plan(heads=0, ffn=OVERHEAD_FFN, bits=bits))
+            for name, (heads, ffn) in configs.items():
+                if not (dt == "int8" and name == "bare"):
+                    models[(name, dt)] = apply_plan(base, Plan(heads=heads, ffn=ffn, bits=DTYPE_BITS[dt]))
         out = []
         for t in tokens:
             ids = torch.randint(0, 512, (1, t), device=device)
@@ -157,13 +176,15 @@ def run_benchmarks(
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     budget, max_reps = (0.01, 5) if quick else (0.015, 9)
     jobs: list[tuple[int, Job]] = []
+    cap = max(hidden_sizes)  # every projection has one side <= the hidden size (rank <= it too)
     for dt in dtypes:
-        jobs += [(len(tokens), _linear_job(dt, k, n, tokens, device)) for k in widths for n in widths]
+        jobs += [(len(tokens), _linear_job(dt, k, n, tokens, device)) for k in widths for n in widths
+                 if min(k, n) <= cap]
     for dt in ("float32", "bfloat16"):
         jobs.append((len(tokens) * len(widths), _activation_job(dt, tokens, widths, device)))
         jobs += [(len(tokens), _attention_job(dt, d, h, tokens, device)) for d in head_dims for h in heads_grid]
-    n_models = 1 + 2 * len(dtypes) - ("int8" in dtypes)
-    jobs += [(len(tokens) * n_models, _overhead_job(h, head_dims[0], dtypes, tokens, device)) for h in hidden_sizes]
+    n_models = 1 + 4 * len(dtypes) - ("int8" in dtypes)
+    jobs += [(len(tokens) * n_models, _overhead_job(h, head_dims, dtypes, tokens, device)) for h in hidden_sizes]
     total = passes * sum(n for n, _ in jobs)
     best: dict[tuple, float] = {}
     with torch.inference_mode():
@@ -178,10 +199,36 @@ def run_benchmarks(
     return best
 
 
-def linear_tables(raw: dict, dtypes, tokens, widths) -> dict:
+def _bilinear_fit(ks, ns, ms) -> np.ndarray:
+    """Robust fit of time = a + b*k + c*n + d*k*n (GEMM: call overhead, reading the input,
+    writing the output, multiply-adds) in relative error; NaN cells are ignored."""
+    from scipy.optimize import least_squares
+
+    k, n = np.meshgrid(ks, ns, indexing="ij")
+    x = np.stack([np.ones_like(k), k, n, k * n], axis=-1).reshape(-1, 4).astype(float)
+    y = np.asarray(ms, dtype=float).reshape(-1)
+    ok = np.isfinite(y) & (y > 0)
+    x, y, scale = x[ok], y[ok], x[ok].max(axis=0)
+    res = least_squares(lambda c: (x / scale) @ c / y - 1, np.full(4, y.mean() / 4), bounds=(0, np.inf),
+                        loss="soft_l1", f_scale=0.05)
+    return (np.stack([np.ones_like(k), k, n, k * n], axis=-1) / scale) @ res.x
+
+
+def linear_tables(raw: dict, dtypes, tokens, widths, hidden_sizes, tolerance: float = 0.1) -> dict:
+    """Linear grids, de-noised: per dtype and token count, a cell more than `tolerance` above
+    a robust bilinear fit of its grid (load from other processes only ever slows a timing)
+    is clipped to it; cells wider than the hidden size on both sides (not timed) take the fit."""
+    cap = max(hidden_sizes)
     out = {}
     for dt in dtypes:
-        ms = [[[raw[("linear", dt, t, k, n)] for n in widths] for k in widths] for t in tokens]
+        ms = np.full((len(tokens), len(widths), len(widths)), np.nan)
+        for t, tok in enumerate(tokens):
+            for a, k in enumerate(widths):
+                for b, n in enumerate(widths):
+                    if min(k, n) <= cap:
+                        ms[t, a, b] = raw[("linear", dt, tok, k, n)]
+            fit = _bilinear_fit(widths, widths, ms[t]) * (1 + tolerance)
+            ms[t] = np.where(np.isfinite(ms[t]), np.minimum(ms[t], fit), fit)
         out[dt] = {"tokens": list(tokens), "in": list(widths), "out": list(widths), "ms": _monotone(ms).tolist()}
     return out
 
@@ -199,39 +246,63 @@ def attention_tables(raw: dict, head_dims, heads_grid, seqs) -> dict:
             for dt in ("float32", "bfloat16")}
 
 
-def overhead_table(raw: dict, dtypes, hidden_sizes, tokens, d: int) -> dict:
-    """Per-layer and attention-block cost beyond the kernels, from the tiny-model timings.
+def _kernels(tables: dict, dt: str, t: int, hidden: int, d: int, heads: int, ffn: int) -> float:
+    """The profiled kernels of one BERT layer (as `costmodel` adds them up), at grid points."""
+    kdt = "float32" if dt == "int8" else dt
 
-    layer_ms[dt] = (model without attention - embeddings) / L - its kernels;
-    attn_ms[dt] = (model with one head - embeddings) / L - its kernels - layer_ms[dt].
-    int8 has no 0-head model: its attention glue is taken as float32's.
+    def at(table, axes, point):
+        value = table["ms"]
+        for axis, p in zip(axes, point):
+            value = value[table[axis].index(p)]
+        return value
+
+    lin = lambda k, n: at(tables["linear"][dt], ("tokens", "in", "out"), (t, k, n))  # noqa: E731
+    ms = lin(hidden, ffn) + lin(ffn, hidden)
+    ms += at(tables["activation"][kdt], ("tokens", "width"), (t, ffn)) if ffn else 0.0
+    if heads:
+        attn = at(tables["attention"][kdt][str(d)], ("heads", "seq"), (heads, t))
+        return ms + 3 * lin(hidden, heads * d) + lin(heads * d, hidden) + attn
+    return ms + lin(0, hidden)
+
+
+def overhead_table(raw: dict, tables: dict, dtypes, hidden_sizes, tokens, head_dims) -> dict:
+    """What a real layer costs beyond the profiled kernels, fitted per hidden size, tokens, dtype.
+
+    Per reference model: (time - embeddings) / layers = layer_ms + attn_ms * [heads > 0]
+    + kernel_scale * (its kernels), solved by bounded least squares in relative error
+    (layer_ms, attn_ms >= 0; kernel_scale in [0.5, 2] absorbs what isolated kernels miss,
+    e.g. weights no longer in cache). int8 has no 0-head model: its attn_ms is float32's.
     """
-    f, n_layers = OVERHEAD_FFN, OVERHEAD_LAYERS
+    from scipy.optimize import lsq_linear
+
     shape = (len(hidden_sizes), len(tokens))
     embed = np.zeros(shape)
-    layer = {dt: np.zeros(shape) for dt in dtypes}
-    attn = {dt: np.zeros(shape) for dt in dtypes}
-
-    def lin(dt, t, k, n):
-        return raw[("linear", dt, t, k, n)]
-
+    fitted = {part: {dt: np.zeros(shape) for dt in dtypes} for part in ("layer_ms", "attn_ms", "kernel_scale")}
     for a, hidden in enumerate(hidden_sizes):
+        d, configs = layer_configs(hidden, head_dims)
         for b, t in enumerate(tokens):
             e = embed[a, b] = raw[("model", hidden, t, "embed")]
-            for dt in dtypes:
-                kdt = "float32" if dt == "int8" else dt
-                ffn = lin(dt, t, hidden, f) + lin(dt, t, f, hidden) + raw[("activation", kdt, t, f)]
-                heads = 3 * lin(dt, t, hidden, d) + lin(dt, t, d, hidden) + raw[("attention", kdt, d, 1, t)]
-                full = (raw[("model", hidden, t, "attn", dt)] - e) / n_layers - ffn - heads
-                if dt == "int8":
-                    attn[dt][a, b] = attn["float32"][a, b]
-                    layer[dt][a, b] = max(0.0, full - attn[dt][a, b])
+            for dt in sorted(dtypes, key=lambda x: x == "int8"):  # float32 before int8
+                rows, ys = [], []
+                for name, (heads, ffn) in configs.items():
+                    key = ("model", hidden, t, name, dt)
+                    if key in raw:
+                        rows.append([1.0, float(heads > 0), _kernels(tables, dt, t, hidden, d, heads, ffn)])
+                        ys.append(max((raw[key] - e) / OVERHEAD_LAYERS, 1e-6))
+                x, y = np.array(rows), np.array(ys)
+                hi = [np.inf, np.inf, 2.0]
+                if dt == "int8":  # fix attn_ms to float32's: a bound of width ~0
+                    fixed = fitted["attn_ms"]["float32"][a, b] if "float32" in dtypes else 0.0
+                    hi[1] = fixed + 1e-9
+                    lo = [0.0, fixed, 0.5]
                 else:
-                    bare = (raw[("model", hidden, t, "noattn", dt)] - e) / n_layers - ffn - lin(kdt, t, 0, hidden)
-                    layer[dt][a, b] = max(0.0, bare)
-                    attn[dt][a, b] = max(0.0, full - layer[dt][a, b])
+                    lo = [0.0, 0.0, 0.5]
+                sol = lsq_linear(x / y[:, None], np.ones_like(y), bounds=(lo, hi)).x
+                for part, value in zip(("layer_ms", "attn_ms", "kernel_scale"), sol):
+                    fitted[part][dt][a, b] = value
     return {
         "hidden": list(hidden_sizes), "tokens": list(tokens), "embed_ms": _monotone(embed).tolist(),
-        "layer_ms": {dt: _monotone(v).tolist() for dt, v in layer.items()},
-        "attn_ms": {dt: _monotone(v).tolist() for dt, v in attn.items()},
+        "layer_ms": {dt: _monotone(v).tolist() for dt, v in fitted["layer_ms"].items()},
+        "attn_ms": {dt: _monotone(v).tolist() for dt, v in fitted["attn_ms"].items()},
+        "kernel_scale": {dt: v.tolist() for dt, v in fitted["kernel_scale"].items()},
     }

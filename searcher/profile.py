@@ -177,7 +177,7 @@ def validate_profile(data) -> None:
             _check_table(f"attention.{dt}.{d}", table, ("heads", "seq"))
     for arch, ov in data["overhead"].items():
         _check_table(f"overhead.{arch}", ov, ("hidden", "tokens"), key="embed_ms")
-        for part in ("layer_ms", "attn_ms"):
+        for part in ("layer_ms", "attn_ms", "kernel_scale"):
             _need(isinstance(ov.get(part), dict), f"overhead.{arch}.{part} must map dtype to a table")
             for dt, arr in ov[part].items():
                 _check_table(f"overhead.{arch}.{part}.{dt}", {**ov, "ms": arr}, ("hidden", "tokens"))
@@ -205,14 +205,7 @@ def profile_device(
     import torch
 
     from .latency import fixed_threads
-    from .microbench import (
-        activation_tables,
-        attention_tables,
-        grid_widths,
-        linear_tables,
-        overhead_table,
-        run_benchmarks,
-    )
+    from .microbench import grid, run_benchmarks
 
     _check_runtime(runtime)
     device = device or _default_device()
@@ -224,8 +217,7 @@ def profile_device(
     tokens = tuple(sorted({int(t) for t in (tokens or ((32, 128) if quick else (8, 32, 128, 512)))}))
     hidden_sizes = tuple(sorted({int(h) for h in hidden_sizes}))
     head_dims = tuple(int(d) for d in head_dims)
-    widths = grid_widths(hidden_sizes, quick)
-    heads_grid = (1, 4, 12) if quick else (1, 2, 4, 8, 12, 16)
+    widths, heads_grid = grid(hidden_sizes, head_dims, quick)
     dtypes = tuple(d for d in DTYPES if not (d == "int8" and device == "cuda"))  # dynamic int8 is CPU-only
     passes = passes or (1 if quick else 2)
     started = time.perf_counter()
@@ -239,17 +231,30 @@ def profile_device(
         raw = run_benchmarks(dtypes=dtypes, tokens=tokens, widths=widths, heads_grid=heads_grid,
                              head_dims=head_dims, hidden_sizes=hidden_sizes, device=device, passes=passes,
                              quick=quick, step=step)
+    return _build_profile(raw, threads, runtime, device, hidden_sizes=hidden_sizes, tokens=tokens, widths=widths,
+                         heads_grid=heads_grid, head_dims=head_dims, dtypes=dtypes, quick=quick, passes=passes,
+                         seconds=time.perf_counter() - started)
+
+
+def _build_profile(raw: dict, threads: int, runtime: str, device: str, *, hidden_sizes, tokens, widths, heads_grid,
+                  head_dims, dtypes, quick: bool, passes: int, seconds: float) -> dict:
+    """The profile document from raw timings {key: ms} (see `searcher.microbench`)."""
+    from .microbench import activation_tables, attention_tables, linear_tables, overhead_table
+
+    tables = {
+        "linear": linear_tables(raw, dtypes, tokens, widths, hidden_sizes),
+        "activation": activation_tables(raw, tokens, widths),
+        "attention": attention_tables(raw, head_dims, heads_grid, tokens),
+    }
     return {
         "kind": PROFILE_KIND,
         "version": PROFILE_VERSION,
         "fingerprint": fingerprint(threads, runtime, device),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "profile_seconds": round(time.perf_counter() - started, 1),
+        "profile_seconds": round(seconds, 1),
         "settings": {"hidden_sizes": list(hidden_sizes), "tokens": list(tokens), "quick": quick, "passes": passes},
-        "linear": linear_tables(raw, dtypes, tokens, widths),
-        "activation": activation_tables(raw, tokens, widths),
-        "attention": attention_tables(raw, head_dims, heads_grid, tokens),
-        "overhead": {"bert": overhead_table(raw, dtypes, hidden_sizes, tokens, head_dims[0])},
+        **tables,
+        "overhead": {"bert": overhead_table(raw, tables, dtypes, hidden_sizes, tokens, head_dims)},
     }
 
 

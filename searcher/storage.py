@@ -45,8 +45,13 @@ def open_storage(url: str, read_only: bool = False) -> optuna.storages.BaseStora
             return optuna.storages.JournalStorage(backend)
         except Exception as exc:  # noqa: BLE001 - corrupt journal files raise many types
             raise UserError(f"cannot read journal storage {journal}: {str(exc).splitlines()[0]}") from None
+    heartbeat = {}
+    if not url.startswith("sqlite"):
+        # other hosts' crashed trials: Optuna's heartbeat marks them failed and queues a retry
+        heartbeat = {"heartbeat_interval": 30, "grace_period": 120,
+                     "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **heartbeat)
     except Exception as exc:  # noqa: BLE001 - sqlalchemy/driver errors
         raise UserError(f"cannot open storage {_redact(url)}: {str(exc).splitlines()[0]}") from None
 

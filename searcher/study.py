@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 from optuna.trial import TrialState
 from slimformer.methods import Plan, model_size
 from slimformer.methods.adapters import UnsupportedModelError, get_adapter
@@ -258,6 +259,8 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
                 study.enqueue_trial(params, user_attrs={"seeded": True}, skip_if_exists=True)
     baseline = study.user_attrs["baseline"]
     fail_stale_trials(study, log)
+    if is_heartbeat_enabled(study._storage):
+        optuna.storages.fail_stale_trials(study)
     done = sum(counted(t) for t in study.get_trials(deepcopy=False))
     log(f"study {handle.name!r} in {handle.url}: {done} finished trial(s), running to {target}")
     for line in space.describe():
@@ -270,7 +273,8 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
             for key, value in owner_attrs().items():
                 trial.set_user_attr(key, value)
             try:
-                values = _run_trial(trial, cfg, space, bench, baseline)
+                with get_heartbeat_thread(trial._trial_id, study._storage):
+                    values = _run_trial(trial, cfg, space, bench, baseline)
             except KeyboardInterrupt:
                 trial.set_user_attr("fail_reason", "interrupted (Ctrl-C / SIGTERM)")
                 trial.set_user_attr("retried", True)
