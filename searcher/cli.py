@@ -214,6 +214,53 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_profile(args) -> int:
+    from .profile import ProfileError, default_profile_path, profile_device, save_profile
+
+    try:
+        profile = profile_device(args.threads, args.runtime, quick=args.quick, progress=True)
+    except ProfileError as exc:
+        raise UserError(str(exc)) from None
+    out = Path(args.out) if args.out else default_profile_path(args.threads, args.runtime)
+    save_profile(profile, out)
+    print(f"device profile written to {out}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import transformers
+
+    from .costmodel import predict
+    from .models import resolve_model_path
+    from .profile import ProfileError, find_profile
+
+    plan = _load_plan(args.plan)
+    try:
+        config = transformers.AutoConfig.from_pretrained(resolve_model_path(args.model))
+    except OSError as exc:
+        raise UserError(f"cannot read the config of {args.model!r}: {str(exc).splitlines()[0]}") from None
+    try:
+        profile = find_profile(args.threads, args.runtime, args.profile)
+    except ProfileError as exc:
+        raise UserError(str(exc)) from None
+    if profile is None:
+        raise UserError(f"no device profile for this machine ({args.threads} threads, {args.runtime}); "
+                        f"run `slimformer profile --threads {args.threads}` first or pass --profile FILE")
+    try:
+        result = predict(plan, config, profile, seq_len=args.seq_len, batch_size=args.batch_size)
+    except ValueError as exc:
+        raise UserError(f"plan does not fit the model: {exc}") from None
+    result["device"] = profile["fingerprint"]
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"predicted latency: {result['latency_ms']:.2f} ms (batch {args.batch_size}, {args.seq_len} tokens, "
+              f"{profile['fingerprint'].get('threads')} threads, {profile['fingerprint'].get('runtime')})")
+        print(f"size: {result['params']:,} params, {result['size_mb']:.1f} MB; peak memory ~{result['peak_memory_mb']:.0f} MB"
+              + (" (simulated low-bit weights: latency as float32)" if result["simulated"] else ""))
+    return 0
+
+
 # ----- parser -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="slimformer", description="Find the best compressed Transformer under a latency budget.")
@@ -269,12 +316,27 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_flags(x)
     x.set_defaults(func=cmd_export)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    pr = sub.add_parser("profile", help="microbenchmark this device into a device profile",
+                        description="Time linear layers, attention and per-layer overhead on this device.")
+    pr.add_argument("--out", help="profile file (default: this device's cache entry, used automatically)")
+    pr.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    pr.add_argument("--runtime", default="eager", help="eager (default) or compile")
+    pr.add_argument("--quick", action="store_true", help="a small grid (seconds; less accurate)")
+    pr.set_defaults(func=cmd_profile)
+
+    pd = sub.add_parser("predict", help="predicted latency, size and memory of a plan, without building it",
+                        description="Predict a plan's cost on a device from its profile and the model config.")
+    pd.add_argument("--plan", required=True, help="plan file (.yaml or .json)")
+    pd.add_argument("--model", required=True, help="local directory, hub id, or the alias minilm-l6")
+    pd.add_argument("--profile", help="device profile (default: this device's, made by `slimformer profile`)")
+    pd.add_argument("--threads", type=int, default=2, help="threads of the default profile")
+    pd.add_argument("--runtime", default="eager", help="runtime of the default profile")
+    pd.add_argument("--seq-len", type=int, default=128)
+    pd.add_argument("--batch-size", type=int, default=1)
+    pd.add_argument("--json", action="store_true", help="print JSON")
+    pd.set_defaults(func=cmd_predict)
+
     return p
-
-
-_EXTRA_COMMANDS: list = []
 
 
 def _storage_flags(p) -> None:
