@@ -86,7 +86,7 @@ class SearchSection(_Section):
     workers: int = Field(1, ge=1)
     objectives: list[Literal["quality", "latency", "size"]] = ["quality", "latency"]
     seed_uniform: bool = Field(True, description="enqueue the baseline and a few uniform plans first")
-    isolate: bool = False
+    prescreen: bool = Field(True, description="reject candidates the cost model predicts clearly over budget")
 
     @field_validator("objectives")
     @classmethod

@@ -59,6 +59,9 @@ class SearchProgress:
             best_text = f"best feasible: #{best.number} {b['quality']:.2f} @ {b['speedup']:.2f}x"
         self._advance(best_text)
 
+    def trial_rejected(self, number: int, reason: str) -> None:
+        self._print(f"trial {number:>3}: skipped, {reason}")
+
     def trial_failed(self, number: int, reason: str) -> None:
         self._print(f"trial {number:>3}: FAILED {reason}")
         self._advance()

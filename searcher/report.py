@@ -97,7 +97,8 @@ def report_study(cfg: StudyConfig, storage: str | None = None, study_name: str |
         "study": handle.name, "storage": handle.url, "metric": study.user_attrs.get("metric"),
         "budget": study.user_attrs.get("budget"), "device": study.user_attrs.get("device"),
         "baseline": baseline, "n_trials": len(trials), "n_complete": len(complete),
-        "n_failed": len(failed), "n_running": sum(t.state == TrialState.RUNNING for t in trials),
+        "n_failed": len(failed), "n_rejected": sum(t.state == TrialState.PRUNED for t in trials),
+        "n_running": sum(t.state == TrialState.RUNNING for t in trials),
         "n_feasible": sum(r["feasible"] for r in rows),
         "failures": [{"number": t.number, "reason": t.user_attrs.get("fail_reason")} for t in failed],
         "pareto": front, "best": best_row, "trials": rows,
@@ -120,7 +121,7 @@ def render_text(rep: dict) -> str:
     b = rep["baseline"]
     metric = rep["metric"]
     lines = [f"study {rep['study']} ({rep['storage']}): {rep['n_complete']} complete, {rep['n_failed']} failed, "
-             f"{rep['n_running']} running, {rep['n_feasible']} within budget {_budget_text(rep['budget'])}",
+             f"{rep['n_rejected']} skipped by the cost model, {rep['n_running']} running, {rep['n_feasible']} within budget {_budget_text(rep['budget'])}",
              f"baseline: {metric} {b['quality']:.2f} (search split)"
              + (f", {b['quality_full']:.2f} (full split)" if "quality_full" in b else "")
              + f", {b['latency_ms']:.1f} ms, {b['size_mb']:.1f} MB",

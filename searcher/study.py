@@ -162,9 +162,55 @@ class _TrialFailed(Exception):
     pass
 
 
-def _run_trial(trial, cfg: StudyConfig, space, bench, baseline: dict) -> list[float]:
+class _Rejected(Exception):
+    """The cost model says the candidate is clearly over the latency budget."""
+
+
+MAX_REJECTIONS_IN_A_ROW = 50  # then measure anyway: the sampler must keep learning
+
+
+def _latency_limit(cfg: StudyConfig, baseline: dict) -> float | None:
+    b = cfg.budget
+    if b.latency_ms is not None:
+        return b.latency_ms
+    if b.speedup is not None:
+        return baseline["latency_ms"] / b.speedup
+    return None
+
+
+def _predictor(cfg: StudyConfig, bench, study, log):
+    """The calibrated cost model for this device, re-fitted on the study's measured trials."""
+    from .costfit import CalibratedPredictor
+    from .profile import ProfileError, find_profile
+
+    try:
+        profile = find_profile(cfg.device.threads, cfg.device.runtime, cfg.resolve_path(cfg.device.profile))
+    except ProfileError as exc:
+        raise UserError(str(exc)) from None
+    if profile is None:
+        log(f"no device profile for this CPU/{cfg.device.threads} threads/{cfg.device.runtime}: candidates are "
+            f"measured without cost-model screening (make one with `slimformer profile --threads {cfg.device.threads}`)")
+        return None
+    pred = CalibratedPredictor(profile, bench.model.config, cfg.device.seq_len, cfg.device.batch_size,
+                               pooler=getattr(bench.model, "pooler", None) is not None)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if "plan" in t.user_attrs and t.user_attrs.get("latency_ms"):
+            pred.observe(Plan.from_dict(t.user_attrs["plan"]), t.user_attrs["latency_ms"])
+    return pred
+
+
+def _run_trial(trial, cfg: StudyConfig, space, bench, baseline: dict, predictor=None,
+               may_reject: bool = False) -> list[float]:
     plan = space.sample(trial)
     trial.set_user_attr("plan", plan.to_dict())
+    if predictor is not None:
+        pred = predictor.predict(plan)["latency_ms"]
+        trial.set_user_attr("predicted_latency_ms", pred)
+        limit = _latency_limit(cfg, baseline)
+        margin = predictor.margin()
+        if may_reject and limit is not None and pred * (1 - margin) > limit:
+            raise _Rejected(f"predicted {pred:.1f} ms exceeds the {limit:.1f} ms budget beyond the "
+                            f"cost model's {margin:.0%} error margin")
     t0 = time.perf_counter()
     model = bench.build(plan)
     t1 = time.perf_counter()
@@ -265,6 +311,8 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
     log(f"study {handle.name!r} in {handle.url}: {done} finished trial(s), running to {target}")
     for line in space.describe():
         log(f"  {line}")
+    predictor = _predictor(cfg, bench, study, log)
+    rejected_in_a_row = 0
     started = time.monotonic()
     bar = SearchProgress(target, done, baseline, enabled=progress, log=log)
     with bar:
@@ -274,7 +322,14 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
                 trial.set_user_attr(key, value)
             try:
                 with get_heartbeat_thread(trial._trial_id, study._storage):
-                    values = _run_trial(trial, cfg, space, bench, baseline)
+                    may_reject = cfg.search.prescreen and rejected_in_a_row < MAX_REJECTIONS_IN_A_ROW
+                    values = _run_trial(trial, cfg, space, bench, baseline, predictor, may_reject)
+            except _Rejected as exc:
+                trial.set_user_attr("rejected", str(exc))
+                study.tell(trial, state=TrialState.PRUNED)
+                rejected_in_a_row += 1
+                bar.trial_rejected(trial.number, str(exc))
+                continue
             except KeyboardInterrupt:
                 trial.set_user_attr("fail_reason", "interrupted (Ctrl-C / SIGTERM)")
                 trial.set_user_attr("retried", True)
@@ -290,8 +345,13 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
             else:
                 frozen = study.tell(trial, values)
                 bar.trial_done(frozen, best_feasible(study))
+            rejected_in_a_row = 0
             done += 1
     best = best_feasible(study)
+    if predictor is not None and predictor.n >= 3:
+        err = predictor.error()
+        log(f"cost model on this study: MAPE {err['mape'] * 100:.1f}%, Spearman {err['spearman']:.3f} "
+            f"(leave-one-out, n={err['n']})")
     return {"study": handle.name, "storage": handle.url, "finished": done, "target": target,
             "baseline": baseline, "best": None if best is None else
             {"number": best.number, **{k: best.user_attrs.get(k) for k in ("quality", "latency_ms", "speedup", "size_mb", "plan")}}}
