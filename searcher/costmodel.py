@@ -1,12 +1,17 @@
 """Predicted latency, size and memory of a Plan on a profiled device, from the plan and the
 model's config alone (no model is built, no weights are read).
 
-Latency = embeddings/pooler overhead + for every kept layer: its fixed overhead (by dtype)
-+ q/k/v/o linears at the kept heads + attention core (skipped at 0 heads) + FFN linears at
-the kept neurons (two per linear under low rank) + activation. Kernel times come from the
-profile's grids by piecewise-linear interpolation in every dimension (tokens, in, out);
-beyond the grid's largest point they scale proportionally. bits 8 uses the int8 tables,
-16 the bfloat16 ones; 32 and the simulated 4/3/2 the float32 ones (`simulated` says so).
+Latency = embeddings/pooler + for every kept layer (dropped layers cost nothing):
+    kernel_scale * (q/k/v/o linears at the kept heads + attention core + FFN linears at the
+    kept neurons, two per linear under low rank, three linears for gated MLPs + activation)
+    + layer_ms + attn_ms (attention block glue; a 0-head layer skips it and the core).
+Kernel times come from the profile's grids by piecewise-linear interpolation in every
+dimension (tokens, in, out; heads, seq); beyond the grid's last point they scale
+proportionally. kernel_scale, layer_ms and attn_ms were fitted on real (random) BERT layers
+when profiling (see `searcher.microbench`). bits 8 uses the int8 tables (its activation
+quantization is inside the int8 kernel), 16 the bfloat16 ones (cast hooks are in its
+layer_ms), 32 and the simulated 4/3/2 the float32 ones (`simulated` says so).
+Sizes are counted as `methods.size.model_size` counts a built model.
 """
 
 from __future__ import annotations

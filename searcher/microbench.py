@@ -3,9 +3,13 @@
 Every measurement is a "job" (a factory returning named no-argument callables). All jobs run
 in `passes` shuffled passes; a cell's figure is the best (minimum) of its repetitions over
 all passes: the kernel's cost when nothing else competes for the cores, which is what a
-machine shared with other work gets closest to. Shuffling spreads a burst of load from
-other processes over random cells rather than whole rows. Tables are then made monotone
-along every axis.
+machine shared with other work gets closest to (load only ever slows a timing). Shuffling
+spreads a burst of load over random cells rather than whole rows; linear cells far above a
+robust fit of their grid are clipped to it; tables are made monotone along every axis.
+
+Reference models (random BERTs built by `apply_plan`, from no layers to full width) are
+timed in interleaved rounds so the ones compared with each other see the same load; the
+layer cost beyond the kernels is fitted from them (`overhead_table`).
 """
 
 from __future__ import annotations
@@ -198,7 +202,7 @@ def run_benchmarks(
             for _, make in order:
                 items = make()
                 if items and items[0][0][0] == "model":
-                    for key, ms in _time_interleaved(items, sync, rounds=3 if quick else 6):
+                    for key, ms in _time_interleaved(items, sync, rounds=2 if quick else 4):
                         keep(key, ms)
                         step(f"pass {p + 1}/{passes} reference models", total)
                     continue

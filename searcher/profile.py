@@ -214,6 +214,9 @@ def profile_device(
         raise ProfileError(f"cannot profile device {device!r}; allowed: {allowed}")
     if not hidden_sizes or any(int(h) < 8 for h in hidden_sizes):
         raise ProfileError(f"hidden_sizes must be integers >= 8, got {hidden_sizes!r}")
+    for h in hidden_sizes:
+        if not any(int(h) % int(d) == 0 for d in head_dims):
+            raise ProfileError(f"hidden size {h} is not a multiple of any head_dims {tuple(head_dims)}")
     tokens = tuple(sorted({int(t) for t in (tokens or ((32, 128) if quick else (8, 32, 128, 512)))}))
     hidden_sizes = tuple(sorted({int(h) for h in hidden_sizes}))
     head_dims = tuple(int(d) for d in head_dims)

@@ -112,3 +112,26 @@ def test_changed_space_is_refused(tmp_path, make_study, cli, user_error):
     user_error(cli("search", path), "different search space")
     trials = _study(path).get_trials()
     assert len(trials) == before and sum(t.state == TrialState.COMPLETE for t in trials) == 1
+
+
+def test_search_with_device_profile_records_predictions(tmp_path, make_study, cli, monkeypatch):
+    """With a profile for this device, every trial stores its cost-model prediction (made
+    before measuring) and the report scores the predictor against the measurements."""
+    from slimformer.searcher.profile import default_profile_path, profile_device, save_profile
+
+    monkeypatch.setenv("SLIMFORMER_CACHE", str(tmp_path / "cache"))
+    profile = profile_device(1, hidden_sizes=(64,), quick=True, tokens=(32,), head_dims=(16,), progress=False)
+    save_profile(profile, default_profile_path(1, "eager"))
+    path = make_study(search={"trials": 5}, budget={"speedup": 1.2})
+    res = cli("search", path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    trials = _study(path).get_trials()
+    measured = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert measured and all(t.user_attrs["predicted_latency_ms"] > 0 for t in measured)
+    for t in trials:
+        if t.state == TrialState.PRUNED:  # skipped by the cost model: recorded with its reason
+            assert "exceeds" in t.user_attrs["rejected"] and "quality" not in t.user_attrs
+    rep = json.loads(cli("report", path, "--json", "--no-rescore").stdout)
+    assert rep["cost_model"]["n"] == len(measured)
+    assert rep["cost_model"]["mape"] is not None and rep["n_rejected"] == sum(
+        t.state == TrialState.PRUNED for t in trials)
