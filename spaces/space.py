@@ -212,9 +212,11 @@ class Space:
 
     def uniform_plans(self) -> list[dict[str, Any]]:
         """Params dicts to `study.enqueue_trial`: the baseline (largest plan) first, then uniform
-        plans (middle heads/FFN choice everywhere; all bits 16; all bits 8), without repeats."""
+        plans (middle heads/FFN choice everywhere; all bits 16; all bits 8; middle heads/FFN
+        with bits 8), without repeats."""
         candidates = [self._extreme(True), self._extreme(True, sizes="middle"),
-                      self._extreme(True, bits=16), self._extreme(True, bits=8)]
+                      self._extreme(True, bits=16), self._extreme(True, bits=8),
+                      self._extreme(True, sizes="middle", bits=8)]
         out: list[dict[str, Any]] = []
         for params in candidates:
             if params not in out:
