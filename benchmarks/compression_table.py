@@ -43,7 +43,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "compression_results"))
+    ap.add_argument("--reuse-quality", action="store_true",
+                    help="take the Spearman figures from the existing results JSON; re-measure latency only")
     args = ap.parse_args()
+    previous = json.loads(Path(args.out + ".json").read_text())["rows"] if args.reuse_quality else {}
     cfg = load_study_config(data={
         "model": "minilm-l6", "task": "sentence-similarity",
         "data": {"format": "tsv", "header": False, "names": NAMES, "validation": str(SHARED / "sts-dev.csv"),
@@ -66,6 +69,9 @@ def main() -> None:
             print(f"built {key} in {meta[key]['build_s']:.1f} s")
     for key, model in models.items():
         meta[key].update(model_size(model))
+        if key in previous:
+            meta[key].update({k: v for k, v in previous[key].items() if k.startswith("spearman")})
+            continue
         meta[key]["spearman_dev"] = bench.task.quality(model, bench.validation)["quality"]
         if key == "baseline" or "bits=8" in key or "bits 8" in key:  # int8 checked on a second split
             meta[key]["spearman_train1500"] = bench.task.quality(model, second)["quality"]

@@ -26,7 +26,7 @@ from slimformer.searcher.costfit import CalibratedPredictor, mape, spearman
 from slimformer.searcher.costmodel import CompiledProfile, predict
 from slimformer.searcher.latency import device_facts, measure_latency
 from slimformer.searcher.models import load_model
-from slimformer.searcher.profile import load_profile, profile_device, save_profile
+from slimformer.searcher.profile import default_profile_path, load_profile, profile_device, save_profile
 
 HERE = Path(__file__).resolve().parent
 SEQ, BATCH = 128, 1
@@ -71,9 +71,11 @@ def main() -> None:
     ap.add_argument("--plans", type=int, default=40)
     ap.add_argument("--calib", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--profile", help="reuse this profile file instead of profiling")
+    ap.add_argument("--profile", help="profile file: reused when it exists, else written there "
+                    "(default: a fresh profile saved to the cache path)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(HERE / "costmodel_results"))
+    ap.add_argument("--note", default="", help="a remark printed in the results (e.g. about machine load)")
     args = ap.parse_args()
     load_start = os.getloadavg()
 
@@ -82,7 +84,7 @@ def main() -> None:
         print(f"profile: loaded {args.profile} (made in {profile['profile_seconds']} s)")
     else:
         profile = profile_device(args.threads, hidden_sizes=(384,))
-        path = save_profile(profile, args.profile or HERE / "costmodel_profile.json")
+        path = save_profile(profile, args.profile or default_profile_path(args.threads))
         print(f"profile: {profile['profile_seconds']} s -> {path}")
 
     model = load_model("minilm-l6")
@@ -105,7 +107,7 @@ def main() -> None:
     fit = [predict(p, config, fit_profile, SEQ, BATCH)["latency_ms"] for p in plans]
     cal = CalibratedPredictor(profile, config, SEQ, BATCH)
     for p, m in zip(calib, measured[: args.calib]):
-        cal.observe(p, m["median_ms"])
+        cal.observe(p, m["median_ms"], m["baseline_ms"])  # drift-corrected by the paired baseline
     calibrated = [cal.predict(p)["latency_ms"] for p in held]
     t = time.perf_counter()
     for p in held * 5:
@@ -122,6 +124,7 @@ def main() -> None:
         "settings": {"model": "minilm-l6", "seq_len": SEQ, "batch_size": BATCH, "threads": args.threads,
                      "plans": args.plans, "calibration_plans": args.calib, "rounds": args.rounds, "seed": args.seed},
         "load_average": {"start": load_start, "end": os.getloadavg()},
+        "note": args.note,
         "profile_seconds": profile["profile_seconds"],
         "measure_seconds": round(measure_s, 1),
         "predict_us_per_call": predict_us,
@@ -189,6 +192,8 @@ def render(r: dict) -> str:
         "Goal (issue): MAPE <= 10% and Spearman >= 0.95 on the held-out plans.",
         "",
     ]
+    if r.get("note"):
+        lines += ["Note: " + r["note"], ""]
     return "\n".join(lines)
 
 

@@ -48,6 +48,7 @@ class CalibratedPredictor:
         self.facts = model_facts(config, pooler)
         self._plans: list[Plan] = []
         self._measured: list[float] = []
+        self._baseline: list[float | None] = []
         self._raw: dict[Plan, dict] = {}
         self._model = None
         self._dirty = False
@@ -78,20 +79,35 @@ class CalibratedPredictor:
         ]
 
     # ----- observations -------------------------------------------------------------------
-    def observe(self, plan: Plan, measured_ms: float) -> None:
-        if not (isinstance(measured_ms, (int, float)) and measured_ms > 0 and math.isfinite(measured_ms)):
-            raise ValueError(f"measured_ms must be a positive number, got {measured_ms!r}")
+    def observe(self, plan: Plan, measured_ms: float, baseline_ms: float | None = None) -> None:
+        """Add a measurement. `baseline_ms`: the uncompressed model's median from the same
+        interleaved rounds; with it the measurement is drift-corrected (see `targets`)."""
+        for name, value in (("measured_ms", measured_ms), ("baseline_ms", baseline_ms)):
+            if value is None and name == "baseline_ms":
+                continue
+            if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
         self._plans.append(plan)
         self._measured.append(float(measured_ms))
+        self._baseline.append(None if baseline_ms is None else float(baseline_ms))
         self._dirty = True
 
     @property
     def n(self) -> int:
         return len(self._measured)
 
+    def targets(self) -> list[float]:
+        """What the residual model fits: each measurement, or, where its baseline was given,
+        measured * (median baseline over all observations / its baseline), i.e. its measured
+        speedup at the typical load: load drifting between measurements cancels out."""
+        bases = [b for b in self._baseline if b is not None]
+        ref = float(np.median(bases)) if bases else 0.0
+        return [m if b is None else m * ref / b for m, b in zip(self._measured, self._baseline)]
+
     def _fit(self, idx: list[int]):
         """A residual model on the observations `idx`: ('scale', log ratio) or ('ridge', model)."""
-        y = np.array([math.log(self._measured[i] / self.predict_raw(self._plans[i])["latency_ms"]) for i in idx])
+        target = self.targets()
+        y = np.array([math.log(target[i] / self.predict_raw(self._plans[i])["latency_ms"]) for i in idx])
         if len(idx) < self.min_fit:
             return ("scale", float(np.median(y)) if len(y) else 0.0)
         from sklearn.linear_model import RidgeCV
@@ -132,9 +148,11 @@ class CalibratedPredictor:
         profile-only figures under raw_mape / raw_spearman); NaN where undefined."""
         raw = [self.predict_raw(p)["latency_ms"] for p in self._plans]
         loo = self.loo_predictions() if self.n >= 2 else raw
-        return {"mape": mape(loo, self._measured), "spearman": spearman(loo, self._measured), "n": self.n,
-                "raw_mape": mape(raw, self._measured), "raw_spearman": spearman(raw, self._measured),
-                "method": "leave-one-out" if self.n >= 2 else "raw"}
+        y = self.targets()
+        return {"mape": mape(loo, y), "spearman": spearman(loo, y), "n": self.n,
+                "raw_mape": mape(raw, y), "raw_spearman": spearman(raw, y),
+                "method": "leave-one-out" if self.n >= 2 else "raw",
+                "drift_corrected": any(b is not None for b in self._baseline)}
 
     def margin(self, quantile: float = 0.9) -> float:
         """Relative error margin: the `quantile` of leave-one-out |error| / measured (0.25
@@ -142,5 +160,6 @@ class CalibratedPredictor:
         exceeds the latency budget can be rejected without measuring it."""
         if self.n < self.min_fit:
             return DEFAULT_MARGIN
-        errs = np.abs(np.array(self.loo_predictions()) - self._measured) / np.array(self._measured)
+        y = np.array(self.targets())
+        errs = np.abs(np.array(self.loo_predictions()) - y) / y
         return float(max(0.02, np.quantile(errs, quantile)))
