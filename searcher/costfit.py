@@ -7,6 +7,10 @@ kept-layer fraction, mean kept head and FFN fractions): with fewer than `min_fit
 observations by their median (one scale factor), from `min_fit` on by ridge regression
 (standardised features, regularisation chosen by leave-one-out). `error()` reports
 leave-one-out MAPE and Spearman, i.e. how well it predicts plans it has not seen.
+
+Give `observe` the baseline's median from the same interleaved rounds when there is one:
+measurements are then drift-corrected (measured speedup x the typical baseline), which
+removes most of the noise a shared machine adds between measurements.
 """
 
 from __future__ import annotations
@@ -144,8 +148,9 @@ class CalibratedPredictor:
         return out
 
     def error(self) -> dict:
-        """Leave-one-out {"mape", "spearman", "n"} of the calibrated model (plus the raw
-        profile-only figures under raw_mape / raw_spearman); NaN where undefined."""
+        """Leave-one-out {"mape", "spearman", "n"} of the calibrated model against `targets()`
+        (drift-corrected where baselines were given), plus the profile-only raw_mape and
+        raw_spearman; NaN where undefined."""
         raw = [self.predict_raw(p)["latency_ms"] for p in self._plans]
         loo = self.loo_predictions() if self.n >= 2 else raw
         y = self.targets()
@@ -155,11 +160,12 @@ class CalibratedPredictor:
                 "drift_corrected": any(b is not None for b in self._baseline)}
 
     def margin(self, quantile: float = 0.9) -> float:
-        """Relative error margin: the `quantile` of leave-one-out |error| / measured (0.25
-        before `min_fit` observations). A candidate whose prediction * (1 - margin) still
+        """Relative error margin: the `quantile` of leave-one-out |prediction - measured| /
+        measured over the raw measurements (so it also covers load drift), at least 0.05;
+        0.25 before `min_fit` observations. A candidate whose prediction * (1 - margin) still
         exceeds the latency budget can be rejected without measuring it."""
         if self.n < self.min_fit:
             return DEFAULT_MARGIN
-        y = np.array(self.targets())
-        errs = np.abs(np.array(self.loo_predictions()) - y) / y
-        return float(max(0.02, np.quantile(errs, quantile)))
+        measured = np.array(self._measured)
+        errs = np.abs(np.array(self.loo_predictions()) - measured) / measured
+        return float(max(0.05, np.quantile(errs, quantile)))

@@ -274,8 +274,8 @@ def _param_bytes(linears, bits: int, group: int) -> tuple[int, float]:
             size += 4 * (w + bias)
         elif bits == 16:
             size += 2 * (w + bias)
-        elif bits == 8:
-            size += w + 4 * n + 4 * bias
+        elif bits == 8:  # int8 weight + a float32 scale per output; empty projections stay float32
+            size += (w + 4 * n + 4 * bias) if w else 4 * bias
         else:
             size += w * bits / 8 + w / group * 2 + 4 * bias
     return params, size

@@ -84,7 +84,7 @@ def _linear_job(dt: str, k: int, n: int, tokens, device) -> Job:
 
                 mod = quantize_dynamic(nn.Sequential(nn.Linear(k, n)), {nn.Linear: per_channel_dynamic_qconfig},
                                        dtype=torch.qint8)
-            else:  # int8 cannot hold a zero-width layer: the float32 no-op stands in
+            else:  # int8 layers keep zero-width projections in float32 (methods.quantize skips them)
                 mod = nn.Linear(k, n).to(device, _torch_dtype(dt))
         xs = {t: torch.randn(t, k, device=device, dtype=_torch_dtype(dt)) for t in tokens}
         return [(("linear", dt, t, k, n), lambda x=xs[t]: mod(x)) for t in tokens]
@@ -140,7 +140,7 @@ def layer_configs(hidden: int, head_dims) -> tuple[int, dict[str, tuple[int, int
 def _overhead_job(hidden: int, head_dims, dtypes, tokens, device) -> Job:
     """Random BERT models of width `hidden` built by `apply_plan` exactly as the product
     builds them: no layers (embeddings + pooler), and per dtype OVERHEAD_LAYERS layers of
-    each reference shape (int8 cannot hold the 0-width layers of `bare`)."""
+    each reference shape (int8 without `bare`: its attention glue runs in float32 anyway)."""
 
     def make():
         import torch
@@ -304,7 +304,8 @@ def overhead_table(raw: dict, tables: dict, dtypes, hidden_sizes, tokens, head_d
     Per reference model: (time - embeddings) / layers = layer_ms + attn_ms * [heads > 0]
     + kernel_scale * (its kernels), solved by bounded least squares in relative error
     (layer_ms, attn_ms >= 0; kernel_scale in [0.5, 2] absorbs what isolated kernels miss,
-    e.g. weights no longer in cache). int8 has no 0-head model: its attn_ms is float32's.
+    e.g. weights no longer in cache). int8 layers run attention in float32: their attn_ms is
+    float32's (which keeps the int8 fit to two unknowns).
     """
     from scipy.optimize import lsq_linear
 

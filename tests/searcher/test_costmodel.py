@@ -111,12 +111,12 @@ def test_fewer_heads_neurons_layers_never_predict_slower(profile, config):
     full = _latency(Plan(), config, profile)
     for bits in (32, 16, 8):
         prev = math.inf
-        for heads in (4, 3, 2, 1) + ((0,) if bits != 8 else ()):  # int8 cannot hold a 0-width layer
+        for heads in (4, 3, 2, 1, 0):
             ms = _latency(Plan(heads=heads, bits=bits), config, profile)
             assert ms <= prev + 1e-9, (bits, heads)
             prev = ms
         prev = math.inf
-        for ffn in (64, 48, 32, 16) + ((0,) if bits != 8 else ()):
+        for ffn in (64, 48, 32, 16, 0):
             ms = _latency(Plan(ffn=ffn, bits=bits), config, profile)
             assert ms <= prev + 1e-9, (bits, ffn)
             prev = ms
@@ -157,6 +157,7 @@ def test_predict_is_fast(profile, config):
     Plan(layers=[0, 2], heads=[4, 0, 2], ffn=[64, 16, 0]),
     Plan(heads=2, ffn=48, bits=[16, 8, 4]),
     Plan(rank=8, ffn=48, bits=[8, 16, 32]),
+    Plan(heads=[0, 2, 4], ffn=[64, 0, 32], bits=8),
     Plan(bits=3, group_size=8),
 ])
 def test_predicted_size_matches_a_built_model(plan, profile, config):
@@ -197,6 +198,21 @@ def test_calibrated_predictor_learns_a_scale(profile, config):
     assert 0 < cal.margin() < 0.25
     with pytest.raises(ValueError, match="positive"):
         cal.observe(Plan(), -1.0)
+
+
+def test_calibration_with_paired_baselines_cancels_load_drift(profile, config):
+    cal = CalibratedPredictor(profile, config, seq_len=8)
+    base_pred = cal.predict_raw(Plan())["latency_ms"]
+    plans = [Plan(heads=h, ffn=f) for h, f in [(4, 64), (2, 32), (1, 16), (3, 48), (4, 16), (2, 64)]]
+    for i, plan in enumerate(plans):
+        load = 1.0 + 0.5 * (i % 2)  # every other measurement runs 50% slower, baseline included
+        raw = cal.predict_raw(plan)["latency_ms"]
+        cal.observe(plan, 2.0 * raw * load, baseline_ms=2.0 * base_pred * load)
+    assert cal.targets()[1] == pytest.approx(cal.targets()[0] / cal.predict_raw(plans[0])["latency_ms"]
+                                             * cal.predict_raw(plans[1])["latency_ms"])
+    err = cal.error()
+    assert err["drift_corrected"] and err["mape"] < 0.01 and err["spearman"] == pytest.approx(1.0)
+    assert cal.margin() >= 0.05  # the margin still covers the drift seen in the raw measurements
 
 
 # ----- GPU -----------------------------------------------------------------------------------
