@@ -208,7 +208,8 @@ def _run_trial(trial, cfg: StudyConfig, space, bench, baseline: dict, predictor=
         trial.set_user_attr("predicted_latency_ms", pred)
         limit = _latency_limit(cfg, baseline)
         margin = predictor.margin()
-        if may_reject and limit is not None and pred * (1 - margin) > limit:
+        anchored = trial.user_attrs.get("seeded") or "retry_of" in trial.user_attrs  # always measured
+        if may_reject and not anchored and limit is not None and pred * (1 - margin) > limit:
             raise _Rejected(f"predicted {pred:.1f} ms exceeds the {limit:.1f} ms budget beyond the "
                             f"cost model's {margin:.0%} error margin")
     t0 = time.perf_counter()
