@@ -18,7 +18,7 @@ IMPORTANCE = ("magnitude", "fisher")
 BITS = (32, 16, 8, 4, 3, 2)
 REAL_BITS = (32, 16, 8)
 SIMULATED_BITS = (4, 3, 2)
-RECOVERY = ("none",)
+RECOVERY = ("none", "mask_tuning")
 DISTILL_LOSSES = ("logits", "hidden", "embedding")
 
 
@@ -97,7 +97,8 @@ class Plan:
     rank: per layer, rank of the SVD factorisation of the FFN projections (0/None = dense).
     bits: per layer weight bit-width: 32 float32, 16 bfloat16, 8 int8 (real kernel),
         4/3/2 simulated (round-to-nearest, group-wise).
-    recovery: "none" or "mask_tuning" (least-squares rescaling after pruning).
+    recovery: "none" or "mask_tuning" (after pruning, kept heads/neurons rescaled by least
+        squares to reconstruct the uncompressed model's layer outputs; needs calibration).
     distill: distillation settings (steps=0 disables).
     """
 

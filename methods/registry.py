@@ -1,5 +1,5 @@
 """Registered compression methods and `apply_plan`, which composes them in a fixed order:
-prune -> low-rank -> distil -> quantize."""
+prune -> mask tuning -> low-rank -> distil -> quantize."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from .adapters import get_adapter
 from .calibration import Calibration, Context
 from .distill import DistillStage, distill
 from .lowrank import LowRankSpec, low_rank
+from .masktune import MaskTuneSpec, mask_tune
 from .plan import Plan
 from .prune import PruneSpec, prune
 from .quantize import QuantSpec, quantize
@@ -34,6 +35,7 @@ class Method:
 
 METHODS: tuple[Method, ...] = (
     Method("prune", PruneSpec.from_plan, prune),
+    Method("mask_tuning", MaskTuneSpec.from_plan, mask_tune),
     Method("low_rank", LowRankSpec.from_plan, low_rank),
     Method("distill", DistillStage.from_plan, distill),
     Method("quantize", QuantSpec.from_plan, quantize),
@@ -56,7 +58,7 @@ def apply_plan(
 ) -> nn.Module:
     """A new, physically smaller copy of `model` built by `plan`; `model` is left untouched.
 
-    `calibration` feeds Fisher importance and distillation. `structure_only` rebuilds the
+    `calibration` feeds Fisher importance, mask tuning and distillation. `structure_only` rebuilds the
     shapes only (used when loading a saved model whose weights then overwrite them).
     """
     if getattr(model.config, CONFIG_KEY, None):
@@ -65,6 +67,8 @@ def apply_plan(
     resolved = plan.resolve(adapter.shape())
     if resolved.importance == "fisher" and calibration is None and not structure_only:
         raise ValueError("importance 'fisher' needs calibration batches; pass calibration= or use 'magnitude'")
+    if resolved.recovery == "mask_tuning" and calibration is None and not structure_only:
+        raise ValueError("recovery 'mask_tuning' needs calibration batches; pass calibration= or use recovery 'none'")
     original_config = model.config.to_dict()
     was_training = model.training
     model.eval()

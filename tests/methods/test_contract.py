@@ -26,6 +26,7 @@ CASES = {
     "prune_to_zero": (Plan(heads=[0, 4, 2], ffn=[64, 0, 0]), {"prune"}),
     "zero_quantized": (Plan(heads=[0, 4, 2], ffn=[64, 0, 0], bits=[8, 16, 8]), {"prune", "quantize"}),
     "low_rank": (Plan(rank=8), {"low_rank"}),
+    "mask_tuning": (Plan(heads=[2, 4, 2], ffn=[16, 64, 40], recovery="mask_tuning"), {"prune", "mask_tuning"}),
     "distill": (Plan(heads=2, distill={"steps": 2, "lr": 1e-2}), {"prune", "distill"}),
     "bits16": (Plan(bits=16), {"quantize"}),
     "bits8": (Plan(bits=8), {"quantize"}),
@@ -88,7 +89,7 @@ def test_contract(tiny, case, tmp_path):
     plan, methods = CASES[case]
     base = tiny.build()
     inputs = tiny.inputs()
-    calib = tiny.calibration() if "distill" in methods else None
+    calib = tiny.calibration() if methods & {"distill", "mask_tuning"} else None
     before_state = {k: v.clone() for k, v in base.state_dict().items()}
     before_config = base.config.to_dict()
     before_out = _logits(base, inputs)
