@@ -139,7 +139,8 @@ def _check_budget_reachable(cfg: StudyConfig, space, bench, log) -> None:
     if b.speedup is None and b.latency_ms is None and b.size_mb is None:
         return
     smallest = space.smallest_plan()
-    cheap = Plan.from_dict({**smallest.to_dict(), "importance": "magnitude", "distill": {"steps": 0}})
+    cheap = Plan.from_dict({**smallest.to_dict(), "importance": "magnitude", "recovery": "none",
+                            "distill": {"steps": 0}})
     model = bench.build(cheap)
     size = model_size(model)["size_mb"]
     if b.size_mb is not None and size > b.size_mb:
@@ -278,10 +279,12 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
         space = Space.from_dict(space_cfg, shape)
     except SpaceError as exc:
         raise UserError(str(exc)) from None
-    needs_calib = any(p in ("importance", "distill_steps") for p in space.distributions()) or \
-        space.largest_plan().importance == "fisher"
+    largest = space.largest_plan()
+    needs_calib = any(p in ("importance", "distill_steps", "recovery") for p in space.distributions()) or \
+        largest.importance == "fisher" or largest.recovery != "none"
     if needs_calib and cfg.data.calibration is None:
-        raise UserError("the space searches fisher importance or distillation, which need data.calibration")
+        raise UserError("the space searches fisher importance, mask tuning or distillation, "
+                        "which need data.calibration")
     meta = _study_meta(cfg, space, bench)
 
     existing = _study_exists(handle)

@@ -9,6 +9,7 @@ from .config import (
     DistillDim,
     ImportanceDim,
     RankDim,
+    RecoveryDim,
     SpaceConfig,
     SpaceError,
     WidthDim,
@@ -18,6 +19,6 @@ from .space import Space
 from .validation import format_validation_error, parse_space_config
 
 __all__ = [
-    "Space", "SpaceConfig", "SpaceError", "WidthDim", "DepthDim", "BitsDim", "RankDim",
+    "Space", "SpaceConfig", "SpaceError", "WidthDim", "DepthDim", "BitsDim", "RankDim", "RecoveryDim",
     "ImportanceDim", "DistillDim", "default_space", "parse_space_config", "format_validation_error",
 ]

@@ -20,7 +20,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from slimformer.methods.plan import BITS, DISTILL_LOSSES, IMPORTANCE, ModelShape
+from slimformer.methods.plan import BITS, DISTILL_LOSSES, IMPORTANCE, RECOVERY, ModelShape
 
 __all__ = [
     "SpaceConfig", "WidthDim", "DepthDim", "BitsDim", "RankDim", "ImportanceDim", "DistillDim",
@@ -144,6 +144,12 @@ class ImportanceDim(_Section):
     choices: _choices(Literal[IMPORTANCE])
 
 
+class RecoveryDim(_Section):
+    """Post-pruning recovery without training: none or least-squares mask tuning."""
+
+    choices: _choices(Literal[RECOVERY])
+
+
 class DistillDim(_Section):
     """Distillation; lr/losses/temperature/alpha are only searched in trials with steps > 0."""
 
@@ -162,7 +168,7 @@ class DistillDim(_Section):
         return value
 
 
-_DIMS = ("heads", "ffn", "bits", "rank", "importance")
+_DIMS = ("heads", "ffn", "bits", "rank", "importance", "recovery")
 
 
 class SpaceConfig(_Section):
@@ -174,6 +180,7 @@ class SpaceConfig(_Section):
     bits: BitsDim | None = None
     rank: RankDim | None = None
     importance: ImportanceDim | None = None
+    recovery: RecoveryDim | None = None
     distill: DistillDim | None = None
 
     @model_validator(mode="before")

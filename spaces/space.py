@@ -73,6 +73,9 @@ class Space:
         if config.importance is not None:
             order = [i for i in ("magnitude", "fisher") if i in config.importance.choices]
             self._add("importance", "importance", CategoricalDistribution(order))
+        if config.recovery is not None:
+            order = [r for r in ("none", "mask_tuning") if r in config.recovery.choices]
+            self._add("recovery", "recovery", CategoricalDistribution(order))
         if config.distill is not None:
             d = config.distill
             self._add("distill_steps", "distill_steps", CategoricalDistribution(sorted(set(d.steps))))
@@ -132,6 +135,7 @@ class Space:
                         per_layer[i] = value
             values[key] = tuple(per_layer)
         importance = self._choose(pick, "importance") if "importance" in self._dists else "magnitude"
+        recovery = self._choose(pick, "recovery") if "recovery" in self._dists else "none"
         distill = DistillSpec()
         if "distill_steps" in self._dists:
             steps = self._choose(pick, "distill_steps")
@@ -140,7 +144,7 @@ class Space:
                 extra["losses"] = tuple(extra["losses"].split("+"))
                 distill = DistillSpec(steps=steps, **extra)
         layers = tuple(sorted(kept)) if "depth" in self._dists else None
-        return Plan(layers=layers, importance=importance, distill=distill, **values)
+        return Plan(layers=layers, importance=importance, recovery=recovery, distill=distill, **values)
 
     # ----- public API -------------------------------------------------------------------------
     def sample(self, trial: Any) -> Plan:
@@ -268,13 +272,14 @@ class Space:
             if key == "rank":
                 line += "; 0 = dense; only for layers that keep FFN neurons"
             lines.append(line)
-        if "importance" in self._dists:
-            lines.append(f"importance: {', '.join(self._dists['importance'].choices)}")
+        for key in ("importance", "recovery"):
+            if key in self._dists:
+                lines.append(f"{key}: {', '.join(self._dists[key].choices)}")
         if "distill_steps" in self._dists:
             parts = [f"steps {', '.join(map(str, self._dists['distill_steps'].choices))}"]
             parts += [f"{k} {', '.join(map(str, self._dists[f'distill_{k}'].choices))}" for k in _DISTILL]
             lines.append(f"distill: {'; '.join(parts)} (lr/losses/temperature/alpha only when steps > 0)")
-        fixed = [k for k in ("depth", *_LAYERED, "importance", "distill") if getattr(self.config, k) is None]
+        fixed = [k for k in ("depth", *_LAYERED, "importance", "recovery", "distill") if getattr(self.config, k) is None]
         if fixed:
             lines.append(f"not searched (full size, 32 bits, dense, magnitude, no distillation): {', '.join(fixed)}")
         combos = math.prod(_size(d) for d in self._dists.values())

@@ -296,3 +296,19 @@ def test_importing_spaces_does_not_import_torch():
             "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_recovery_dimension_reaches_the_plan():
+    space = Space.from_dict({"heads": {"choices": [6, 12]}, "recovery": ["none", "mask_tuning"]}, MINILM)
+    assert "recovery" in space.distributions()
+    seen = set()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(12):
+        trial = study.ask()
+        plan = space.sample(trial)
+        assert plan.recovery == trial.params["recovery"]
+        assert space.plan_from_params(trial.params) == plan
+        seen.add(plan.recovery)
+    assert seen == {"none", "mask_tuning"}
+    with pytest.raises(SpaceError, match="recovery"):
+        Space.from_dict({"recovery": ["mask_tune"]}, MINILM)
