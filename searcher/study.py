@@ -237,6 +237,8 @@ def _run_trial(trial, cfg: StudyConfig, space, bench, baseline: dict, predictor=
     }
     for k, v in attrs.items():
         trial.set_user_attr(k, v)
+    if predictor is not None:  # calibrate the cost model online with what was just measured
+        predictor.observe(plan, latency_ms)
     values = {"quality": q, "latency": latency_ms, "size": size["size_mb"]}
     return [values[o] for o in cfg.search.objectives]
 
