@@ -14,6 +14,13 @@ import yaml
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
 
 
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """No device profile from the developer's ~/.cache leaks into a test (CLI subprocesses
+    inherit the variable); a test that wants one writes it there itself."""
+    monkeypatch.setenv("SLIMFORMER_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     import torch
