@@ -182,8 +182,11 @@ def _latency_limit(cfg: StudyConfig, baseline: dict) -> float | None:
 def _predictor(cfg: StudyConfig, bench, study, log):
     """The calibrated cost model for this device, re-fitted on the study's measured trials."""
     from .costfit import CalibratedPredictor
-    from .profile import ProfileError, find_profile
+    from .profile import RUNTIMES, ProfileError, find_profile
 
+    if cfg.device.runtime not in RUNTIMES:
+        log(f"the cost model has no profiles for runtime {cfg.device.runtime!r} yet: every candidate is measured")
+        return None
     try:
         profile = find_profile(cfg.device.threads, cfg.device.runtime, cfg.resolve_path(cfg.device.profile))
     except ProfileError as exc:

@@ -102,3 +102,17 @@ def test_tampered_export(tmp_path, tiny_model_dir, make_study, cli, user_error):
 def test_bad_flags(argv, cli):
     res = cli(*argv)
     assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+def test_corrupt_or_foreign_profile(tmp_path, tiny_model_dir, cli, user_error):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("heads: 2\n")
+    bad = tmp_path / "profile.json"
+    bad.write_text("{not json")
+    user_error(cli("predict", "--plan", plan, "--model", tiny_model_dir, "--profile", bad), "profile")
+    bad.write_text('{"version": 1, "something": "else"}')
+    user_error(cli("predict", "--plan", plan, "--model", tiny_model_dir, "--profile", bad), "profile")
+
+
+def test_unknown_runtime_for_profile(cli, user_error):
+    user_error(cli("profile", "--runtime", "tensorrt", "--quick"), "tensorrt")
