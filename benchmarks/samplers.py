@@ -5,7 +5,7 @@
 The study: all-MiniLM-L6-v2 on STS-B dev, the default space restricted to magnitude importance
 (per-layer heads, FFN, bits 32/8, depth), budget speedup >= 2.0. So that the comparison measures
 the samplers and not the machine's noise, and fits in minutes, every trial's objective is
-deterministic: quality = Spearman x100 on a fixed 300-pair subset of STS-B dev, computed on
+deterministic: quality = Spearman x100 on a fixed subset (--pairs, default 300) of STS-B dev, computed on
 the really compressed model and cached by plan (samplers that propose the same plan share the
 figure); latency = the device profile's prediction (searcher.costmodel) for this CPU, batch 1,
 128 tokens, 2 threads. Hypervolume of the feasible front in (quality, latency) with reference
@@ -61,16 +61,30 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=60)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--pairs", type=int, default=300, help="STS-B dev pairs scored per plan")
+    ap.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated subset (to run in parallel)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for building/scoring")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="only merge the JSON results of parallel runs")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "samplers_results"))
     args = ap.parse_args()
+    if args.merge:
+        parts = [json.loads(Path(p).read_text()) for p in args.merge]
+        results = {k: v for part in parts for k, v in part["runs"].items()}
+        meta = dict(parts[0]["meta"], unique_plans=sum(p["meta"]["unique_plans"] for p in parts),
+                    total_s=max(p["meta"]["total_s"] for p in parts))
+        Path(args.out + ".json").write_text(json.dumps({"meta": meta, "runs": results}, indent=1))
+        Path(args.out + ".md").write_text(render(results, meta, args.seeds))
+        print(render(results, meta, args.seeds))
+        return
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = load_study_config(ROOT / "studies" / "quickstart.yaml")
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"validation_size": 300})})
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"validation_size": args.pairs}),
+                                 "device": cfg.device.model_copy(update={"threads": args.threads})})
     bench = Workbench(cfg, log=print)
     shape = get_adapter(bench.model).shape()
     space = Space.from_dict({"heads": {"fractions": [0.25, 0.5, 0.75, 1.0]}, "ffn": {"fractions": [0.25, 0.5, 0.75, 1.0]},
                              "depth": {"min_fraction": 0.5}, "bits": [32, 8]}, shape)
-    profile = find_profile(2, "eager")
+    profile = find_profile(2, "eager")  # latency is predicted for the 2-thread device
     if profile is None:
         profile = profile_device(2, "eager")
         save_profile(profile, default_profile_path(2, "eager"))
@@ -91,7 +105,7 @@ def main() -> None:
 
     results = {}
     t_start = time.time()
-    for name in SAMPLERS:
+    for name in args.samplers.split(","):
         for seed in range(args.seeds):
             study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(name, seed))
             t0 = time.time()
@@ -104,7 +118,7 @@ def main() -> None:
                 row[f"best@{n}"] = max((q for q, _ in feas), default=None)
             results[f"{name}/{seed}"] = row
             print(name, seed, {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
-    meta = {"baseline_quality_300": base_q, "baseline_predicted_ms": base_ms, "unique_plans": len(cache),
+    meta = {"pairs": args.pairs, "baseline_quality": base_q, "baseline_predicted_ms": base_ms, "unique_plans": len(cache),
             "total_s": time.time() - t_start, "device": bench.facts()}
     Path(args.out + ".json").write_text(json.dumps({"meta": meta, "runs": results}, indent=1))
     Path(args.out + ".md").write_text(render(results, meta, args.seeds))
@@ -113,10 +127,12 @@ def main() -> None:
 
 def render(results: dict, meta: dict, seeds: int) -> str:
     lines = ["# Samplers on the same study and budget", "",
-             "Command: `python benchmarks/samplers.py`. Study: all-MiniLM-L6-v2, STS-B dev (300-pair subset), "
+             "Command: `python benchmarks/samplers.py` (or two halves in parallel with `--samplers`, then "
+             "`--merge`). Study: all-MiniLM-L6-v2, STS-B dev "
+             f"({meta['pairs']}-pair subset), "
              "space = per-layer heads/FFN (fractions 0.25-1), depth >= 3, bits 32/8, magnitude importance; "
              "budget speedup >= 2.0 (cost-model latency for this CPU). "
-             f"Baseline Spearman {meta['baseline_quality_300']:.2f}, predicted {meta['baseline_predicted_ms']:.1f} ms. "
+             f"Baseline Spearman {meta['baseline_quality']:.2f}, predicted {meta['baseline_predicted_ms']:.1f} ms. "
              f"{meta['unique_plans']} distinct plans built and scored; total {meta['total_s'] / 60:.1f} min. "
              f"Device: {meta['device']['cpu']}, {meta['device']['threads']} threads.",
              "", "Mean over seeds (min-max); hv = hypervolume of the feasible front (Spearman points x ms), "
@@ -124,7 +140,9 @@ def render(results: dict, meta: dict, seeds: int) -> str:
              "| sampler | " + " | ".join(f"hv@{n} | best@{n}" for n in CHECKPOINTS) + " |",
              "| --- | " + " | ".join("---: | ---:" for _ in CHECKPOINTS) + " |"]
     for name in SAMPLERS:
-        runs = [results[f"{name}/{s}"] for s in range(seeds)]
+        runs = [results[f"{name}/{s}"] for s in range(seeds) if f"{name}/{s}" in results]
+        if not runs:
+            continue
         cells = []
         for n in CHECKPOINTS:
             for key in (f"hv@{n}", f"best@{n}"):
