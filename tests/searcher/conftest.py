@@ -57,7 +57,7 @@ def cli():
 
 
 @pytest.fixture
-def user_error():
+def expect_user_error():
     return assert_user_error
 
 

@@ -41,7 +41,7 @@ def _wait_running_after(path, n_complete, deadline=240):
     raise AssertionError("the search never reached the expected state")
 
 
-def test_search_report_export(tmp_path, make_study, cli, user_error):
+def test_search_report_export(tmp_path, make_study, cli, expect_user_error):
     path = make_study(budget={"speedup": 1.05})
     res = cli("search", path)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -73,7 +73,7 @@ def test_search_report_export(tmp_path, make_study, cli, user_error):
         assert {"quality", "metric", "latency_ms", "baseline_latency_ms", "speedup", "params", "size_mb"} <= set(got)
 
 
-def test_resume_after_kill_9(tmp_path, make_study, cli, user_error):
+def test_resume_after_kill_9(tmp_path, make_study, cli, expect_user_error):
     path = make_study(search={"trials": 5}, device={"rounds": 150})
     proc = _start(path)
     finished, running = _wait_running_after(path, 2)
@@ -91,7 +91,7 @@ def test_resume_after_kill_9(tmp_path, make_study, cli, user_error):
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 5
 
 
-def test_ctrl_c_stops_cleanly_and_resumes(tmp_path, make_study, cli, user_error):
+def test_ctrl_c_stops_cleanly_and_resumes(tmp_path, make_study, cli, expect_user_error):
     path = make_study(search={"trials": 4}, device={"rounds": 150})
     proc = _start(path)
     _wait_running_after(path, 1)
@@ -104,12 +104,12 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path, make_study, cli, user_error)
     assert sum(t.state == TrialState.COMPLETE for t in _study(path).get_trials()) == 4
 
 
-def test_changed_space_is_refused(tmp_path, make_study, cli, user_error):
+def test_changed_space_is_refused(tmp_path, make_study, cli, expect_user_error):
     path = make_study(search={"trials": 1})
     assert cli("search", path).returncode == 0
     make_study(search={"trials": 2}, space={"heads": {"choices": [2, 4]}})
     before = len(_study(path).get_trials())
-    user_error(cli("search", path), "different search space")
+    expect_user_error(cli("search", path), "different search space")
     trials = _study(path).get_trials()
     assert len(trials) == before and sum(t.state == TrialState.COMPLETE for t in trials) == 1
 
