@@ -39,6 +39,12 @@ def _load_plan(path: str):
         raise UserError(f"invalid plan {path}: {exc}") from None
 
 
+def _check_out_dir(out: Path, force: bool) -> None:
+    """Refuse a non-empty output folder before any model is loaded (export re-checks)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise UserError(f"{out} exists and is not empty; choose another --out or pass --force")
+
+
 def _study_or_default(path: str | None):
     from .config import load_study_config
 
@@ -57,8 +63,7 @@ def cmd_compress(args) -> int:
     cfg = load_study_config(args.study) if args.study else load_study_config(data={})
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": args.model})})
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
-        raise UserError(f"{out} exists and is not empty; choose another --out or pass --force")
+    _check_out_dir(out, args.force)
     try:
         bench = Workbench(cfg, log=_log)
         model = bench.build(plan, log=_log)
@@ -196,8 +201,7 @@ def cmd_export(args) -> int:
             raise UserError(f"trial {args.trial} is not a finished trial of this study")
         trial = matches[0]
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
-        raise UserError(f"{out} exists and is not empty; choose another --out or pass --force")
+    _check_out_dir(out, args.force)
     plan = Plan.from_dict(trial.user_attrs["plan"])
     _log(f"rebuilding trial {trial.number} from its plan ...")
     bench = Workbench(cfg, log=_log)

@@ -43,6 +43,10 @@ def _cache_path(cfg: StudyConfig, name: str) -> Path:
     return folder / f"{name}.rescored.json"
 
 
+def _plan_key(plan: dict) -> str:
+    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+
+
 def _rescore(cfg: StudyConfig, name: str, rows: list[dict], log) -> None:
     """Quality of each front plan on the FULL validation split (cached by plan)."""
     from slimformer.methods import Plan
@@ -54,13 +58,12 @@ def _rescore(cfg: StudyConfig, name: str, rows: list[dict], log) -> None:
         cache = json.loads(path.read_text()) if path.is_file() else {}
     except ValueError:
         cache = {}
-    todo = [r for r in rows if hashlib.sha256(json.dumps(r["plan"], sort_keys=True).encode()).hexdigest() not in cache]
+    todo = [r for r in rows if _plan_key(r["plan"]) not in cache]
     if todo:
         bench = Workbench(cfg, log=log)
         for r in todo:
-            key = hashlib.sha256(json.dumps(r["plan"], sort_keys=True).encode()).hexdigest()
             log(f"re-scoring trial {r['number']} on the full validation split ...")
-            cache[key] = bench.quality(bench.build(Plan.from_dict(r["plan"])), full=True)["quality"]
+            cache[_plan_key(r["plan"])] = bench.quality(bench.build(Plan.from_dict(r["plan"])), full=True)["quality"]
         if "baseline" not in cache:
             cache["baseline"] = bench.quality(bench.model, full=True)["quality"]
         try:
@@ -68,7 +71,7 @@ def _rescore(cfg: StudyConfig, name: str, rows: list[dict], log) -> None:
         except OSError:
             pass  # read-only folder: the figures are still reported, just not cached
     for r in rows:
-        r["quality_full"] = cache[hashlib.sha256(json.dumps(r["plan"], sort_keys=True).encode()).hexdigest()]
+        r["quality_full"] = cache[_plan_key(r["plan"])]
     return cache.get("baseline")
 
 

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from .errors import UserError
 
-__all__ = ["storage_url", "open_storage", "check_storage", "fail_stale_trials", "owner_attrs"]
+__all__ = ["storage_url", "storage_file", "open_storage", "check_storage", "fail_stale_trials", "owner_attrs"]
 
 
 def storage_url(value: str | None, study_path: Path | None, name: str) -> str:
@@ -56,29 +56,27 @@ def open_storage(url: str, read_only: bool = False) -> optuna.storages.BaseStora
         raise UserError(f"cannot open storage {_redact(url)}: {str(exc).splitlines()[0]}") from None
 
 
+def storage_file(url: str) -> Path | None:
+    """The local file behind a SQLite URL or a journal storage (None for a database server)."""
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///"):])
+    return _journal_path(url)
+
+
 def check_storage(url: str, read_only: bool = False) -> None:
     """Check that `url` can be used, writing nothing; raise UserError if not."""
-    journal = _journal_path(url)
-    if journal is not None:
-        if read_only and not journal.is_file():
-            raise UserError(f"journal storage not found: {journal}")
-        if not journal.parent.is_dir():
-            raise UserError(f"journal storage folder does not exist: {journal.parent}")
-        if not read_only and not os.access(journal.parent, os.W_OK):
-            raise UserError(f"journal storage folder is not writable: {journal.parent}")
-        return
-    if "://" not in url:
-        raise UserError(f"storage {url!r} is neither a URL (sqlite:///..., postgresql://...) nor a .journal file")
-    if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///"):])
-        if read_only and not path.is_file():
-            raise UserError(f"study storage not found: {path} (has the search run yet?)")
-        if not path.parent.is_dir():
-            raise UserError(f"storage folder does not exist: {path.parent}")
-        if not read_only and not os.access(path.parent, os.W_OK):
-            raise UserError(f"storage folder is not writable: {path.parent}")
-    else:
+    path = storage_file(url)
+    if path is None:
+        if "://" not in url:
+            raise UserError(f"storage {url!r} is neither a URL (sqlite:///..., postgresql://...) nor a .journal file")
         _check_reachable(url)
+        return
+    if read_only and not path.is_file():
+        raise UserError(f"study storage not found: {path} (has the search run yet?)")
+    if not path.parent.is_dir():
+        raise UserError(f"storage folder does not exist: {path.parent}")
+    if not read_only and not os.access(path.parent, os.W_OK):
+        raise UserError(f"storage folder is not writable: {path.parent}")
 
 
 def _engine_kwargs(url: str) -> dict:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
@@ -17,7 +16,7 @@ from slimformer.methods.adapters import UnsupportedModelError, get_adapter
 from .config import StudyConfig
 from .errors import UserError
 from .progress import SearchProgress
-from .storage import check_storage, fail_stale_trials, open_storage, owner_attrs, storage_url
+from .storage import check_storage, fail_stale_trials, open_storage, owner_attrs, storage_file, storage_url
 
 __all__ = ["run_search", "StudyHandle", "open_study", "constraints_of", "best_feasible", "counted", "SCHEMA"]
 
@@ -46,10 +45,8 @@ def open_study(handle: StudyHandle, read_only: bool = True) -> optuna.Study:
 
 def _study_exists(handle: StudyHandle) -> bool:
     """Whether the study is already stored, without creating a storage file."""
-    for prefix in ("sqlite:///", "journal:"):
-        if handle.url.startswith(prefix) and not Path(handle.url[len(prefix):]).is_file():
-            return False
-    if "://" not in handle.url and not handle.url.startswith("journal:") and not Path(handle.url).is_file():
+    path = storage_file(handle.url)
+    if path is not None and not path.is_file():
         return False
     storage = open_storage(handle.url, read_only=True)
     return handle.name in [s.study_name for s in optuna.study.get_all_study_summaries(storage)]
