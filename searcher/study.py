@@ -3,7 +3,6 @@ number of finished ones. Every finished trial is in the storage as soon as it en
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -17,8 +16,9 @@ from .config import StudyConfig
 from .errors import UserError
 from .progress import SearchProgress
 from .storage import check_storage, fail_stale_trials, open_storage, owner_attrs, storage_file, storage_url
+from .trial import Rejected, evaluate, propose, record
 
-__all__ = ["run_search", "StudyHandle", "open_study", "constraints_of", "best_feasible", "counted", "SCHEMA"]
+__all__ = ["run_search", "StudyHandle", "open_study", "best_feasible", "counted", "SCHEMA"]
 
 SCHEMA = 1  # version of what slimformer stores in a study
 DIRECTIONS = {"quality": "maximize", "latency": "minimize", "size": "minimize"}
@@ -65,22 +65,6 @@ def _sampler(name: str, seed: int | None, workers: int) -> optuna.samplers.BaseS
         if name == "gp":
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=8)
         return optuna.samplers.RandomSampler(seed=seed)
-
-
-def constraints_of(cfg: StudyConfig, baseline_quality: float, quality: float, latency_ms: float,
-                   speedup: float, size_mb: float) -> dict[str, float]:
-    """Optuna constraint values: <= 0 means the budget is met."""
-    b = cfg.budget
-    out = {}
-    if b.speedup is not None:
-        out["speedup"] = b.speedup - speedup
-    if b.latency_ms is not None:
-        out["latency_ms"] = latency_ms - b.latency_ms
-    if b.max_quality_drop is not None:
-        out["quality_drop"] = (baseline_quality - quality) - b.max_quality_drop
-    if b.size_mb is not None:
-        out["size_mb"] = size_mb - b.size_mb
-    return out
 
 
 def counted(trial) -> bool:
@@ -156,24 +140,7 @@ def _check_budget_reachable(cfg: StudyConfig, space, bench, log) -> None:
                         f"takes {ms:.1f} ms here; widen the space or relax the budget")
 
 
-class _TrialFailed(Exception):
-    pass
-
-
-class _Rejected(Exception):
-    """The cost model says the candidate is clearly over the latency budget."""
-
-
 MAX_REJECTIONS_IN_A_ROW = 50  # then measure anyway: the sampler must keep learning
-
-
-def _latency_limit(cfg: StudyConfig, baseline: dict) -> float | None:
-    b = cfg.budget
-    if b.latency_ms is not None:
-        return b.latency_ms
-    if b.speedup is not None:
-        return baseline["latency_ms"] / b.speedup
-    return None
 
 
 def _predictor(cfg: StudyConfig, bench, study, log):
@@ -198,49 +165,6 @@ def _predictor(cfg: StudyConfig, bench, study, log):
         if "plan" in t.user_attrs and t.user_attrs.get("latency_ms"):
             pred.observe(Plan.from_dict(t.user_attrs["plan"]), t.user_attrs["latency_ms"])
     return pred
-
-
-def _run_trial(trial, cfg: StudyConfig, space, bench, baseline: dict, predictor=None,
-               may_reject: bool = False) -> list[float]:
-    plan = space.sample(trial)
-    trial.set_user_attr("plan", plan.to_dict())
-    if predictor is not None:
-        pred = predictor.predict(plan)["latency_ms"]
-        trial.set_user_attr("predicted_latency_ms", pred)
-        limit = _latency_limit(cfg, baseline)
-        margin = predictor.margin()
-        anchored = trial.user_attrs.get("seeded") or "retry_of" in trial.user_attrs  # always measured
-        if may_reject and not anchored and limit is not None and pred * (1 - margin) > limit:
-            raise _Rejected(f"predicted {pred:.1f} ms exceeds the {limit:.1f} ms budget beyond the "
-                            f"cost model's {margin:.0%} error margin")
-    t0 = time.perf_counter()
-    model = bench.build(plan)
-    t1 = time.perf_counter()
-    q = bench.quality(model)["quality"]
-    if not math.isfinite(q):
-        raise _TrialFailed("quality is not a finite number (the compressed model diverged)")
-    lat = bench.latency({"candidate": model})
-    t2 = time.perf_counter()
-    speedup = lat["candidate"].speedup
-    latency_ms = baseline["latency_ms"] / speedup  # drift-free: the study's baseline over the paired ratio
-    size = model_size(model, plan.group_size)
-    cons = constraints_of(cfg, baseline["quality"], q, latency_ms, speedup, size["size_mb"])
-    for key, value in cons.items():
-        trial.set_constraint(key, value)
-    trial.set_user_attr("constraints", cons)
-    attrs = {
-        "quality": q, "latency_ms": latency_ms, "latency_raw_ms": lat["candidate"].median_ms,
-        "latency_spread_ms": lat["candidate"].p90_ms - lat["candidate"].p10_ms,
-        "speedup": speedup, "size_mb": size["size_mb"], "params": size["params"],
-        "simulated": size["simulated"], "build_s": t1 - t0, "eval_s": t2 - t1,
-        "feasible": all(v <= 0 for v in cons.values()),
-    }
-    for k, v in attrs.items():
-        trial.set_user_attr(k, v)
-    if predictor is not None:  # calibrate the cost model online with what was just measured
-        predictor.observe(plan, latency_ms)
-    values = {"quality": q, "latency": latency_ms, "size": size["size_mb"]}
-    return [values[o] for o in cfg.search.objectives]
 
 
 def _baseline(cfg: StudyConfig, bench, log) -> dict:
@@ -329,8 +253,9 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
             try:
                 with get_heartbeat_thread(trial._trial_id, study._storage):
                     may_reject = cfg.search.prescreen and rejected_in_a_row < MAX_REJECTIONS_IN_A_ROW
-                    values = _run_trial(trial, cfg, space, bench, baseline, predictor, may_reject)
-            except _Rejected as exc:
+                    plan = propose(trial, cfg, space, baseline, predictor, may_reject)
+                    values = record(trial, cfg, baseline, plan, evaluate(bench, plan, baseline), predictor)
+            except Rejected as exc:
                 trial.set_user_attr("rejected", str(exc))
                 study.tell(trial, state=TrialState.PRUNED)
                 rejected_in_a_row += 1

@@ -1,0 +1,105 @@
+"""One trial in three steps, so that every driver (the local loop, isolated worker processes,
+parallel workers, Ray) runs candidates the same way:
+
+1. `propose`  (needs the Optuna trial): sample a plan, and reject it early when the cost model
+   says it is clearly over the latency budget;
+2. `evaluate` (needs only the plan): build, score and time the candidate; returns plain data
+   that can cross a process boundary;
+3. `record`   (needs the Optuna trial): budget constraints, user attributes, objective values.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from slimformer.methods import Plan, model_size
+
+from .config import StudyConfig
+
+__all__ = ["TrialFailed", "Rejected", "propose", "evaluate", "record", "constraints_of", "latency_limit"]
+
+
+class TrialFailed(Exception):
+    """The candidate was built but cannot be scored (e.g. it diverged)."""
+
+
+class Rejected(Exception):
+    """The cost model says the candidate is clearly over the latency budget."""
+
+
+def constraints_of(cfg: StudyConfig, baseline_quality: float, quality: float, latency_ms: float,
+                   speedup: float, size_mb: float) -> dict[str, float]:
+    """Optuna constraint values: <= 0 means the budget is met."""
+    b = cfg.budget
+    out = {}
+    if b.speedup is not None:
+        out["speedup"] = b.speedup - speedup
+    if b.latency_ms is not None:
+        out["latency_ms"] = latency_ms - b.latency_ms
+    if b.max_quality_drop is not None:
+        out["quality_drop"] = (baseline_quality - quality) - b.max_quality_drop
+    if b.size_mb is not None:
+        out["size_mb"] = size_mb - b.size_mb
+    return out
+
+
+def latency_limit(cfg: StudyConfig, baseline: dict) -> float | None:
+    b = cfg.budget
+    if b.latency_ms is not None:
+        return b.latency_ms
+    if b.speedup is not None:
+        return baseline["latency_ms"] / b.speedup
+    return None
+
+
+def propose(trial, cfg: StudyConfig, space, baseline: dict, predictor=None, may_reject: bool = False) -> Plan:
+    """Sample the trial's plan; raise `Rejected` when the cost model rules it out."""
+    plan = space.sample(trial)
+    trial.set_user_attr("plan", plan.to_dict())
+    if predictor is not None:
+        pred = predictor.predict(plan)["latency_ms"]
+        trial.set_user_attr("predicted_latency_ms", pred)
+        limit = latency_limit(cfg, baseline)
+        margin = predictor.margin()
+        anchored = trial.user_attrs.get("seeded") or "retry_of" in trial.user_attrs  # always measured
+        if may_reject and not anchored and limit is not None and pred * (1 - margin) > limit:
+            raise Rejected(f"predicted {pred:.1f} ms exceeds the {limit:.1f} ms budget beyond the "
+                           f"cost model's {margin:.0%} error margin")
+    return plan
+
+
+def evaluate(bench, plan: Plan, baseline: dict) -> dict:
+    """Build, score and time one candidate. Returns plain data (picklable, JSON-able)."""
+    t0 = time.perf_counter()
+    model = bench.build(plan)
+    t1 = time.perf_counter()
+    q = bench.quality(model)["quality"]
+    if not math.isfinite(q):
+        raise TrialFailed("quality is not a finite number (the compressed model diverged)")
+    lat = bench.latency({"candidate": model})["candidate"]
+    t2 = time.perf_counter()
+    size = model_size(model, plan.group_size)
+    return {
+        "quality": q,
+        "latency_ms": baseline["latency_ms"] / lat.speedup,  # drift-free: study baseline over paired ratio
+        "latency_raw_ms": lat.median_ms,
+        "latency_spread_ms": lat.p90_ms - lat.p10_ms,
+        "speedup": lat.speedup, "size_mb": size["size_mb"], "params": size["params"],
+        "simulated": size["simulated"], "build_s": t1 - t0, "eval_s": t2 - t1,
+    }
+
+
+def record(trial, cfg: StudyConfig, baseline: dict, plan: Plan, result: dict, predictor=None) -> list[float]:
+    """Store constraints and measurements on the trial; return the objective values."""
+    cons = constraints_of(cfg, baseline["quality"], result["quality"], result["latency_ms"],
+                          result["speedup"], result["size_mb"])
+    for key, value in cons.items():
+        trial.set_constraint(key, value)
+    trial.set_user_attr("constraints", cons)
+    for k, v in {**result, "feasible": all(v <= 0 for v in cons.values())}.items():
+        trial.set_user_attr(k, v)
+    if predictor is not None:  # calibrate the cost model online with what was just measured
+        predictor.observe(plan, result["latency_ms"])
+    values = {"quality": result["quality"], "latency": result["latency_ms"], "size": result["size_mb"]}
+    return [values[o] for o in cfg.search.objectives]
