@@ -127,6 +127,12 @@ def cmd_search(args) -> int:
     from .study import handle_for, run_search
 
     cfg = _study_or_default(args.study)
+    source = args.transfer_from
+    if source and "://" not in source and Path(source.removeprefix("journal:")).exists():
+        source = str(Path(source.removeprefix("journal:")).resolve())  # a path on the command line is cwd-relative
+    overrides = {k: v for k, v in (("source", source), ("latency", args.transfer_latency)) if v}
+    if overrides:
+        cfg = cfg.model_copy(update={"transfer": cfg.transfer.model_copy(update=overrides)})
     if args.workers and args.workers > 1:
         raise UserError("--workers > 1 is not supported yet; run several `slimformer search` processes "
                         "on one journal or PostgreSQL storage instead")
@@ -298,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=("local", "ray"), default="local", help="where trials run")
     s.add_argument("--workers", type=int, default=1, help="parallel worker processes")
     s.add_argument("--seed", type=int, help="sampler seed (default: search.seed)")
+    s.add_argument("--transfer-from", metavar="STORAGE",
+                   help="reuse the quality results of a finished study on another device (transfer.source)")
+    s.add_argument("--transfer-latency", choices=("measure", "predict"),
+                   help="time each transferred plan here, or predict it with the cost model (transfer.latency)")
     s.set_defaults(func=cmd_search)
 
     r = sub.add_parser("report", help="baseline, Pareto front and best trial under the budget",

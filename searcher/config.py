@@ -96,6 +96,16 @@ class SearchSection(_Section):
         return v
 
 
+class TransferSection(_Section):
+    source: str | None = Field(None, description="storage (file or URL) of a finished study of the same model, "
+                               "task, data and space on another device: its quality results are reused")
+    study: str | None = Field(None, description="study name in that storage; default: its only study")
+    latency: Literal["measure", "predict"] = Field(
+        "measure", description="measure each transferred plan's latency here, or predict it with this device's "
+                               "cost model (needs a profile) after measuring a few anchors")
+    anchors: int = Field(5, ge=0, description="with latency: predict, plans measured first to calibrate the model")
+
+
 class StudyConfig(_Section):
     model: ModelSection = ModelSection()
     task: TaskSection = TaskSection()
@@ -104,6 +114,7 @@ class StudyConfig(_Section):
     budget: BudgetSection = BudgetSection()
     space: dict[str, Any] | None = None
     search: SearchSection = SearchSection()
+    transfer: TransferSection = TransferSection()
     path: Path | None = Field(None, exclude=True)
 
     def resolve_path(self, value: str | None) -> Path | None:

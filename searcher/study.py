@@ -16,7 +16,8 @@ from .config import StudyConfig
 from .errors import UserError
 from .progress import SearchProgress
 from .storage import check_storage, fail_stale_trials, open_storage, owner_attrs, storage_file, storage_url
-from .trial import Rejected, evaluate, propose, record
+from .transfer import TRANSFER_ATTR, data_meta, transferable_trials
+from .trial import Rejected, evaluate, predicted, propose, record
 
 __all__ = ["run_search", "StudyHandle", "open_study", "best_feasible", "counted", "SCHEMA"]
 
@@ -93,6 +94,7 @@ def _study_meta(cfg: StudyConfig, space, bench) -> dict:
         "metric": bench.task.metric,
         "budget": cfg.budget.model_dump(),
         "device": bench.facts(),
+        "data": data_meta(cfg),
     }
 
 
@@ -161,7 +163,7 @@ def _predictor(cfg: StudyConfig, bench, study, log):
         return None
     pred = CalibratedPredictor(profile, bench.model.config, cfg.device.seq_len, cfg.device.batch_size,
                                pooler=getattr(bench.model, "pooler", None) is not None)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    for t in () if study is None else study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if "plan" in t.user_attrs and t.user_attrs.get("latency_ms"):
             pred.observe(Plan.from_dict(t.user_attrs["plan"]), t.user_attrs["latency_ms"])
     return pred
@@ -214,7 +216,15 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
     meta = _study_meta(cfg, space, bench)
 
     existing = _study_exists(handle)
+    transferred = []
     if not existing:  # everything is checked before the storage is first written
+        if cfg.transfer.source is not None:
+            transferred = transferable_trials(cfg, meta, log)
+            if cfg.transfer.latency == "predict" and _predictor(cfg, bench, None, lambda msg: None) is None:
+                raise UserError("transfer.latency: predict needs this device's cost model: run `slimformer "
+                                f"profile --threads {cfg.device.threads}` first, or use transfer.latency: measure")
+            if len(transferred) > target:
+                log(f"note: {target} of the {len(transferred)} transferred trials run now (--trials {target})")
         _check_budget_reachable(cfg, space, bench, log)
     study_storage = open_storage(handle.url)
     if existing:
@@ -230,7 +240,9 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
         for key, value in meta.items():
             study.set_user_attr(key, value)
         study.set_user_attr("baseline", _baseline(cfg, bench, log))
-        if cfg.search.seed_uniform:
+        for params, attrs in transferred:
+            study.enqueue_trial(params, user_attrs=attrs)
+        if cfg.search.seed_uniform and cfg.transfer.source is None:
             for params in space.uniform_plans():
                 study.enqueue_trial(params, user_attrs={"seeded": True}, skip_if_exists=True)
     baseline = study.user_attrs["baseline"]
@@ -242,6 +254,8 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
     for line in space.describe():
         log(f"  {line}")
     predictor = _predictor(cfg, bench, study, log)
+    anchors = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                  if "transferred_from" in t.user_attrs and t.user_attrs.get("latency_source") == "measured")
     rejected_in_a_row = 0
     started = time.monotonic()
     bar = SearchProgress(target, done, baseline, enabled=progress, log=log)
@@ -253,8 +267,14 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
             try:
                 with get_heartbeat_thread(trial._trial_id, study._storage):
                     may_reject = cfg.search.prescreen and rejected_in_a_row < MAX_REJECTIONS_IN_A_ROW
-                    plan = propose(trial, cfg, space, baseline, predictor, may_reject)
-                    values = record(trial, cfg, baseline, plan, evaluate(bench, plan, baseline), predictor)
+                    known = trial.user_attrs.get(TRANSFER_ATTR)
+                    plan = propose(trial, cfg, space, baseline, predictor, may_reject and known is None)
+                    if known is not None and cfg.transfer.latency == "predict" and anchors >= cfg.transfer.anchors:
+                        result = predicted(predictor, plan, baseline, known)
+                    else:
+                        result = evaluate(bench, plan, baseline, quality=known)
+                        anchors += known is not None
+                    values = record(trial, cfg, baseline, plan, result, predictor)
             except Rejected as exc:
                 trial.set_user_attr("rejected", str(exc))
                 study.tell(trial, state=TrialState.PRUNED)

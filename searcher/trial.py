@@ -17,7 +17,7 @@ from slimformer.methods import Plan, model_size
 
 from .config import StudyConfig
 
-__all__ = ["TrialFailed", "Rejected", "propose", "evaluate", "record", "constraints_of", "latency_limit"]
+__all__ = ["TrialFailed", "Rejected", "propose", "evaluate", "predicted", "record", "constraints_of", "latency_limit"]
 
 
 class TrialFailed(Exception):
@@ -69,12 +69,15 @@ def propose(trial, cfg: StudyConfig, space, baseline: dict, predictor=None, may_
     return plan
 
 
-def evaluate(bench, plan: Plan, baseline: dict) -> dict:
-    """Build, score and time one candidate. Returns plain data (picklable, JSON-able)."""
+def evaluate(bench, plan: Plan, baseline: dict, quality: float | None = None) -> dict:
+    """Build, score and time one candidate. Returns plain data (picklable, JSON-able).
+
+    With `quality` given (a result transferred from another device) only the structure is
+    built (no data-dependent work: the weights' values do not change the timing) and timed."""
     t0 = time.perf_counter()
-    model = bench.build(plan)
+    model = bench.build(plan, structure_only=quality is not None)
     t1 = time.perf_counter()
-    q = bench.quality(model)["quality"]
+    q = bench.quality(model)["quality"] if quality is None else quality
     if not math.isfinite(q):
         raise TrialFailed("quality is not a finite number (the compressed model diverged)")
     lat = bench.latency({"candidate": model})["candidate"]
@@ -86,7 +89,22 @@ def evaluate(bench, plan: Plan, baseline: dict) -> dict:
         "latency_raw_ms": lat.median_ms,
         "latency_spread_ms": lat.p90_ms - lat.p10_ms,
         "speedup": lat.speedup, "size_mb": size["size_mb"], "params": size["params"],
-        "simulated": size["simulated"], "build_s": t1 - t0, "eval_s": t2 - t1,
+        "simulated": size["simulated"], "build_s": t1 - t0, "eval_s": t2 - t1, "latency_source": "measured",
+    }
+
+
+def predicted(predictor, plan: Plan, baseline: dict, quality: float) -> dict:
+    """A transferred plan's result with latency and size from this device's cost model (no build)."""
+    from slimformer.methods.plan import SIMULATED_BITS
+
+    pred = predictor.predict(plan)
+    resolved = plan.resolve(predictor.facts.shape)
+    return {
+        "quality": quality, "latency_ms": pred["latency_ms"], "latency_raw_ms": pred["latency_ms"],
+        "latency_spread_ms": None, "speedup": baseline["latency_ms"] / pred["latency_ms"],
+        "size_mb": pred["size_mb"], "params": pred["params"],
+        "simulated": any(resolved.bits[i] in SIMULATED_BITS for i in resolved.layers),
+        "build_s": 0.0, "eval_s": 0.0, "latency_source": "predicted",
     }
 
 
@@ -99,7 +117,7 @@ def record(trial, cfg: StudyConfig, baseline: dict, plan: Plan, result: dict, pr
     trial.set_user_attr("constraints", cons)
     for k, v in {**result, "feasible": all(v <= 0 for v in cons.values())}.items():
         trial.set_user_attr(k, v)
-    if predictor is not None:  # calibrate the cost model online with what was just measured
+    if predictor is not None and result.get("latency_source") == "measured":  # calibrate online
         predictor.observe(plan, result["latency_ms"])
     values = {"quality": result["quality"], "latency": result["latency_ms"], "size": result["size_mb"]}
     return [values[o] for o in cfg.search.objectives]

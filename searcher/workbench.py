@@ -55,7 +55,10 @@ class Workbench:
         return self.task.calibration(self.task.prepare(self._rows("calibration", self.cfg.data.calibration_size)))
 
     # ----- candidates ---------------------------------------------------------------------
-    def build(self, plan: Plan, log=None):
+    def build(self, plan: Plan, log=None, structure_only: bool = False):
+        """The compressed model; `structure_only` skips data-dependent work (same shapes and kernels)."""
+        if structure_only:
+            return apply_plan(self.model, plan, None, structure_only=True, log=log)
         needs_data = plan.importance == "fisher" or plan.distill.enabled or plan.recovery != "none"
         if needs_data and self.calibration is None:
             raise UserError("this plan needs calibration data (fisher importance, mask tuning or distillation): "
