@@ -24,6 +24,7 @@ def _row(t) -> dict:
         "speedup": a.get("speedup"), "size_mb": a.get("size_mb"), "params": a.get("params"),
         "feasible": bool(a.get("feasible")), "simulated": bool(a.get("simulated")),
         "predicted_latency_ms": a.get("predicted_latency_ms"), "plan": a.get("plan"),
+        "latency_source": a.get("latency_source", "measured"), "transferred_from": a.get("transferred_from"),
     }
 
 
@@ -110,7 +111,8 @@ def report_study(cfg: StudyConfig, storage: str | None = None, study_name: str |
 
 
 def _cost_model_accuracy(rows: list[dict]) -> dict:
-    pairs = [(r["predicted_latency_ms"], r["latency_ms"]) for r in rows if r.get("predicted_latency_ms")]
+    pairs = [(r["predicted_latency_ms"], r["latency_ms"]) for r in rows
+             if r.get("predicted_latency_ms") and r["latency_source"] == "measured"]
     if len(pairs) < 3:
         return {"mape": None, "spearman": None, "n": len(pairs)}
     from scipy.stats import spearmanr
@@ -125,6 +127,7 @@ def render_text(rep: dict) -> str:
     metric = rep["metric"]
     lines = [f"study {rep['study']} ({rep['storage']}): {rep['n_complete']} complete, {rep['n_failed']} failed, "
              f"{rep['n_rejected']} skipped by the cost model, {rep['n_running']} running, {rep['n_feasible']} within budget {_budget_text(rep['budget'])}",
+             _device_text(rep.get("device")),
              f"baseline: {metric} {b['quality']:.2f} (search split)"
              + (f", {b['quality_full']:.2f} (full split)" if "quality_full" in b else "")
              + f", {b['latency_ms']:.1f} ms, {b['size_mb']:.1f} MB",
@@ -134,7 +137,8 @@ def render_text(rep: dict) -> str:
         full = r.get("quality_full")
         lines.append(f"{r['number']:>5} {r['quality']:>9.2f} {full if full is None else round(full, 2)!s:>7} "
                      f"{r['latency_ms']:>7.1f}ms {r['speedup']:>7.2f}x {r['size_mb']:>8.1f}"
-                     + ("  simulated bits" if r["simulated"] else ""))
+                     + ("  simulated bits" if r["simulated"] else "")
+                     + ("  latency predicted" if r["latency_source"] == "predicted" else ""))
     if not rep["pareto"]:
         lines.append("  (no trial meets the budget yet)")
     best = rep["best"]
@@ -146,6 +150,13 @@ def render_text(rep: dict) -> str:
         lines.append(f"cost model: MAPE {cm['mape']:.1f}%, Spearman {cm['spearman']:.3f} over {cm['n']} trials"
                      if cm["mape"] is not None else f"cost model: {cm['n']} predictions (too few to score)")
     return "\n".join(lines)
+
+
+def _device_text(dev: dict | None) -> str:
+    if not dev:
+        return "device: unknown"
+    return (f"device: {dev.get('cpu', '?')}, {dev.get('threads', '?')} threads, runtime {dev.get('runtime', '?')}, "
+            f"batch {dev.get('batch_size', '?')} x {dev.get('seq_len', '?')} tokens (every latency is for this)")
 
 
 def _budget_text(budget: dict | None) -> str:
