@@ -178,6 +178,21 @@ def _baseline(cfg: StudyConfig, bench, log) -> dict:
             "latency_spread_ms": lat.p90_ms - lat.p10_ms, "size_mb": size["size_mb"], "params": size["params"]}
 
 
+def _default_space(cfg: StudyConfig, bench, log):
+    """The default space, adapted to what this device and study can use."""
+    from slimformer.spaces import BitsDim, ImportanceDim, default_space
+
+    space = default_space()
+    if not set(bench.facts()["flags"]) & {"amx_bf16", "avx512_bf16"}:
+        space = space.model_copy(update={"bits": BitsDim(choices=[32, 8])})
+        log("this CPU has no native bf16 (AMX/AVX512-BF16): the default space leaves out bits 16")
+    if cfg.data.calibration is None:
+        space = space.model_copy(update={"importance": ImportanceDim(choices=["magnitude"]), "recovery": None,
+                                         "distill": None})
+        log("no data.calibration: the default space leaves out Fisher importance, mask tuning and distillation")
+    return space
+
+
 def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | None = None,
                storage: str | None = None, study_name: str | None = None, seed: int | None = None,
                log=print, progress: bool = True) -> dict:
@@ -197,12 +212,7 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
         shape = get_adapter(bench.model).shape()
     except UnsupportedModelError as exc:
         raise UserError(str(exc)) from None
-    space_cfg = cfg.space
-    if space_cfg is None and not set(bench.facts()["flags"]) & {"amx_bf16", "avx512_bf16"}:
-        from slimformer.spaces import BitsDim, default_space
-
-        space_cfg = default_space().model_copy(update={"bits": BitsDim(choices=[32, 8])})
-        log("this CPU has no native bf16 (AMX/AVX512-BF16): the default space leaves out bits 16")
+    space_cfg = cfg.space if cfg.space is not None else _default_space(cfg, bench, log)
     try:
         space = Space.from_dict(space_cfg, shape)
     except SpaceError as exc:

@@ -244,11 +244,14 @@ def width_choices(dim: WidthDim, total: int, group: int, key: str, what: str) ->
 
 
 def default_space() -> SpaceConfig:
-    """The space searched when the study has no `space:` section."""
+    """The space searched when the study has no `space:` section: widths, depth, bits, importance,
+    recovery without training (mask tuning) and a short distillation (0 or 100 steps)."""
     return SpaceConfig(
         heads=WidthDim(fractions=[0.25, 0.5, 0.75, 1.0]),
         ffn=WidthDim(fractions=[0.25, 0.5, 0.75, 1.0]),
         depth=DepthDim(min_fraction=0.5),
         bits=BitsDim(choices=[32, 16, 8]),
         importance=ImportanceDim(choices=["magnitude", "fisher"]),
+        recovery=RecoveryDim(choices=["none", "mask_tuning"]),
+        distill=DistillDim(steps=[0, 100]),
     )
