@@ -146,3 +146,11 @@ def test_ctrl_c_stops_every_worker(make_study, cli):
     res = cli("search", path, "--workers", 2, "--storage", url)
     assert res.returncode == 0, res.stderr[-3000:]
     _check_intact(_study(url), 6, 2)
+
+
+def test_ray_stays_optional():
+    """Importing the search, the CLI and the workers module never imports Ray."""
+    code = ("import sys, slimformer.searcher.study, slimformer.searcher.cli, slimformer.searcher.workers; "
+            "print('ray' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "False", res.stderr[-2000:]
