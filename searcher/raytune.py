@@ -128,8 +128,9 @@ class SlimformerSearch(OptunaSearch):
         self._ot_study.tell(ot_trial, state=TrialState.FAIL)
         self.progress.trial_failed(ot_trial.number, reason)
 
-    def requeue_unfinished(self, log) -> None:
+    def requeue_unfinished(self, log) -> int:
         """Trials Tune did not finish (Ctrl-C, errors in Tune itself): failed, plan queued again."""
+        n = 0
         for trial_id, ot_trial in list(self._ot_trials.items()):
             if trial_id in self._completed_trials:
                 continue
@@ -142,6 +143,8 @@ class SlimformerSearch(OptunaSearch):
             self._ot_study.enqueue_trial(ot_trial.params, user_attrs={"retry_of": ot_trial.number})
             self._completed_trials.add(trial_id)
             log(f"trial {ot_trial.number} was interrupted; queued again")
+            n += 1
+        return n
 
     def __getstate__(self):  # Tune checkpoints its searcher; the study in the storage is the state
         return {}
@@ -165,7 +168,7 @@ def ray_folder(cfg, handle) -> Path:
     return base / f"{handle.name}-ray"
 
 
-def run_ray(cfg, study, handle, space, baseline, predictor, target: int, timeout: float | None, log, ray_dir=None) -> None:
+def run_ray(cfg, study, handle, space, baseline, predictor, target: int, timeout: float | None, log) -> None:
     """Run the study to `target` counted trials with Ray Tune (cfg.search.workers at once)."""
     import logging
 
@@ -198,7 +201,7 @@ def run_ray(cfg, study, handle, space, baseline, predictor, target: int, timeout
     searcher = SlimformerSearch(study, cfg, space, baseline, predictor, bar)
     trainable = tune.with_resources(tune.with_parameters(_evaluate_plan, cfg=tcfg, baseline=baseline),
                                     {"cpu": threads})
-    storage_path = str(ray_dir or ray_folder(cfg, handle))
+    storage_path = str(ray_folder(cfg, handle))
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=missing, max_concurrent_trials=k,
@@ -209,6 +212,8 @@ def run_ray(cfg, study, handle, space, baseline, predictor, target: int, timeout
     try:
         tuner.fit()
     finally:
-        searcher.requeue_unfinished(log)
+        interrupted = searcher.requeue_unfinished(log)
         if started_ray:
             ray.shutdown()
+    if interrupted:  # Tune stops quietly on Ctrl-C: say so like a local search (exit 130, resume hint)
+        raise KeyboardInterrupt
