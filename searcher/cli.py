@@ -125,6 +125,7 @@ def cmd_search(args) -> int:
     import signal
 
     from .study import handle_for, run_search
+    from .workers import with_scale_out
 
     cfg = _study_or_default(args.study)
     source = args.transfer_from
@@ -133,11 +134,7 @@ def cmd_search(args) -> int:
     overrides = {k: v for k, v in (("source", source), ("latency", args.transfer_latency)) if v}
     if overrides:
         cfg = cfg.model_copy(update={"transfer": cfg.transfer.model_copy(update=overrides)})
-    if args.workers and args.workers > 1:
-        raise UserError("--workers > 1 is not supported yet; run several `slimformer search` processes "
-                        "on one journal or PostgreSQL storage instead")
-    if args.backend != "local":
-        raise UserError(f"--backend {args.backend} is not available in this version; use --backend local")
+    cfg = with_scale_out(cfg, args.workers, args.backend, args.address)
 
     def _term(signum, frame):
         raise KeyboardInterrupt
@@ -301,8 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trials", type=int, help="finished trials the study should have (default: search.trials)")
     s.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     _storage_flags(s)
-    s.add_argument("--backend", choices=("local", "ray"), default="local", help="where trials run")
-    s.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    s.add_argument("--backend", choices=("local", "ray"), help="local processes or Ray Tune (default: search.backend)")
+    s.add_argument("--workers", type=int, help="trials at once: worker processes or Ray trials (default: search.workers)")
+    s.add_argument("--address", help="with --backend ray: the Ray cluster to join (default: a local Ray)")
     s.add_argument("--seed", type=int, help="sampler seed (default: search.seed)")
     s.add_argument("--transfer-from", metavar="STORAGE",
                    help="reuse the quality results of a finished study on another device (transfer.source)")

@@ -83,7 +83,10 @@ class SearchSection(_Section):
     storage: str | None = Field(None, description="Optuna storage URL or journal file; default: SQLite next to the study")
     study_name: str | None = None
     seed: int | None = 0
-    workers: int = Field(1, ge=1)
+    workers: int = Field(1, ge=1, description="trials run at once: worker processes, or Ray trials with backend ray")
+    worker_threads: int | None = Field(None, ge=1, description="torch threads per worker; default device.threads // workers")
+    backend: Literal["local", "ray"] = Field("local", description="local processes, or Ray Tune")
+    ray_address: str | None = Field(None, description="Ray cluster to join (ray://HOST:10001 or auto); default a local Ray")
     objectives: list[Literal["quality", "latency", "size"]] = ["quality", "latency"]
     seed_uniform: bool = Field(True, description="enqueue the baseline and a few uniform plans first")
     prescreen: bool = Field(True, description="reject candidates the cost model predicts clearly over budget")

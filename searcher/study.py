@@ -18,6 +18,7 @@ from .progress import SearchProgress
 from .storage import check_storage, fail_stale_trials, open_storage, owner_attrs, storage_file, storage_url
 from .transfer import TRANSFER_ATTR, data_meta, transferable_trials
 from .trial import Rejected, evaluate, predicted, propose, record
+from .workers import check_scale_out, is_worker, run_workers
 
 __all__ = ["run_search", "StudyHandle", "open_study", "best_feasible", "counted", "SCHEMA"]
 
@@ -82,6 +83,24 @@ def best_feasible(study: optuna.Study):
     if not ok:
         return None
     return max(ok, key=lambda t: (t.values[0], -t.user_attrs.get("latency_ms", 0)))
+
+
+def taken(study: optuna.Study) -> int:
+    """Finished trials plus those running now in any process: a driver starts a trial only while
+    this is below the target, so parallel workers stop at the total (see searcher/workers.py)."""
+    return sum(counted(t) or t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))
+
+
+def _summary(study: optuna.Study, handle: StudyHandle, target: int, baseline: dict, predictor, log) -> dict:
+    best = best_feasible(study)
+    if predictor is not None and predictor.n >= 3:
+        err = predictor.error()
+        log(f"cost model on this study: MAPE {err['mape'] * 100:.1f}%, Spearman {err['spearman']:.3f} "
+            f"(leave-one-out, n={err['n']})")
+    done = sum(counted(t) for t in study.get_trials(deepcopy=False))
+    return {"study": handle.name, "storage": handle.url, "finished": done, "target": target,
+            "baseline": baseline, "best": None if best is None else
+            {"number": best.number, **{k: best.user_attrs.get(k) for k in ("quality", "latency_ms", "speedup", "size_mb", "plan")}}}
 
 
 def _study_meta(cfg: StudyConfig, space, bench) -> dict:
@@ -204,6 +223,7 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     handle = handle_for(cfg, storage, study_name)
     check_storage(handle.url)
+    check_scale_out(cfg, handle.url)
     target = trials or cfg.search.trials
     timeout = timeout or cfg.search.timeout
     seed = cfg.search.seed if seed is None else seed
@@ -266,11 +286,19 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
     predictor = _predictor(cfg, bench, study, log)
     anchors = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                   if "transferred_from" in t.user_attrs and t.user_attrs.get("latency_source") == "measured")
+    if cfg.search.backend == "ray":  # Ray Tune runs the trials (searcher/raytune.py)
+        from .raytune import run_ray
+
+        run_ray(cfg, study, handle, space, baseline, predictor, target, timeout, log)
+        return _summary(study, handle, target, baseline, predictor, log)
+    if cfg.search.workers > 1 and not is_worker():  # K processes on this storage (searcher/workers.py)
+        run_workers(cfg, study, handle, target, timeout, seed, log)
+        return _summary(study, handle, target, baseline, None, log)
     rejected_in_a_row = 0
     started = time.monotonic()
     bar = SearchProgress(target, done, baseline, enabled=progress, log=log)
     with bar:
-        while done < target and (timeout is None or time.monotonic() - started < timeout):
+        while taken(study) < target and (timeout is None or time.monotonic() - started < timeout):
             trial = study.ask()
             for key, value in owner_attrs().items():
                 trial.set_user_attr(key, value)
@@ -308,11 +336,4 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
                 bar.trial_done(frozen, best_feasible(study))
             rejected_in_a_row = 0
             done += 1
-    best = best_feasible(study)
-    if predictor is not None and predictor.n >= 3:
-        err = predictor.error()
-        log(f"cost model on this study: MAPE {err['mape'] * 100:.1f}%, Spearman {err['spearman']:.3f} "
-            f"(leave-one-out, n={err['n']})")
-    return {"study": handle.name, "storage": handle.url, "finished": done, "target": target,
-            "baseline": baseline, "best": None if best is None else
-            {"number": best.number, **{k: best.user_attrs.get(k) for k in ("quality", "latency_ms", "speedup", "size_mb", "plan")}}}
+    return _summary(study, handle, target, baseline, predictor, log)

@@ -90,3 +90,33 @@ def write_study(folder: Path, model_dir: Path, **overrides) -> Path:
     path = folder / "study.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
     return path
+
+
+@pytest.fixture(scope="session")
+def _postgres_server():
+    """One throwaway PostgreSQL server for the session (see pgserver.py), or None when
+    SLIMFORMER_TEST_POSTGRES_URL names an existing one."""
+    import os
+
+    from pgserver import PostgresServer, unavailable_reason
+
+    if os.environ.get("SLIMFORMER_TEST_POSTGRES_URL"):
+        yield None
+        return
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(_postgres_server, request) -> str:
+    """A PostgreSQL storage URL: a fresh database on the throwaway server, or
+    $SLIMFORMER_TEST_POSTGRES_URL (tests then keep apart by study name)."""
+    import os
+    import re
+
+    if _postgres_server is None:
+        return os.environ["SLIMFORMER_TEST_POSTGRES_URL"]
+    return _postgres_server.create_database(re.sub(r"\W", "_", request.node.name).lower()[:60])

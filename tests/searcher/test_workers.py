@@ -1,0 +1,156 @@
+"""`search --workers K`: several processes on one journal file or PostgreSQL study stop at the
+total with every trial intact; a killed worker's trial is retried; Ctrl-C stops them all;
+unsafe storages are refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from slimformer.methods import Plan
+from slimformer.searcher.storage import open_storage
+
+
+def _study(url, name="study"):
+    return optuna.load_study(study_name=name, storage=open_storage(url, read_only=True))
+
+
+def _start(path, *extra):
+    return subprocess.Popen([sys.executable, "-m", "slimformer.searcher.cli", "search", str(path), *map(str, extra)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_running(url, name="study", deadline=240):
+    end = time.time() + deadline
+    while time.time() < end:
+        time.sleep(0.2)
+        try:
+            trials = _study(url, name).get_trials(deepcopy=False)
+        except Exception:  # noqa: BLE001 - not created yet
+            continue
+        running = [t for t in trials if t.state == TrialState.RUNNING and t.params and "pid" in t.user_attrs]
+        if running:
+            return running[0]
+    raise AssertionError("no trial started running")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _check_intact(study, target, workers):
+    """No lost or duplicate trials, each finished trial's plan and values stored together."""
+    trials = study.get_trials()
+    numbers = [t.number for t in trials]
+    assert sorted(numbers) == list(range(len(trials)))  # no gaps, no duplicates
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert target <= len(complete) <= target + workers - 1
+    for t in complete:
+        a = t.user_attrs
+        assert Plan.from_dict(a["plan"]).to_dict() == a["plan"]
+        assert t.values == [a["quality"], a["latency_ms"]]
+        assert t.constraints == a["constraints"] and set(t.constraints) == {"speedup"}
+    return complete
+
+
+def test_sqlite_refused_for_parallel_workers(make_study, cli, expect_user_error):
+    path = make_study()
+    expect_user_error(cli("search", path, "--workers", "2"), "SQLite", "--workers 2", ".journal", "postgresql")
+    assert not (path.parent / "study.db").exists()  # refused before anything was written
+    expect_user_error(cli("search", path, "--address", "auto"), "--backend ray")
+    expect_user_error(cli("search", path, "--workers", "0", "--storage", path.parent / "s.journal"), "--workers")
+
+
+def test_ray_missing_is_a_clear_error(make_study, monkeypatch):
+    import importlib.util
+
+    from slimformer.searcher.config import load_study_config
+    from slimformer.searcher.errors import UserError
+    from slimformer.searcher.workers import check_scale_out, with_scale_out
+
+    cfg = with_scale_out(load_study_config(make_study()), None, "ray", None)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    with pytest.raises(UserError, match=r"pip install 'slimformer\[ray\]'"):
+        check_scale_out(cfg, "sqlite:///x.db")
+
+
+def test_workers_on_journal_stop_at_the_total(make_study, cli):
+    path = make_study(search={"trials": 6}, budget={"speedup": 1.1})
+    url = str(path.parent / "study.journal")
+    res = cli("search", path, "--workers", 3, "--storage", url)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "3 workers" in res.stderr and "1 torch thread(s) each" in res.stderr
+    complete = _check_intact(_study(url), 6, 3)
+    assert len({t.user_attrs["pid"] for t in complete}) >= 2  # the work was shared
+    rep = cli("report", path, "--storage", url, "--json", "--no-rescore")
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    assert json.loads(rep.stdout)["n_trials"] == len(complete)
+
+
+def test_workers_on_postgres(make_study, cli, postgres_url):
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    path = make_study(search={"trials": 6, "study_name": name}, budget={"speedup": 1.1})
+    res = cli("search", path, "--workers", 2, "--storage", postgres_url)
+    assert res.returncode == 0, res.stderr[-3000:]
+    complete = _check_intact(_study(postgres_url, name), 6, 2)
+    assert len({t.user_attrs["pid"] for t in complete}) == 2
+    rep = cli("report", path, "--storage", postgres_url, "--json", "--no-rescore")
+    assert rep.returncode == 0, rep.stderr[-2000:]
+
+
+def test_killed_worker_trial_is_retried(make_study, cli):
+    path = make_study(search={"trials": 5}, device={"rounds": 150}, budget={"speedup": 1.1})
+    url = str(path.parent / "study.journal")
+    proc = _start(path, "--workers", 2, "--storage", url)
+    victim = _wait_running(url)
+    os.kill(victim.user_attrs["pid"], signal.SIGKILL)
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err[-3000:]
+    assert "ended with exit code -9" in err
+    trials = _study(url).get_trials()
+    killed = trials[victim.number]
+    assert killed.state == TrialState.FAIL and "stale" in killed.user_attrs["fail_reason"]
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
+    assert retry and retry[0].params == victim.params and retry[0].state == TrialState.COMPLETE
+    _check_intact(_study(url), 5, 2)
+
+
+def test_ctrl_c_stops_every_worker(make_study, cli):
+    path = make_study(search={"trials": 6}, device={"rounds": 150}, budget={"speedup": 1.1})
+    url = str(path.parent / "study.journal")
+    proc = _start(path, "--workers", 2, "--storage", url)
+    running = _wait_running(url)
+    proc.send_signal(signal.SIGTERM)  # reaches the parent only: it must stop the workers itself
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "Resume with the same command" in err
+    trials = _study(url).get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert not any(_alive(t.user_attrs["pid"]) for t in trials if "pid" in t.user_attrs)
+    interrupted = trials[running.number]
+    assert interrupted.state == TrialState.FAIL and interrupted.user_attrs["retried"]
+    res = cli("search", path, "--workers", 2, "--storage", url)
+    assert res.returncode == 0, res.stderr[-3000:]
+    _check_intact(_study(url), 6, 2)
+
+
+def test_ray_stays_optional():
+    """Importing the search, the CLI and the workers module never imports Ray."""
+    code = ("import sys, slimformer.searcher.study, slimformer.searcher.cli, slimformer.searcher.workers; "
+            "print('ray' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "False", res.stderr[-2000:]
