@@ -56,10 +56,11 @@ class Workbench:
 
     # ----- candidates ---------------------------------------------------------------------
     def build(self, plan: Plan, log=None):
-        needs_data = plan.importance == "fisher" or plan.distill.enabled or plan.recovery != "none"
+        needs_data = (plan.importance == "fisher" or plan.distill.enabled or plan.recovery != "none"
+                      or plan.quant_method == "gptq" or plan.smooth > 0)
         if needs_data and self.calibration is None:
-            raise UserError("this plan needs calibration data (fisher importance, mask tuning or distillation): "
-                            "set data.calibration")
+            raise UserError("this plan needs calibration data (fisher importance, mask tuning, distillation, "
+                            "gptq or smoothing): set data.calibration")
         return apply_plan(self.model, plan, self.calibration if needs_data else None, log=log)
 
     def runner(self, model):
