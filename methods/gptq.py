@@ -40,12 +40,12 @@ class HessianAccumulator:
         self.n = 0
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.detach().double()
+        x = x.detach().float()
         if not len(x):
             return
         total = self.n + len(x)
         self.h *= self.n / total
-        self.h += (2.0 / total) * x.t() @ x
+        self.h += (2.0 / total) * (x.t() @ x).double()  # float32 product, float64 running sum
         self.n = total
 
 
@@ -111,14 +111,16 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int |
 
 
 def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
-    """Upper Cholesky factor of H^-1 after dampening (more dampening if H is singular)."""
+    """Upper Cholesky factor of H^-1 after dampening (more dampening if H is singular); float32
+    as in the reference implementation."""
+    h = h.float()
     mean_diag = float(h.diagonal().mean())
     eye = torch.eye(len(h), dtype=h.dtype)
     for factor in (1.0, 10.0, 100.0, 1000.0):
         try:
             chol = torch.linalg.cholesky(h + damp * factor * mean_diag * eye)
             inv = torch.cholesky_inverse(chol)
-            return torch.linalg.cholesky(inv, upper=True).float()
+            return torch.linalg.cholesky(inv, upper=True)
         except RuntimeError:  # torch.linalg.LinAlgError subclasses RuntimeError
             continue
     raise RuntimeError("GPTQ: the calibration Hessian is not positive definite even with 1000% dampening")
