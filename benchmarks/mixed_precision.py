@@ -34,8 +34,10 @@ COMMAND = "python benchmarks/mixed_precision.py"
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calibration-size", type=int, default=256)
-    ap.add_argument("--rounds", type=int, default=30, help="latency rounds for the real-kernel (int8) rows")
+    ap.add_argument("--rounds", type=int, default=30, help="latency rounds for the real-kernel (int8) rows (0: skip)")
     ap.add_argument("--hessian-batches", type=int, default=1, help="batches for the Hutchinson check (0: skip)")
+    ap.add_argument("--reuse-sensitivity", metavar="JSON",
+                    help="take the Fisher/Hutchinson scores from an earlier results JSON instead of recomputing")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "mixed_precision_results"))
     args = ap.parse_args()
     cfg = load_study_config(data={
@@ -47,10 +49,11 @@ def main() -> None:
     bench = Workbench(cfg, log=print)
     model, calib = bench.model, bench.calibration
     t0 = time.perf_counter()
-    fisher = layer_sensitivity(model, calib, "fisher")
+    previous = json.loads(Path(args.reuse_sensitivity).read_text())["sensitivity"] if args.reuse_sensitivity else {}
+    fisher = previous.get("fisher") or layer_sensitivity(model, calib, "fisher")
     print(f"fisher sensitivity {[f'{s:.3e}' for s in fisher]} in {time.perf_counter() - t0:.0f} s", flush=True)
-    hessian = None
-    if args.hessian_batches:
+    hessian = previous.get("hutchinson")
+    if args.hessian_batches and not hessian:
         from slimformer.methods import Calibration
 
         sub = Calibration(calib.batches[:args.hessian_batches], loss_fn=calib.loss_fn, model_inputs=calib.model_inputs)
@@ -72,11 +75,11 @@ def main() -> None:
         ("uniform 4-bit, GPTQ", Plan(bits=4, quant_method="gptq"), "u4"),
         (f"sensitivity mix {list(low.bits)} from {{8,4,3,2}}, RTN", low, "u4"),
         (f"inverse control {list(inv_low.bits)}, RTN", inv_low, "u4"),
-        (f"sensitivity mix {list(low.bits)}, GPTQ", Plan(bits=low.bits, quant_method="gptq"), "u4"),
         ("uniform 8-bit, RTN", Plan(bits=8), "u8"),
-        ("uniform 8-bit, GPTQ", Plan(bits=8, quant_method="gptq"), "u8"),
         ("uniform 8-bit, RTN + smooth 0.5", Plan(bits=8, smooth=0.5), "u8"),
         ("uniform 4-bit, RTN + smooth 0.5", Plan(bits=4, smooth=0.5), "u4"),
+        ("uniform 8-bit, GPTQ", Plan(bits=8, quant_method="gptq"), "u8"),
+        (f"sensitivity mix {list(low.bits)}, GPTQ", Plan(bits=low.bits, quant_method="gptq"), "u4"),
         (f"sensitivity mix {list(high.bits)} from {{32,8,4}}, RTN", high, "u8"),
         (f"inverse control {list(inv_high.bits)}, RTN", inv_high, "u8"),
         (f"inverse control {list(inv_low.bits)}, GPTQ", Plan(bits=inv_low.bits, quant_method="gptq"), "u4"),
@@ -99,12 +102,13 @@ def main() -> None:
             timed[label] = built
         print(f"{label}: {sz['size_mb']:.2f} MB, Spearman {rho:.2f} (built in {build_s:.0f} s)", flush=True)
         write(out, args.out)
-    lat = bench.latency(timed, rounds=args.rounds)
-    for r in results:
-        if r["label"] in lat:
-            r["latency"] = lat[r["label"]].to_dict()
-    out["baseline_latency"] = lat["baseline"].to_dict()
-    write(out, args.out)
+    if args.rounds:
+        lat = bench.latency(timed, rounds=args.rounds)
+        for r in results:
+            if r["label"] in lat:
+                r["latency"] = lat[r["label"]].to_dict()
+        out["baseline_latency"] = lat["baseline"].to_dict()
+        write(out, args.out)
     print(render(out))
 
 
@@ -136,9 +140,10 @@ def render(out: dict) -> str:
         "Group size 64 for 4/3/2-bit weights; int8 is per output channel (torch.ao dynamic int8 Linear).",
         "",
         "**Latency below 8 bits is NOT measured: 4/3/2-bit weights are simulated** (rounded to the low-bit "
-        "grid, stored and computed in float32; size and quality are real, speed is not). Only the int8 rows "
-        "marked below were timed, on the real int8 kernel (batch 1, 128 tokens, "
-        f"{f['rounds']} interleaved rounds).",
+        "grid, stored and computed in float32; size and quality are real, speed is not). "
+        + (f"Only the int8 rows with a latency below were timed, on the real int8 kernel (batch 1, 128 tokens, "
+           f"{f['rounds']} interleaved rounds)." if out.get("baseline_latency") else
+           "No latency was measured in this run (see the notes at the end)."),
         "",
         "Per-layer sensitivity (Fisher trace per weight, layers 0..5): "
         + ", ".join(f"{s:.2e}" for s in sens["fisher"]) + ".",
@@ -165,6 +170,8 @@ def render(out: dict) -> str:
     if b:
         lines += ["", f"Uncompressed float32 latency in the same rounds: {b['median_ms']:.2f} ms "
                   f"({b['p10_ms']:.2f}-{b['p90_ms']:.2f})."]
+    if out.get("notes"):
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in out["notes"]]
     return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,7 @@ Rounding (plan.quant_method): "rtn" rounds each weight to the nearest grid point
 (methods/gptq.py) rounds layer by layer from calibration data, each layer's inputs coming from
 the already-quantized layers before it; for bits 8 the GPTQ-rounded int8 values and per-channel
 scales are loaded into the same dynamic int8 Linear (still the real kernel). plan.smooth > 0
-first applies SmoothQuant scaling (methods/smooth.py) to the layers that are quantized.
+first applies SmoothQuant scaling (methods/smooth.py) to the layers at 8/4/3/2 bits.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def quantize(model: nn.Module, spec: QuantSpec, ctx: Context) -> nn.Module:
     if spec.smooth > 0:
         from .smooth import smooth_model
 
-        positions = [pos for pos, original in enumerate(spec.layers) if spec.bits[original] <= 16]
+        positions = [pos for pos, original in enumerate(spec.layers) if spec.bits[original] <= 8]
         smooth_model(model, positions, spec.smooth, ctx.calibration, ctx.structure_only, ctx.log)
     use_gptq = spec.method == "gptq" and not ctx.structure_only
     for pos, original in enumerate(spec.layers):

@@ -16,7 +16,7 @@ Where the 1/s goes depends on the architecture:
   the next sub-layer, so folding 1/s into it would change the model. Instead each smoothed
   Linear gets an explicit per-channel input scale (`InputScale`, one elementwise multiply;
   its cost is in every measured latency).
-Only layers whose weights are quantized (bits 16/8/4/3/2) are smoothed. A group whose
+Only layers at 8/4/3/2 bits are smoothed (bf16 keeps a relative precision per value). A group whose
 consumers are gone (attention or FFN pruned to nothing) is skipped and logged. max|X_j| is
 taken over the calibration tokens (padding left out) of the model before quantization.
 """

@@ -304,7 +304,7 @@ def cmd_sensitivity(args) -> int:
         print(f"suggested bits from {allowed} (seed these plans as search trials):")
         for sug in result["suggestions"]:
             print(f"  {sug['target']} ({sug['size_mb']:.1f} MB): bits {sug['bits']}"
-                  + ("  [<8-bit weights simulated: latency from the cost model]" if sug["simulated"] else ""))
+                  + ("  [<8-bit weights SIMULATED: size and quality real, no low-bit speed]" if sug["simulated"] else ""))
     return 0
 
 

@@ -100,6 +100,15 @@ def test_gptq_and_smoothing_need_calibration(tiny_models, plan):
         apply_plan(tiny_models["bert"].build(), plan)
 
 
+def test_smoothing_touches_only_int8_and_lower_layers(tiny_models):
+    tiny = tiny_models["bert"]
+    small = apply_plan(tiny.build(), Plan(bits=[16, 32, 16], smooth=0.5))  # nothing to smooth: no data needed
+    assert not any(isinstance(m, InputScale) for m in small.modules())
+    small = apply_plan(tiny.build(), Plan(bits=[8, 32, 4], smooth=0.5), tiny.calibration())
+    layers = get_adapter(small).layers()
+    assert [sum(isinstance(m, InputScale) for m in layer.modules()) for layer in layers] == [4, 0, 4]
+
+
 def test_smoothing_preserves_float32_outputs(tiny):
     base = tiny.build()
     calib = tiny.calibration()
@@ -162,6 +171,6 @@ def test_gptq_smooth_bert_save_load_is_exact(tiny_models, tmp_path):
     save_compressed(small, plan, tmp_path / "out")
     loaded, _, loaded_plan = load_compressed(tmp_path / "out")
     assert loaded_plan.quant_method == "gptq" and loaded_plan.smooth == 0.5
-    assert sum(isinstance(m, InputScale) for m in loaded.modules()) == 12
+    assert sum(isinstance(m, InputScale) for m in loaded.modules()) == 8  # not the bf16 layer
     with torch.no_grad():
         assert torch.equal(loaded(**tiny.inputs()).logits, small(**tiny.inputs()).logits)

@@ -22,7 +22,7 @@ def test_sensitivity_json_and_text(make_study, capsys, monkeypatch, tmp_path):
     assert out["suggestions"][0]["size_mb"] > out["suggestions"][1]["size_mb"]
     assert main(["sensitivity", study, "--bits", "8,4"]) == 0
     text = capsys.readouterr().out
-    assert "layer 3:" in text and "simulated" in text
+    assert "layer 3:" in text and "SIMULATED" in text
 
 
 def test_sensitivity_needs_calibration_and_valid_bits(make_study, capsys, monkeypatch, tmp_path):
