@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Plan", "DistillSpec", "ModelShape", "IMPORTANCE", "BITS", "REAL_BITS", "SIMULATED_BITS"]
+__all__ = ["Plan", "DistillSpec", "ModelShape", "IMPORTANCE", "BITS", "REAL_BITS", "SIMULATED_BITS", "QUANT_METHODS"]
 
 IMPORTANCE = ("magnitude", "fisher")
 BITS = (32, 16, 8, 4, 3, 2)
@@ -20,6 +20,7 @@ REAL_BITS = (32, 16, 8)
 SIMULATED_BITS = (4, 3, 2)
 RECOVERY = ("none", "mask_tuning")
 DISTILL_LOSSES = ("logits", "hidden", "embedding")
+QUANT_METHODS = ("rtn", "gptq")
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,12 @@ class Plan:
     recovery: "none" or "mask_tuning" (after pruning, kept heads/neurons rescaled by least
         squares to reconstruct the uncompressed model's layer outputs; needs calibration).
     distill: distillation settings (steps=0 disables).
+    group_size: input channels sharing one scale in 4/3/2-bit weights (int8 is per output channel).
+    quant_method: how weights are rounded to 8/4/3/2 bits: "rtn" (round to nearest) or "gptq"
+        (Frantar et al. 2022: error-compensating rounding from calibration data).
+    smooth: SmoothQuant alpha in [0, 1] (Xiao et al. 2023); 0 = off. Before quantization, the
+        inputs of the Linears that read a LayerNorm are divided per channel by s and their weight
+        columns multiplied by s (needs calibration data).
     """
 
     layers: tuple[int, ...] | None = None
@@ -111,6 +118,8 @@ class Plan:
     recovery: str = "none"
     distill: DistillSpec = field(default_factory=DistillSpec)
     group_size: int = 64
+    quant_method: str = "rtn"
+    smooth: float = 0.0
 
     def __post_init__(self) -> None:
         if self.layers is not None:
@@ -137,6 +146,12 @@ class Plan:
         if self.recovery not in RECOVERY:
             raise ValueError(f"recovery must be one of {', '.join(RECOVERY)}, got {self.recovery!r}")
         _check_int("group_size", self.group_size, 8)
+        if self.quant_method not in QUANT_METHODS:
+            raise ValueError(f"quant_method must be one of {', '.join(QUANT_METHODS)}, got {self.quant_method!r}")
+        if (isinstance(self.smooth, bool) or not isinstance(self.smooth, (int, float))
+                or not 0.0 <= self.smooth <= 1.0):
+            raise ValueError(f"smooth must be a number in [0, 1] (the SmoothQuant alpha; 0 = off), got {self.smooth!r}")
+        object.__setattr__(self, "smooth", float(self.smooth))
         if isinstance(self.distill, dict):
             object.__setattr__(self, "distill", DistillSpec(**self.distill))
         elif not isinstance(self.distill, DistillSpec):

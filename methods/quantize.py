@@ -6,6 +6,12 @@ PyTorch's dynamic-quantized Linear (a real int8 GEMM kernel, per-channel scales,
 quantized per batch at run time); 4/3/2: SIMULATED round-to-nearest, symmetric, group-wise
 along the input dimension: the weights are rounded to the low-bit grid but stored and
 computed in float32, so quality and size are real while speed is not.
+
+Rounding (plan.quant_method): "rtn" rounds each weight to the nearest grid point; "gptq"
+(methods/gptq.py) rounds layer by layer from calibration data, each layer's inputs coming from
+the already-quantized layers before it; for bits 8 the GPTQ-rounded int8 values and per-channel
+scales are loaded into the same dynamic int8 Linear (still the real kernel). plan.smooth > 0
+first applies SmoothQuant scaling (methods/smooth.py) to the layers at 8/4/3/2 bits.
 """
 
 from __future__ import annotations
@@ -29,12 +35,14 @@ class QuantSpec:
     bits: tuple[int, ...]  # per ORIGINAL layer
     layers: tuple[int, ...]
     group_size: int = 64
+    method: str = "rtn"
+    smooth: float = 0.0
 
     @classmethod
     def from_plan(cls, plan) -> QuantSpec | None:
         if all(plan.bits[i] == 32 for i in plan.layers):
             return None
-        return cls(plan.bits, plan.layers, plan.group_size)
+        return cls(plan.bits, plan.layers, plan.group_size, plan.quant_method, plan.smooth)
 
 
 def int8_available() -> bool:
@@ -119,15 +127,60 @@ def _to_simulated(layer: nn.Module, bits: int, group_size: int, structure_only: 
             setattr(module, BITS_ATTR, bits)
 
 
+def _load_int8(layer: nn.Module, rounded: dict) -> None:
+    """Put GPTQ-rounded int8 values and per-row scales into the layer's dynamic int8 Linears."""
+    for name, (q, scale) in rounded.items():
+        m = layer.get_submodule(name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            qw = torch._make_per_channel_quantized_tensor(
+                q.to(torch.int8), scale[:, 0].double(), torch.zeros(len(q), dtype=torch.int64), 0)
+        m.set_weight_bias(qw, m.bias())
+
+
+def _load_simulated(layer: nn.Module, rounded: dict, bits: int) -> None:
+    from .gptq import dequantize
+
+    for name, (q, scale) in rounded.items():
+        m = layer.get_submodule(name)
+        w = dequantize(q, scale)
+        m.weight.data = (w.t() if _is_conv1d(m) else w).contiguous().to(m.weight.dtype)
+        setattr(m, BITS_ATTR, bits)
+
+
+def needs_calibration(spec: QuantSpec) -> bool:
+    return any(spec.bits[i] <= 8 for i in spec.layers) and (spec.method == "gptq" or spec.smooth > 0)
+
+
 def quantize(model: nn.Module, spec: QuantSpec, ctx: Context) -> nn.Module:
     adapter = get_adapter(model)
+    if needs_calibration(spec) and ctx.calibration is None and not ctx.structure_only:
+        what = "quant_method 'gptq'" if spec.method == "gptq" else "smooth > 0"
+        raise ValueError(f"{what} needs calibration batches: set data.calibration in the study (or pass "
+                         "calibration= to apply_plan)")
+    if spec.smooth > 0:
+        from .smooth import smooth_model
+
+        positions = [pos for pos, original in enumerate(spec.layers) if spec.bits[original] <= 8]
+        smooth_model(model, positions, spec.smooth, ctx.calibration, ctx.structure_only, ctx.log)
+    use_gptq = spec.method == "gptq" and not ctx.structure_only
     for pos, original in enumerate(spec.layers):
         bits = spec.bits[original]
         layer = adapter.layers()[pos]
+        rounded = None
+        if use_gptq and bits <= 8:
+            from .gptq import gptq_layer, layer_hessians
+
+            rounded = gptq_layer(layer, layer_hessians(adapter, pos, ctx.calibration), bits, spec.group_size)
+            ctx.log(f"gptq: layer {pos} ({len(rounded)} projections) at {bits} bits")
         if bits == 16:
             _to_bf16(layer)
         elif bits == 8:
             _to_int8(layer)
+            if rounded:
+                _load_int8(layer, rounded)
         elif bits < 8:
-            _to_simulated(layer, bits, spec.group_size, ctx.structure_only)
+            if rounded:
+                _load_simulated(layer, rounded, bits)
+            _to_simulated(layer, bits, spec.group_size, ctx.structure_only or rounded is not None)
     return model

@@ -268,6 +268,49 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_sensitivity(args) -> int:
+    from slimformer.methods import Plan, apply_plan, model_size
+    from slimformer.methods.sensitivity import layer_sensitivity, sensitivity_plans
+
+    from .workbench import Workbench
+
+    try:
+        allowed = sorted({int(b) for b in args.bits.split(",")}, reverse=True)
+        Plan(bits=allowed)
+    except ValueError:
+        raise UserError(f"--bits must be a comma-separated list of 32, 16, 8, 4, 3, 2; got {args.bits!r}") from None
+    if len(allowed) < 2:
+        raise UserError("--bits needs at least two bit-widths to choose from")
+    cfg = _study_or_default(args.study)
+    bench = Workbench(cfg, log=_log)
+    if bench.calibration is None:
+        raise UserError("sensitivity needs calibration data with a task loss: set data.calibration")
+    base = Plan(group_size=args.group_size)
+    _log(f"sensitivity ({args.method}) on {len(bench.calibration.batches)} calibration batches ...")
+    scores = layer_sensitivity(bench.model, bench.calibration, args.method)
+    uniform = {b: model_size(apply_plan(bench.model, Plan(bits=b, group_size=args.group_size)),
+                             args.group_size)["size_mb"] for b in allowed[1:]}
+    plans = sensitivity_plans(bench.model, bench.calibration, base, allowed, list(uniform.values()),
+                              sensitivity=scores)
+    result = {
+        "method": args.method, "allowed_bits": allowed, "group_size": args.group_size,
+        "layers": [{"layer": i, "sensitivity": s} for i, s in enumerate(scores)],
+        "suggestions": [{"target": f"size of uniform {b}-bit", "size_mb": mb, "bits": list(plan.bits),
+                         "simulated": plan.simulated} for (b, mb), plan in zip(uniform.items(), plans)],
+    }
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"per-layer sensitivity ({args.method} trace per weight; higher = keep more bits):")
+        for row in result["layers"]:
+            print(f"  layer {row['layer']}: {row['sensitivity']:.3e}")
+        print(f"suggested bits from {allowed} (seed these plans as search trials):")
+        for sug in result["suggestions"]:
+            print(f"  {sug['target']} ({sug['size_mb']:.1f} MB): bits {sug['bits']}"
+                  + ("  [<8-bit weights SIMULATED: size and quality real, no low-bit speed]" if sug["simulated"] else ""))
+    return 0
+
+
 # ----- parser -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="slimformer", description="Find the best compressed Transformer under a latency budget.")
@@ -347,6 +390,16 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--batch-size", type=int, default=1)
     pd.add_argument("--json", action="store_true", help="print JSON")
     pd.set_defaults(func=cmd_predict)
+
+    sn = sub.add_parser("sensitivity", help="per-layer quantization sensitivity and suggested mixed bits",
+                        description="Fisher (or Hutchinson Hessian) trace per layer from the calibration data, and "
+                                    "the per-layer bits it suggests at the sizes of uniform bit-widths.")
+    sn.add_argument("study", nargs="?", metavar="STUDY.yaml", help=f"study file (default {DEFAULT_STUDY})")
+    sn.add_argument("--bits", default="8,4,3,2", help="allowed bit-widths, comma-separated (default 8,4,3,2)")
+    sn.add_argument("--method", choices=("fisher", "hessian"), default="fisher", help="trace estimate")
+    sn.add_argument("--group-size", type=int, default=64, help="group size of the 4/3/2-bit weights")
+    sn.add_argument("--json", action="store_true", help="print JSON")
+    sn.set_defaults(func=cmd_sensitivity)
 
     return p
 

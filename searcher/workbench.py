@@ -59,10 +59,11 @@ class Workbench:
         """The compressed model; `structure_only` skips data-dependent work (same shapes and kernels)."""
         if structure_only:
             return apply_plan(self.model, plan, None, structure_only=True, log=log)
-        needs_data = plan.importance == "fisher" or plan.distill.enabled or plan.recovery != "none"
+        needs_data = (plan.importance == "fisher" or plan.distill.enabled or plan.recovery != "none"
+                      or plan.quant_method == "gptq" or plan.smooth > 0)
         if needs_data and self.calibration is None:
-            raise UserError("this plan needs calibration data (fisher importance, mask tuning or distillation): "
-                            "set data.calibration")
+            raise UserError("this plan needs calibration data (fisher importance, mask tuning, distillation, "
+                            "gptq or smoothing): set data.calibration")
         return apply_plan(self.model, plan, self.calibration if needs_data else None, log=log)
 
     def runner(self, model):

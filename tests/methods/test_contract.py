@@ -31,6 +31,12 @@ CASES = {
     "bits16": (Plan(bits=16), {"quantize"}),
     "bits8": (Plan(bits=8), {"quantize"}),
     "bits4": (Plan(bits=4, group_size=16), {"quantize"}),
+    "gptq": (Plan(bits=[4, 8, 3], group_size=16, quant_method="gptq"), {"quantize"}),
+    "smooth_gptq_pruned": (
+        Plan(layers=[0, 2], heads=[0, 4, 2], ffn=[64, 64, 0], bits=[8, 32, 4], group_size=16,
+             quant_method="gptq", smooth=0.5),
+        {"prune", "quantize"},
+    ),
     "combined": (
         Plan(layers=[0, 2], heads=[2, 4, 0], ffn=[32, 64, 16], rank=[8, 0, 4], bits=[8, 32, 16],
              distill={"steps": 1, "lr": 1e-3}),
@@ -89,7 +95,8 @@ def test_contract(tiny, case, tmp_path):
     plan, methods = CASES[case]
     base = tiny.build()
     inputs = tiny.inputs()
-    calib = tiny.calibration() if methods & {"distill", "mask_tuning"} else None
+    data_needed = methods & {"distill", "mask_tuning"} or plan.quant_method == "gptq" or plan.smooth
+    calib = tiny.calibration() if data_needed else None
     before_state = {k: v.clone() for k, v in base.state_dict().items()}
     before_config = base.config.to_dict()
     before_out = _logits(base, inputs)

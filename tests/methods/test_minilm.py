@@ -127,3 +127,42 @@ def test_fisher_importance_on_scored_pairs(minilm, encoded, baseline):
     rho = spearman(small, encoded)
     assert rho > 0.5, (rho, baseline[1])
     assert all(p.grad is None for p in model.parameters())  # the input model stays clean
+
+
+def _calibration(encoded, n=16):
+    a, b, scores = encoded
+    batch = {"a": {k: v[:n] for k, v in a.items()}, "b": {k: v[:n] for k, v in b.items()}, "score": scores[:n] / 5}
+
+    def loss_fn(m, batch):
+        return F.mse_loss(F.cosine_similarity(embed(m, batch["a"]), embed(m, batch["b"])), batch["score"])
+
+    return Calibration([batch], loss_fn=loss_fn, model_inputs=lambda batch: [batch["a"], batch["b"]])
+
+
+def test_smoothing_is_exact_on_minilm(minilm, encoded, baseline):
+    import copy
+
+    from slimformer.methods.smooth import InputScale, smooth_model
+
+    model, _ = minilm
+    smoothed = copy.deepcopy(model)
+    assert smooth_model(smoothed, list(range(6)), 0.5, _calibration(encoded)) == 12
+    assert sum(isinstance(m, InputScale) for m in smoothed.modules()) == 6 * 4
+    with torch.no_grad():
+        emb = embed(smoothed, encoded[0])
+    assert (emb - baseline[0]).abs().max().item() < 1e-4
+
+
+def test_gptq_first_layer_on_minilm(minilm, encoded, baseline):
+    model, _ = minilm
+    calib = _calibration(encoded)
+    bits = [3, 32, 32, 32, 32, 32]
+    rtn = apply_plan(model, Plan(bits=bits))
+    gptq = apply_plan(model, Plan(bits=bits, quant_method="gptq"), calib)
+    q_rtn, q_gptq = rtn.encoder.layer[0].intermediate.dense.weight, gptq.encoder.layer[0].intermediate.dense.weight
+    assert not torch.equal(q_rtn, q_gptq)
+    assert model_size(gptq)["size_mb"] == model_size(rtn)["size_mb"] and model_size(gptq)["simulated"]
+    with torch.no_grad():
+        errs = {name: (embed(m, encoded[0]) - baseline[0]).pow(2).sum().item() for name, m in
+                (("rtn", rtn), ("gptq", gptq))}
+    assert errs["gptq"] < errs["rtn"], errs

@@ -23,6 +23,8 @@ FULL = Plan(
     distill=DistillSpec(steps=10, temperature=3.0, alpha=0.25, losses=("logits", "hidden"), lr=5e-4,
                         freeze_embeddings=False),
     group_size=32,
+    quant_method="gptq",
+    smooth=0.5,
 )
 PLANS = [Plan(), Plan(heads=2, ffn=16, bits=16), FULL]
 
@@ -44,6 +46,8 @@ def test_plain_data():
     assert data["layers"] == [0, 2]  # sorted, lists not tuples
     assert data["heads"] == [4, 0, 2]
     assert data["distill"]["losses"] == ["logits", "hidden"]
+    assert data["quant_method"] == "gptq" and data["smooth"] == 0.5
+    assert Plan().quant_method == "rtn" and Plan().smooth == 0.0 and Plan(smooth=1).smooth == 1.0
     assert Plan.from_dict({}) == Plan()
     assert Plan.from_yaml("") == Plan()
     assert Plan.from_dict({"distill": {"steps": 3}}).distill.steps == 3
@@ -80,6 +84,11 @@ def test_scalar_shorthand_expands_per_layer():
         ({"heads": [2, 1.5, 2]}, "heads"),
         ({"heads": True}, "heads"),
         ({"group_size": 4}, "group_size"),
+        ({"quant_method": "awq"}, "quant_method"),
+        ({"smooth": 1.5}, "smooth"),
+        ({"smooth": -0.1}, "smooth"),
+        ({"smooth": "half"}, "smooth"),
+        ({"smooth": True}, "smooth"),
         ({"distill": {"steps": -1}}, "distill.steps"),
         ({"distill": {"alpha": 2}}, "distill.alpha"),
         ({"distill": {"losses": ["psychic"]}}, "distill.losses"),
