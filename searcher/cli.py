@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -122,8 +123,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_search(args) -> int:
-    import signal
-
+    from .signals import stop_guard
     from .study import handle_for, run_search
 
     cfg = _study_or_default(args.study)
@@ -133,17 +133,14 @@ def cmd_search(args) -> int:
     if args.backend != "local":
         raise UserError(f"--backend {args.backend} is not available in this version; use --backend local")
 
-    def _term(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _term)
     try:
-        summary = run_search(cfg, trials=args.trials, timeout=args.timeout, storage=args.storage,
-                             study_name=args.study_name, seed=args.seed, log=_log)
+        with stop_guard():  # 1st Ctrl-C/SIGTERM: stop cleanly; 2nd: exit at once (searcher/signals.py)
+            summary = run_search(cfg, trials=args.trials, timeout=args.timeout, storage=args.storage,
+                                 study_name=args.study_name, seed=args.seed, log=_log)
     except KeyboardInterrupt:
         handle = handle_for(cfg, args.storage, args.study_name)
         _log(f"stopped: finished trials are saved in {handle.url}; the interrupted one will be retried. "
-             f"Resume with the same command: slimformer search {args.study or DEFAULT_STUDY}")
+             f"Resume with the same command: slimformer {' '.join(shlex.quote(a) for a in sys.argv[1:])}")
         return 130
     study_file = args.study or DEFAULT_STUDY
     best = summary["best"]
@@ -365,6 +362,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"slimformer {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+        from .storage import storage_fault
+
+        fault = storage_fault(exc)
+        if fault:  # a locked, read-only or full storage: one clear line, exit 2
+            print(f"slimformer {args.command}: error: {fault}", file=sys.stderr)
+            return 2
         if os.environ.get("SLIMFORMER_DEBUG"):
             traceback.print_exc()
         print(f"slimformer {args.command}: internal error: {type(exc).__name__}: {exc} "

@@ -87,6 +87,13 @@ class SearchSection(_Section):
     objectives: list[Literal["quality", "latency", "size"]] = ["quality", "latency"]
     seed_uniform: bool = Field(True, description="enqueue the baseline and a few uniform plans first")
     prescreen: bool = Field(True, description="reject candidates the cost model predicts clearly over budget")
+    isolate: bool | Literal["auto"] = Field(
+        "auto", description="run each trial in a worker process with a time and memory limit; auto: on "
+        "for studies of 50 trials or more")
+    trial_timeout: float | None = Field(None, gt=0, description="seconds per isolated trial; default "
+                                        "600 s or 5x the slowest finished trial")
+    trial_memory_mb: int | None = Field(None, ge=64, description="resident memory limit of the isolated "
+                                        "trial worker; default 75% of the machine's memory")
 
     @field_validator("objectives")
     @classmethod

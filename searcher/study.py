@@ -14,9 +14,11 @@ from slimformer.methods.adapters import UnsupportedModelError, get_adapter
 
 from .config import StudyConfig
 from .errors import UserError
+from .isolate import WorkerStartError, make_runner
 from .progress import SearchProgress
+from .signals import interruptible, protected
 from .storage import check_storage, fail_stale_trials, open_storage, owner_attrs, storage_file, storage_url
-from .trial import Rejected, evaluate, propose, record
+from .trial import Rejected, propose, record
 
 __all__ = ["run_search", "StudyHandle", "open_study", "best_feasible", "counted", "SCHEMA"]
 
@@ -176,6 +178,42 @@ def _baseline(cfg: StudyConfig, bench, log) -> dict:
             "latency_spread_ms": lat.p90_ms - lat.p10_ms, "size_mb": size["size_mb"], "params": size["params"]}
 
 
+def _run_one(study, cfg, space, baseline, predictor, runner, bar, may_reject: bool) -> str:
+    """Ask, propose, evaluate (interruptible), record, tell. Returns done | failed | rejected."""
+    trial = study.ask()
+    for key, value in owner_attrs().items():
+        trial.set_user_attr(key, value)
+    try:
+        with get_heartbeat_thread(trial._trial_id, study._storage):
+            plan = propose(trial, cfg, space, baseline, predictor, may_reject)
+            with interruptible():
+                result = runner.evaluate(plan, baseline, trial.number)
+            values = record(trial, cfg, baseline, plan, result, predictor)
+    except Rejected as exc:
+        trial.set_user_attr("rejected", str(exc))
+        study.tell(trial, state=TrialState.PRUNED)
+        bar.trial_rejected(trial.number, str(exc))
+        return "rejected"
+    except (KeyboardInterrupt, WorkerStartError) as exc:  # the trial is abandoned and queued again
+        trial.set_user_attr("fail_reason", "interrupted (Ctrl-C / SIGTERM)" if isinstance(exc, KeyboardInterrupt)
+                            else str(exc))
+        trial.set_user_attr("retried", True)
+        study.tell(trial, state=TrialState.FAIL)
+        if trial.params:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failed candidate must not stop the study
+        reason = getattr(exc, "reason", None) or \
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        trial.set_user_attr("fail_reason", reason)
+        study.tell(trial, state=TrialState.FAIL)
+        bar.trial_failed(trial.number, reason)
+        return "failed"
+    frozen = study.tell(trial, values)
+    bar.trial_done(frozen, best_feasible(study))
+    return "done"
+
+
 def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | None = None,
                storage: str | None = None, study_name: str | None = None, seed: int | None = None,
                log=print, progress: bool = True) -> dict:
@@ -214,8 +252,9 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
     meta = _study_meta(cfg, space, bench)
 
     existing = _study_exists(handle)
-    if not existing:  # everything is checked before the storage is first written
+    if not existing:  # everything is checked and measured before the storage is first written
         _check_budget_reachable(cfg, space, bench, log)
+        first_baseline = _baseline(cfg, bench, log)
     study_storage = open_storage(handle.url)
     if existing:
         study = optuna.load_study(study_name=handle.name, storage=study_storage,
@@ -229,7 +268,7 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
         )
         for key, value in meta.items():
             study.set_user_attr(key, value)
-        study.set_user_attr("baseline", _baseline(cfg, bench, log))
+        study.set_user_attr("baseline", first_baseline)
         if cfg.search.seed_uniform:
             for params in space.uniform_plans():
                 study.enqueue_trial(params, user_attrs={"seeded": True}, skip_if_exists=True)
@@ -245,39 +284,17 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
     rejected_in_a_row = 0
     started = time.monotonic()
     bar = SearchProgress(target, done, baseline, enabled=progress, log=log)
+    runner = make_runner(cfg, bench, target, study, log)
     with bar:
-        while done < target and (timeout is None or time.monotonic() - started < timeout):
-            trial = study.ask()
-            for key, value in owner_attrs().items():
-                trial.set_user_attr(key, value)
-            try:
-                with get_heartbeat_thread(trial._trial_id, study._storage):
-                    may_reject = cfg.search.prescreen and rejected_in_a_row < MAX_REJECTIONS_IN_A_ROW
-                    plan = propose(trial, cfg, space, baseline, predictor, may_reject)
-                    values = record(trial, cfg, baseline, plan, evaluate(bench, plan, baseline), predictor)
-            except Rejected as exc:
-                trial.set_user_attr("rejected", str(exc))
-                study.tell(trial, state=TrialState.PRUNED)
-                rejected_in_a_row += 1
-                bar.trial_rejected(trial.number, str(exc))
-                continue
-            except KeyboardInterrupt:
-                trial.set_user_attr("fail_reason", "interrupted (Ctrl-C / SIGTERM)")
-                trial.set_user_attr("retried", True)
-                study.tell(trial, state=TrialState.FAIL)
-                if trial.params:
-                    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-                raise
-            except Exception as exc:  # noqa: BLE001 - a failed candidate must not stop the study
-                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                trial.set_user_attr("fail_reason", reason)
-                study.tell(trial, state=TrialState.FAIL)
-                bar.trial_failed(trial.number, reason)
-            else:
-                frozen = study.tell(trial, values)
-                bar.trial_done(frozen, best_feasible(study))
-            rejected_in_a_row = 0
-            done += 1
+        try:
+            while done < target and (timeout is None or time.monotonic() - started < timeout):
+                with protected():  # a stop request waits for storage writes, abandons a running candidate
+                    outcome = _run_one(study, cfg, space, baseline, predictor, runner, bar,
+                                       cfg.search.prescreen and rejected_in_a_row < MAX_REJECTIONS_IN_A_ROW)
+                rejected_in_a_row = rejected_in_a_row + 1 if outcome == "rejected" else 0
+                done += outcome != "rejected"
+        finally:
+            runner.close()
     best = best_feasible(study)
     if predictor is not None and predictor.n >= 3:
         err = predictor.error()
