@@ -17,7 +17,15 @@ from .errors import UserError
 from .isolate import WorkerStartError, make_runner
 from .progress import SearchProgress
 from .signals import interruptible, protected
-from .storage import check_storage, fail_stale_trials, open_storage, owner_attrs, storage_file, storage_url
+from .storage import (
+    check_storage,
+    fail_stale_trials,
+    open_storage,
+    owner_attrs,
+    storage_fault,
+    storage_file,
+    storage_url,
+)
 from .trial import Rejected, propose, record
 
 __all__ = ["run_search", "StudyHandle", "open_study", "best_feasible", "counted", "SCHEMA"]
@@ -203,6 +211,8 @@ def _run_one(study, cfg, space, baseline, predictor, runner, bar, may_reject: bo
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
         raise
     except Exception as exc:  # noqa: BLE001 - a failed candidate must not stop the study
+        if storage_fault(exc):  # ... but a locked/full/read-only storage does (exit 2; retried on resume)
+            raise
         reason = getattr(exc, "reason", None) or \
             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         trial.set_user_attr("fail_reason", reason)

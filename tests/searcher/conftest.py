@@ -90,3 +90,9 @@ def write_study(folder: Path, model_dir: Path, **overrides) -> Path:
     path = folder / "study.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
     return path
+
+
+@pytest.fixture(scope="session")
+def study_writer(tiny_model_dir):
+    """write_study for any folder (for module-scoped fixtures that run a search once)."""
+    return lambda folder, **overrides: write_study(Path(folder), tiny_model_dir, **overrides)
