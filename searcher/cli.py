@@ -18,9 +18,14 @@ __all__ = ["main", "build_parser"]
 DEFAULT_STUDY = "studies/quickstart.yaml"
 
 
+def _one_line(text: str) -> str:
+    """Control characters (a newline in a file name, a fuzzed argument) shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own errors: one line, exit 2
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {_one_line(message)}\n")
 
 
 def _log(msg: str) -> None:
@@ -356,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         hf_logging.disable_progress_bar()
         return args.func(args) or 0
     except UserError as exc:
-        print(f"slimformer {args.command}: error: {exc}", file=sys.stderr)
+        print(f"slimformer {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"slimformer {args.command}: interrupted", file=sys.stderr)
@@ -366,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
 
         fault = storage_fault(exc)
         if fault:  # a locked, read-only or full storage: one clear line, exit 2
-            print(f"slimformer {args.command}: error: {fault}", file=sys.stderr)
+            print(f"slimformer {args.command}: error: {_one_line(fault)}", file=sys.stderr)
             return 2
         if os.environ.get("SLIMFORMER_DEBUG"):
             traceback.print_exc()
