@@ -152,6 +152,7 @@ def part_kill(model: Path, work: Path, runs: int, trials: int, seed: int) -> dic
             "orphan_workers": len(orphans), "resume_exit": res.returncode, "finished_after_resume": finished,
             "completed": res.returncode == 0 and finished >= trials,
             "stale_retried": sum("stale" in str(t.user_attrs.get("fail_reason", "")) for t in after),
+            "running_after_resume": sum(t.state == TrialState.RUNNING for t in after),
             "wall_s": round(time.monotonic() - t0, 1),
         })
         print(json.dumps(rows[-1]), flush=True)
@@ -201,11 +202,12 @@ def render(results: dict) -> str:
     if k:
         lines += [f"## (a) kill -9 at a random moment, then resume ({len(k['runs'])} studies of {k['trials']} trials)", "",
                   "| run | isolated | killed after s | complete at kill | running at kill | lost | orphan workers "
-                  "| resume exit | finished after resume |", "|" + "---|" * 9]
+                  "| resume exit | finished after resume | stale retried | running after resume |", "|" + "---|" * 11]
         for r in k["runs"]:
             lines.append(f"| {r['run']} | {r['isolate']} | {r['kill_after_s']}{'' if r['killed'] else ' (had finished)'} "
                          f"| {r['complete_at_kill']} | {r['running_at_kill']} | {r['lost']} | {r['orphan_workers']} "
-                         f"| {r['resume_exit']} | {r['finished_after_resume']} |")
+                         f"| {r['resume_exit']} | {r['finished_after_resume']} | {r['stale_retried']} "
+                         f"| {r['running_after_resume']} |")
         lines += ["", f"Finished trials lost: **{k['total_lost']}**; every study completed: **{k['all_completed']}**; "
                   f"orphan trial workers after the kill: **{k['orphans']}**. A trial that was running at the kill is "
                   "found on resume (its process is dead), recorded as failed (`stale`) and queued again with the same "

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from .errors import UserError
 
 __all__ = ["storage_url", "storage_file", "open_storage", "check_storage", "fail_stale_trials", "owner_attrs",
-           "storage_fault", "repair_journal_tail", "sqlite_timeout"]
+           "storage_fault", "repair_journal_tail", "sqlite_timeout", "register_owner"]
 
 
 def storage_url(value: str | None, study_path: Path | None, name: str) -> str:
@@ -148,20 +148,46 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def register_owner(study: optuna.Study) -> None:
+    """Note this process in the study, so that a trial it leaves with no owner attributes (it
+    was killed between creating the trial and labelling it) is recognised as stale later."""
+    study.set_user_attr(f"owner:{socket.gethostname()}:{os.getpid()}", 1)
+
+
+def _owners(study: optuna.Study) -> list[tuple[str, int]]:
+    out = []
+    for key in study.user_attrs:
+        parts = key.split(":")
+        if len(parts) == 3 and parts[0] == "owner" and parts[2].isdigit():
+            out.append((parts[1], int(parts[2])))
+    return out
+
+
 def fail_stale_trials(study: optuna.Study, log=print) -> list[int]:
     """Mark RUNNING trials whose process on this host is gone as FAIL and queue their
-    parameters again, so a killed trial is retried with the same plan. Returns their numbers."""
+    parameters again, so a killed trial is retried with the same plan. Returns their numbers.
+
+    A RUNNING trial without owner attributes was created by a process killed right after
+    `ask`: it is stale when every process that ever ran this study is on this host and dead."""
     host = socket.gethostname()
     retried = []
+    unlabelled_stale = None
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner_host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
-        if owner_host != host or pid is None or (_alive(pid) and pid != os.getpid()):
+        if owner_host is None and pid is None:
+            if unlabelled_stale is None:
+                unlabelled_stale = all(h == host and (not _alive(p) or p == os.getpid()) for h, p in _owners(study))
+            if not unlabelled_stale:
+                continue
+        elif owner_host != host or pid is None or (_alive(pid) and pid != os.getpid()):
             continue
+        params = t.system_attrs.get("fixed_params") or t.params  # a queued plan is queued again whole
         study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "stale: its process died (killed or crashed)")
-        study._storage.set_trial_user_attr(t._trial_id, "retried", bool(t.params))
+        study._storage.set_trial_user_attr(t._trial_id, "retried", bool(params))
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        if t.params:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        if params:
+            keep = {k: v for k, v in t.user_attrs.items() if k == "seeded"}
+            study.enqueue_trial(params, user_attrs={**keep, "retry_of": t.number})
         retried.append(t.number)
         log(f"trial {t.number} was left running by a process that died; marked failed and queued again")
     return retried

@@ -22,6 +22,7 @@ from .storage import (
     fail_stale_trials,
     open_storage,
     owner_attrs,
+    register_owner,
     storage_fault,
     storage_file,
     storage_url,
@@ -284,6 +285,7 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
                 study.enqueue_trial(params, user_attrs={"seeded": True}, skip_if_exists=True)
     baseline = study.user_attrs["baseline"]
     fail_stale_trials(study, log)
+    register_owner(study)
     if is_heartbeat_enabled(study._storage):
         optuna.storages.fail_stale_trials(study)
     done = sum(counted(t) for t in study.get_trials(deepcopy=False))

@@ -19,7 +19,6 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from slimformer.methods import Plan
 from slimformer.searcher.cli import build_parser, main
 from slimformer.searcher.config import StudyConfig, load_study_config
