@@ -35,6 +35,7 @@ ROOT = HERE.parent
 RESULTS_JSON = HERE / "reliability_results.json"
 RESULTS_MD = HERE / "reliability_results.md"
 MARK = "SLIMFORMER_RELIABILITY_RUN"
+PART_KEYS = {"a": "kill", "b": "faults", "c": "fuzz"}
 
 
 def tiny_model(folder: Path) -> Path:
@@ -254,6 +255,9 @@ def main() -> int:
         if "c" in parts:
             results["fuzz"] = part_fuzz(args.fuzz_examples)
             print(json.dumps(results["fuzz"]), flush=True)
+    merged = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}  # parts run elsewhere meanwhile
+    results = {**merged, **{k: v for k, v in results.items() if k == "machine" or k in PART_KEYS.values()
+                            and k in {PART_KEYS[p] for p in parts}}}
     RESULTS_JSON.write_text(json.dumps(results, indent=1, sort_keys=True))
     RESULTS_MD.write_text(render(results))
     print(f"written {RESULTS_MD}")

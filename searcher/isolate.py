@@ -21,6 +21,7 @@ import atexit
 import multiprocessing
 import os
 import signal
+import threading
 import time
 
 from slimformer.methods import Plan
@@ -215,7 +216,13 @@ class IsolatedRunner:
         parent_conn, child_conn = ctx.Pipe()
         t0 = time.monotonic()
         proc = ctx.Process(target=_worker_main, args=(child_conn, self.cfg, os.getpid()), name="slimformer-trial")
-        proc.start()
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+        try:  # the new interpreter starts with Ctrl-C ignored (no KeyboardInterrupt while it imports)
+            proc.start()
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGINT, previous)
         child_conn.close()
         self.proc, self.conn = proc, parent_conn
         self.starts += 1
