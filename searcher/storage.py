@@ -257,7 +257,7 @@ def storage_fault(exc: BaseException) -> str | None:
             what = "the study storage is not a readable SQLite database (damaged or another file)"
         elif isinstance(exc, OSError) and exc.errno in _FAULT_ERRNOS:
             name = f" {exc.filename}" if exc.filename else ""
-            what = f"cannot write{name}: {_FAULT_ERRNOS[exc.errno]}"
+            what = f"cannot use{name}: {_FAULT_ERRNOS[exc.errno]}"
         if what:
             return what + "; the trials already stored are intact (fix this and run the command again)"
         exc = exc.__cause__ or exc.__context__
