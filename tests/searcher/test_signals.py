@@ -128,4 +128,5 @@ def test_sigterm_abandons_a_hung_isolated_trial(tmp_path, make_study):
     trials = _study(path).get_trials()
     hung = trials[1]
     assert hung.state == TrialState.FAIL and "interrupted" in hung.user_attrs["fail_reason"]
-    assert [t for t in trials if t.user_attrs.get("retry_of") == 1][0].params == hung.params
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == 1][0]  # queued: its plan is fixed_params
+    assert retry.system_attrs["fixed_params"] == hung.params
