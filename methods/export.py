@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -66,9 +68,8 @@ def _tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str], dict
 
 def save_compressed(model: nn.Module, plan: Plan | None, out_dir, tokenizer=None, metrics=None,
                     force: bool = False) -> Path:
-    """Write the compressed `model` (built by `apply_plan`) to `out_dir`."""
-    from safetensors.torch import save_file
-
+    """Write the compressed `model` (built by `apply_plan`) to `out_dir`: safetensors + JSON,
+    written in a private folder next to it and moved in complete."""
     stored = plan_of(model)
     if stored is None:
         raise ExportError("save_compressed needs a model built by apply_plan (it carries its plan)")
@@ -77,14 +78,29 @@ def save_compressed(model: nn.Module, plan: Plan | None, out_dir, tokenizer=None
         if any(stored.to_dict()[k] != v for k, v in shape_free.items() if k not in ("layers", "heads", "ffn", "rank", "bits")):
             raise ExportError("the plan given does not match the plan the model was built with")
     out = Path(out_dir)
+    if out.is_symlink():  # the user's link: write into the folder it points to
+        out = out.resolve()
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ExportError(f"{out} is not empty; choose an empty directory or pass force")
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        _write_export(model, stage, tokenizer, metrics)
+        _move_into(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out
+
+
+def _write_export(model: nn.Module, stage: Path, tokenizer, metrics) -> None:
+    """Write every file into a fresh private folder (no file there can be a planted symlink)."""
+    from safetensors.torch import save_file
+
     tensors, quantized, aliases = _tensors(model)
     info = getattr(model.config, CONFIG_KEY)
-    save_file(tensors, str(out / WEIGHTS), metadata={"format": "slimformer", "version": str(FORMAT_VERSION)})
+    save_file(tensors, str(stage / WEIGHTS), metadata={"format": "slimformer", "version": str(FORMAT_VERSION)})
     meta = {
         "format_version": FORMAT_VERSION,
         "model_class": info["model_class"],
@@ -96,58 +112,137 @@ def save_compressed(model: nn.Module, plan: Plan | None, out_dir, tokenizer=None
         "metrics": metrics or {},
         "torch": torch.__version__,
     }
-    (out / META).write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
+    (stage / META).write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
     if tokenizer is not None:
-        tokenizer.save_pretrained(str(out))
-    files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != MANIFEST)
-    manifest = {"format_version": FORMAT_VERSION, "files": {name: _sha256(out / name) for name in files}}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    return out
+        tokenizer.save_pretrained(str(stage))
+    for p in stage.rglob("*"):
+        if p.is_symlink() or not (p.is_file() and p.parent == stage):
+            raise ExportError(f"the export would contain {p.relative_to(stage)}, which is not a plain file")
+    files = sorted(p.name for p in stage.iterdir() if p.name != MANIFEST)
+    manifest = {"format_version": FORMAT_VERSION, "files": {name: _sha256(stage / name) for name in files}}
+    (stage / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
 
 
-def _verify(root: Path) -> dict:
+def _move_into(stage: Path, out: Path) -> None:
+    """An absent or empty `out` is replaced by the finished folder in one rename. Into a
+    non-empty one (force), each file is renamed over its old entry (a symlink there is replaced,
+    never followed), the old manifest is removed first and the new one moved in last, so an
+    interrupted export is never mistaken for a complete one."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        os.replace(stage, out)
+        return
+    if (out / MANIFEST).is_symlink() or (out / MANIFEST).exists():
+        (out / MANIFEST).unlink()
+    for p in sorted(stage.iterdir()):
+        if p.name == MANIFEST:
+            continue
+        target = out / p.name
+        if target.is_dir() and not target.is_symlink():
+            raise ExportError(f"{target} is a directory; cannot write the export's {p.name} there")
+        os.replace(p, target)
+    os.replace(stage / MANIFEST, out / MANIFEST)
+
+
+def _plain_name(name) -> bool:
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and "\x00" not in name and not name.startswith("."))
+
+
+def _verified(root: Path) -> dict[str, bytes]:
+    """The bytes of every file listed in the manifest, each checked against its sha256. Only
+    these bytes are used to load the model: files not listed are never read."""
     if not root.is_dir():
         raise ExportError(f"export directory not found: {root}")
     try:
         manifest = json.loads((root / MANIFEST).read_text())
         files = manifest["files"]
+        if not isinstance(files, dict):
+            raise TypeError
     except (OSError, ValueError, KeyError, TypeError):
         raise ExportError(f"{root} has no readable {MANIFEST}: not a slimformer export, or damaged") from None
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise ExportError(f"{root} was written by a newer slimformer (format {manifest['format_version']})")
+    version = manifest.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ExportError(f"{root} was written by a newer slimformer (format {version!r})")
     for name in (WEIGHTS, META):
         if name not in files:
             raise ExportError(f"{root}/{MANIFEST} does not list {name}")
+    data = {}
     for name, digest in files.items():
-        path = root / name
-        if os.sep in name or name.startswith(".") or not path.is_file():
-            raise ExportError(f"{root}: file {name!r} listed in the manifest is missing or not allowed")
-        if _sha256(path) != digest:
+        path = root / name if _plain_name(name) else None
+        if path is None or path.is_symlink() or not path.is_file():
+            raise ExportError(f"{root}: file {name!r} listed in the manifest is missing or not allowed "
+                              "(only plain files in the folder itself)")
+        raw = path.read_bytes()
+        if hashlib.sha256(raw).hexdigest() != digest:
             raise ExportError(f"{root}: {name} does not match its sha256 in the manifest (corrupted or tampered)")
-    return json.loads((root / META).read_text())
+        data[name] = raw
+    return data
+
+
+def _verify(root: Path) -> dict:
+    """The export's metadata, after checking every listed file."""
+    return _meta(root, _verified(root))
+
+
+def _meta(root: Path, data: dict[str, bytes]) -> dict:
+    try:
+        meta = json.loads(data[META])
+        for key in ("model_class", "original_config", "plan", "int8_modules", "aliases"):
+            meta[key]
+    except (ValueError, KeyError, TypeError):
+        raise ExportError(f"{root}/{META} is not a readable slimformer description") from None
+    return meta
 
 
 def load_compressed(out_dir):
-    """-> (model, tokenizer or None, plan). Verifies every file against the manifest first."""
+    """-> (model, tokenizer or None, plan). Verifies every file against the manifest first and
+    reads only the verified bytes (safetensors and JSON: no code is executed)."""
     import transformers
-    from safetensors.torch import load_file
 
     root = Path(out_dir)
-    meta = _verify(root)
+    data = _verified(root)
+    meta = _meta(root, data)
+    try:
+        model, plan = _rebuild(root, meta, data)
+    except ExportError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a hand-edited export can fail in many ways
+        raise ExportError(f"{root}: the export does not describe a model this slimformer can rebuild "
+                          f"({type(exc).__name__}: {str(exc)[:200]})") from None
+    tokenizer = None
+    if "tokenizer.json" in data or "tokenizer_config.json" in data:
+        with tempfile.TemporaryDirectory() as tmp:  # only the verified tokenizer files
+            for name, raw in data.items():
+                if name not in (WEIGHTS, META):
+                    (Path(tmp) / name).write_bytes(raw)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(tmp)
+    return model, tokenizer, plan
+
+
+def _rebuild(root: Path, meta: dict, data: dict[str, bytes]):
+    import transformers
+    from safetensors.torch import load as load_safetensors
+
     cls_name = meta["model_class"]
-    cls = getattr(transformers, cls_name, None)
+    cls = getattr(transformers, cls_name, None) if isinstance(cls_name, str) and cls_name.isidentifier() else None
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
         raise ExportError(f"{root}: unknown model class {cls_name!r}")
-    cfg_dict = dict(meta["original_config"])
+    cfg_dict = dict(meta["original_config"]) if isinstance(meta["original_config"], dict) else {}
     model_type = cfg_dict.get("model_type")
     if model_type not in transformers.CONFIG_MAPPING:
         raise ExportError(f"{root}: unknown model type {model_type!r}")
     config = transformers.CONFIG_MAPPING[model_type].from_dict(cfg_dict)
-    plan = Plan.from_dict(meta["plan"])
+    try:
+        plan = Plan.from_dict(meta["plan"])
+    except ValueError as exc:
+        raise ExportError(f"{root}: invalid plan in {META}: {exc}") from None
     base = cls(config)
     model = apply_plan(base, plan, structure_only=True)
     del base
-    tensors = load_file(str(root / WEIGHTS))
+    try:
+        tensors = load_safetensors(data[WEIGHTS])
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise ExportError(f"{root}: {WEIGHTS} is not a readable safetensors file: {exc}") from None
     for name in meta["int8_modules"]:
         m = model.get_submodule(name)
         with warnings.catch_warnings():
@@ -169,7 +264,4 @@ def load_compressed(out_dir):
         for key, t in tensors.items():
             expected[key].copy_(t)
     model.eval()
-    tokenizer = None
-    if (root / "tokenizer.json").is_file() or (root / "tokenizer_config.json").is_file():
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(root))
-    return model, tokenizer, plan
+    return model, plan

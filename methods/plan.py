@@ -57,6 +57,8 @@ class DistillSpec:
             raise ValueError(f"distill.alpha must be a number in [0, 1], got {self.alpha!r}")
         if not isinstance(self.lr, (int, float)) or self.lr <= 0:
             raise ValueError(f"distill.lr must be a number > 0, got {self.lr!r}")
+        if not isinstance(self.losses, (str, list, tuple)):
+            raise ValueError(f"distill.losses must be a loss name or a list of them, got {self.losses!r}")
         losses = (self.losses,) if isinstance(self.losses, str) else tuple(self.losses)
         for loss in losses:
             if loss not in DISTILL_LOSSES:
@@ -241,7 +243,13 @@ class Plan:
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except RecursionError:
+            raise ValueError("plan is not valid JSON: nested too deeply") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"plan is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
 
     def to_yaml(self) -> str:
         import yaml
@@ -256,6 +264,8 @@ class Plan:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ValueError(f"plan is not valid YAML: {str(exc).splitlines()[0]}") from None
+        except RecursionError:
+            raise ValueError("plan is not valid YAML: nested too deeply") from None
         return cls.from_dict(data or {})
 
     @classmethod

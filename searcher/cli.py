@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -17,9 +18,14 @@ __all__ = ["main", "build_parser"]
 DEFAULT_STUDY = "studies/quickstart.yaml"
 
 
+def _one_line(text: str) -> str:
+    """Control characters (a newline in a file name, a fuzzed argument) shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own errors: one line, exit 2
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {_one_line(message)}\n")
 
 
 def _log(msg: str) -> None:
@@ -122,8 +128,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_search(args) -> int:
-    import signal
-
+    from .signals import stop_guard
     from .study import handle_for, run_search
     from .workers import with_scale_out
 
@@ -136,17 +141,14 @@ def cmd_search(args) -> int:
         cfg = cfg.model_copy(update={"transfer": cfg.transfer.model_copy(update=overrides)})
     cfg = with_scale_out(cfg, args.workers, args.backend, args.address)
 
-    def _term(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _term)
     try:
-        summary = run_search(cfg, trials=args.trials, timeout=args.timeout, storage=args.storage,
-                             study_name=args.study_name, seed=args.seed, log=_log)
+        with stop_guard():  # 1st Ctrl-C/SIGTERM: stop cleanly; 2nd: exit at once (searcher/signals.py)
+            summary = run_search(cfg, trials=args.trials, timeout=args.timeout, storage=args.storage,
+                                 study_name=args.study_name, seed=args.seed, log=_log)
     except KeyboardInterrupt:
         handle = handle_for(cfg, args.storage, args.study_name)
         _log(f"stopped: finished trials are saved in {handle.url}; the interrupted one will be retried. "
-             f"Resume with the same command: slimformer search {args.study or DEFAULT_STUDY}")
+             f"Resume with the same command: slimformer {' '.join(shlex.quote(a) for a in sys.argv[1:])}")
         return 130
     study_file = args.study or DEFAULT_STUDY
     best = summary["best"]
@@ -420,12 +422,18 @@ def main(argv: list[str] | None = None) -> int:
         hf_logging.disable_progress_bar()
         return args.func(args) or 0
     except UserError as exc:
-        print(f"slimformer {args.command}: error: {exc}", file=sys.stderr)
+        print(f"slimformer {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"slimformer {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+        from .storage import storage_fault
+
+        fault = storage_fault(exc)
+        if fault:  # a locked, read-only or full storage: one clear line, exit 2
+            print(f"slimformer {args.command}: error: {_one_line(fault)}", file=sys.stderr)
+            return 2
         if os.environ.get("SLIMFORMER_DEBUG"):
             traceback.print_exc()
         print(f"slimformer {args.command}: internal error: {type(exc).__name__}: {exc} "

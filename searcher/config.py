@@ -90,6 +90,13 @@ class SearchSection(_Section):
     objectives: list[Literal["quality", "latency", "size"]] = ["quality", "latency"]
     seed_uniform: bool = Field(True, description="enqueue the baseline and a few uniform plans first")
     prescreen: bool = Field(True, description="reject candidates the cost model predicts clearly over budget")
+    isolate: bool | Literal["auto"] = Field(
+        "auto", description="run each trial in a worker process with a time and memory limit; auto: on "
+        "for studies of 50 trials or more")
+    trial_timeout: float | None = Field(None, gt=0, description="seconds per isolated trial; default "
+                                        "600 s or 5x the slowest finished trial")
+    trial_memory_mb: int | None = Field(None, ge=64, description="resident memory limit of the isolated "
+                                        "trial worker; default 75% of the machine's memory")
 
     @field_validator("objectives")
     @classmethod
@@ -182,6 +189,10 @@ def load_study_config(path: str | Path | None = None, data: dict | None = None) 
             raise UserError(f"study file not found: {p}")
         try:
             data = yaml.safe_load(p.read_text())
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{p}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+        except RecursionError:
+            raise UserError(f"{p}: malformed YAML: nested too deeply") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -191,6 +202,8 @@ def load_study_config(path: str | Path | None = None, data: dict | None = None) 
         data = {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: a study file must be a mapping of sections, got {type(data).__name__}")
+    if any(not isinstance(k, str) for k in data):
+        raise UserError(f"{path or 'study'}: section names must be text, got {next(k for k in data if not isinstance(k, str))!r}")
     try:
         cfg = StudyConfig(**_expand(data), path=Path(path).resolve() if path else None)
     except ValidationError as exc:

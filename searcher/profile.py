@@ -94,7 +94,7 @@ def load_profile(path: str | Path) -> dict:
         raise ProfileError(f"device profile not found: {path}")
     try:
         data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ProfileError(f"{path} is not a readable JSON device profile ({exc}); re-run `slimformer profile`") from None
     try:
         validate_profile(data)

@@ -5,8 +5,10 @@ Every storage is checked before anything is written, so a bad URL is one clear e
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
+import sys
 from pathlib import Path
 
 import optuna
@@ -14,7 +16,8 @@ from optuna.trial import TrialState
 
 from .errors import UserError
 
-__all__ = ["storage_url", "storage_file", "open_storage", "check_storage", "fail_stale_trials", "owner_attrs"]
+__all__ = ["storage_url", "storage_file", "open_storage", "check_storage", "fail_stale_trials", "owner_attrs",
+           "storage_fault", "repair_journal_tail", "sqlite_timeout", "register_owner"]
 
 
 def storage_url(value: str | None, study_path: Path | None, name: str) -> str:
@@ -40,6 +43,11 @@ def open_storage(url: str, read_only: bool = False) -> optuna.storages.BaseStora
     if journal is not None:
         from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
+        if not read_only:
+            cut = repair_journal_tail(journal)
+            if cut:
+                print(f"slimformer: the journal {journal} ended with a record cut off by a crash ({cut} bytes); "
+                      f"it was set aside in {journal}.partial and the complete records are used", file=sys.stderr)
         try:
             backend = JournalFileBackend(str(journal), lock_obj=JournalFileOpenLock(str(journal)))
             return optuna.storages.JournalStorage(backend)
@@ -53,7 +61,8 @@ def open_storage(url: str, read_only: bool = False) -> optuna.storages.BaseStora
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **heartbeat)
     except Exception as exc:  # noqa: BLE001 - sqlalchemy/driver errors
-        raise UserError(f"cannot open storage {_redact(url)}: {str(exc).splitlines()[0]}") from None
+        fault = storage_fault(exc)
+        raise UserError(f"cannot open storage {_redact(url)}: {fault or str(exc).splitlines()[0]}") from None
 
 
 def storage_file(url: str) -> Path | None:
@@ -79,9 +88,17 @@ def check_storage(url: str, read_only: bool = False) -> None:
         raise UserError(f"storage folder is not writable: {path.parent}")
 
 
+def sqlite_timeout() -> float:
+    """Seconds a SQLite storage locked by another process is waited for ($SLIMFORMER_SQLITE_TIMEOUT, 30)."""
+    try:
+        return max(0.0, float(os.environ.get("SLIMFORMER_SQLITE_TIMEOUT", 30)))
+    except ValueError:
+        return 30.0
+
+
 def _engine_kwargs(url: str) -> dict:
     if url.startswith("sqlite"):
-        return {"connect_args": {"timeout": 30}}
+        return {"connect_args": {"timeout": sqlite_timeout()}}
     return {"pool_pre_ping": True}
 
 
@@ -131,20 +148,117 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def register_owner(study: optuna.Study) -> None:
+    """Note this process in the study, so that a trial it leaves with no owner attributes (it
+    was killed between creating the trial and labelling it) is recognised as stale later."""
+    study.set_user_attr(f"owner:{socket.gethostname()}:{os.getpid()}", 1)
+
+
+def _owners(study: optuna.Study) -> list[tuple[str, int]]:
+    out = []
+    for key in study.user_attrs:
+        parts = key.split(":")
+        if len(parts) == 3 and parts[0] == "owner" and parts[2].isdigit():
+            out.append((parts[1], int(parts[2])))
+    return out
+
+
 def fail_stale_trials(study: optuna.Study, log=print) -> list[int]:
     """Mark RUNNING trials whose process on this host is gone as FAIL and queue their
-    parameters again, so a killed trial is retried with the same plan. Returns their numbers."""
+    parameters again, so a killed trial is retried with the same plan. Returns their numbers.
+
+    A RUNNING trial without owner attributes was created by a process killed right after
+    `ask`: it is stale when every process that ever ran this study is on this host and dead."""
     host = socket.gethostname()
     retried = []
+    unlabelled_stale = None
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner_host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
-        if owner_host != host or pid is None or (_alive(pid) and pid != os.getpid()):
+        if owner_host is None and pid is None:
+            if unlabelled_stale is None:
+                unlabelled_stale = all(h == host and (not _alive(p) or p == os.getpid()) for h, p in _owners(study))
+            if not unlabelled_stale:
+                continue
+        elif owner_host != host or pid is None or (_alive(pid) and pid != os.getpid()):
             continue
+        params = t.system_attrs.get("fixed_params") or t.params  # a queued plan is queued again whole
         study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "stale: its process died (killed or crashed)")
-        study._storage.set_trial_user_attr(t._trial_id, "retried", bool(t.params))
+        study._storage.set_trial_user_attr(t._trial_id, "retried", bool(params))
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        if t.params:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        if params:
+            keep = {k: v for k, v in t.user_attrs.items() if k == "seeded"}
+            study.enqueue_trial(params, user_attrs={**keep, "retry_of": t.number})
         retried.append(t.number)
         log(f"trial {t.number} was left running by a process that died; marked failed and queued again")
     return retried
+
+
+def repair_journal_tail(path: Path) -> int:
+    """A journal whose last record was cut off (a crash or a full disk while appending) would
+    glue that half record to the next one appended, corrupting the file. Under the journal's
+    lock, move the incomplete tail to `<journal>.partial` and truncate the journal to its last
+    complete record. Returns the number of bytes set aside (0: the journal was complete)."""
+    from optuna.storages.journal import JournalFileOpenLock
+    from optuna.storages.journal._file import get_lock_file
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return 0
+    with get_lock_file(JournalFileOpenLock(str(path))):
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - 1))
+            if f.read(1) == b"\n":
+                return 0
+            keep, step = 0, 1 << 16
+            pos = size
+            while pos > 0 and not keep:  # find the last newline, reading backwards
+                start = max(0, pos - step)
+                f.seek(start)
+                chunk = f.read(pos - start)
+                i = chunk.rfind(b"\n")
+                if i >= 0:
+                    keep = start + i + 1
+                pos = start
+            f.seek(keep)
+            tail = f.read()
+            with open(f"{path}.partial", "ab") as side:
+                side.write(tail)
+                side.flush()
+                os.fsync(side.fileno())
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+            return len(tail)
+
+
+_FAULT_ERRNOS = {
+    errno.ENOSPC: "the disk holding it is full", errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file size limit was reached", errno.EROFS: "it is on a read-only file system",
+    errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+}
+
+
+def storage_fault(exc: BaseException) -> str | None:
+    """One clear line for a storage that is locked, read-only or full (searched along the
+    exception's causes); None for anything else."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(getattr(exc, "orig", None) or exc).lower()
+        what = None
+        if "database is locked" in text:
+            what = (f"the study storage is locked by another process (waited {sqlite_timeout():.0f} s; "
+                    "set SLIMFORMER_SQLITE_TIMEOUT to wait longer)")
+        elif "readonly database" in text or "read-only file system" in text:
+            what = "the study storage is read-only"
+        elif "database or disk is full" in text or "disk i/o error" in text:
+            what = "the study storage could not be written: the disk is full or failing"
+        elif "file is not a database" in text or "database disk image is malformed" in text:
+            what = "the study storage is not a readable SQLite database (damaged or another file)"
+        elif isinstance(exc, OSError) and exc.errno in _FAULT_ERRNOS:
+            name = f" {exc.filename}" if exc.filename else ""
+            what = f"cannot use{name}: {_FAULT_ERRNOS[exc.errno]}"
+        if what:
+            return what + "; the trials already stored are intact (fix this and run the command again)"
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -14,10 +14,21 @@ from slimformer.methods.adapters import UnsupportedModelError, get_adapter
 
 from .config import StudyConfig
 from .errors import UserError
+from .isolate import WorkerStartError, make_runner
 from .progress import SearchProgress
-from .storage import check_storage, fail_stale_trials, open_storage, owner_attrs, storage_file, storage_url
+from .signals import interruptible, protected
+from .storage import (
+    check_storage,
+    fail_stale_trials,
+    open_storage,
+    owner_attrs,
+    register_owner,
+    storage_fault,
+    storage_file,
+    storage_url,
+)
 from .transfer import TRANSFER_ATTR, data_meta, transferable_trials
-from .trial import Rejected, evaluate, predicted, propose, record
+from .trial import Rejected, predicted, propose, record
 from .workers import check_scale_out, is_worker, run_workers
 
 __all__ = ["run_search", "StudyHandle", "open_study", "best_feasible", "counted", "SCHEMA"]
@@ -212,6 +223,55 @@ def _default_space(cfg: StudyConfig, bench, log):
     return space
 
 
+def _transfer_anchors(study) -> int:
+    """Transferred trials whose latency was measured here (they calibrate the cost model)."""
+    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+               if "transferred_from" in t.user_attrs and t.user_attrs.get("latency_source") == "measured")
+
+
+def _run_one(study, cfg, space, baseline, predictor, runner, bar, may_reject: bool) -> str:
+    """Ask, propose, evaluate (interruptible), record, tell. Returns done | failed | rejected."""
+    trial = study.ask()
+    for key, value in owner_attrs().items():
+        trial.set_user_attr(key, value)
+    try:
+        with get_heartbeat_thread(trial._trial_id, study._storage):
+            known = trial.user_attrs.get(TRANSFER_ATTR)  # quality transferred from another device's study
+            plan = propose(trial, cfg, space, baseline, predictor, may_reject and known is None)
+            if known is not None and cfg.transfer.latency == "predict" and _transfer_anchors(study) >= \
+                    cfg.transfer.anchors:
+                result = predicted(predictor, plan, baseline, known)
+            else:
+                with interruptible():
+                    result = runner.evaluate(plan, baseline, trial.number, quality=known)
+            values = record(trial, cfg, baseline, plan, result, predictor)
+    except Rejected as exc:
+        trial.set_user_attr("rejected", str(exc))
+        study.tell(trial, state=TrialState.PRUNED)
+        bar.trial_rejected(trial.number, str(exc))
+        return "rejected"
+    except (KeyboardInterrupt, WorkerStartError) as exc:  # the trial is abandoned and queued again
+        trial.set_user_attr("fail_reason", "interrupted (Ctrl-C / SIGTERM)" if isinstance(exc, KeyboardInterrupt)
+                            else str(exc))
+        trial.set_user_attr("retried", True)
+        study.tell(trial, state=TrialState.FAIL)
+        if trial.params:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failed candidate must not stop the study
+        if storage_fault(exc):  # ... but a locked/full/read-only storage does (exit 2; retried on resume)
+            raise
+        reason = getattr(exc, "reason", None) or \
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        trial.set_user_attr("fail_reason", reason)
+        study.tell(trial, state=TrialState.FAIL)
+        bar.trial_failed(trial.number, reason)
+        return "failed"
+    frozen = study.tell(trial, values)
+    bar.trial_done(frozen, best_feasible(study))
+    return "done"
+
+
 def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | None = None,
                storage: str | None = None, study_name: str | None = None, seed: int | None = None,
                log=print, progress: bool = True) -> dict:
@@ -247,7 +307,7 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
 
     existing = _study_exists(handle)
     transferred = []
-    if not existing:  # everything is checked before the storage is first written
+    if not existing:  # everything is checked and measured before the storage is first written
         if cfg.transfer.source is not None:
             transferred = transferable_trials(cfg, meta, log)
             if cfg.transfer.latency == "predict" and _predictor(cfg, bench, None, lambda msg: None) is None:
@@ -256,6 +316,7 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
             if len(transferred) > target:
                 log(f"note: {target} of the {len(transferred)} transferred trials run now (--trials {target})")
         _check_budget_reachable(cfg, space, bench, log)
+        first_baseline = _baseline(cfg, bench, log)
     study_storage = open_storage(handle.url)
     if existing:
         study = optuna.load_study(study_name=handle.name, storage=study_storage,
@@ -269,7 +330,7 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
         )
         for key, value in meta.items():
             study.set_user_attr(key, value)
-        study.set_user_attr("baseline", _baseline(cfg, bench, log))
+        study.set_user_attr("baseline", first_baseline)
         for params, attrs in transferred:
             study.enqueue_trial(params, user_attrs=attrs)
         if cfg.search.seed_uniform and cfg.transfer.source is None:
@@ -277,6 +338,7 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
                 study.enqueue_trial(params, user_attrs={"seeded": True}, skip_if_exists=True)
     baseline = study.user_attrs["baseline"]
     fail_stale_trials(study, log)
+    register_owner(study)
     if is_heartbeat_enabled(study._storage):
         optuna.storages.fail_stale_trials(study)
     done = sum(counted(t) for t in study.get_trials(deepcopy=False))
@@ -284,8 +346,6 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
     for line in space.describe():
         log(f"  {line}")
     predictor = _predictor(cfg, bench, study, log)
-    anchors = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                  if "transferred_from" in t.user_attrs and t.user_attrs.get("latency_source") == "measured")
     if cfg.search.backend == "ray":  # Ray Tune runs the trials (searcher/raytune.py)
         from .raytune import run_ray
 
@@ -297,43 +357,15 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
     rejected_in_a_row = 0
     started = time.monotonic()
     bar = SearchProgress(target, done, baseline, enabled=progress, log=log)
+    runner = make_runner(cfg, bench, target, study, log)
     with bar:
-        while taken(study) < target and (timeout is None or time.monotonic() - started < timeout):
-            trial = study.ask()
-            for key, value in owner_attrs().items():
-                trial.set_user_attr(key, value)
-            try:
-                with get_heartbeat_thread(trial._trial_id, study._storage):
-                    may_reject = cfg.search.prescreen and rejected_in_a_row < MAX_REJECTIONS_IN_A_ROW
-                    known = trial.user_attrs.get(TRANSFER_ATTR)
-                    plan = propose(trial, cfg, space, baseline, predictor, may_reject and known is None)
-                    if known is not None and cfg.transfer.latency == "predict" and anchors >= cfg.transfer.anchors:
-                        result = predicted(predictor, plan, baseline, known)
-                    else:
-                        result = evaluate(bench, plan, baseline, quality=known)
-                        anchors += known is not None
-                    values = record(trial, cfg, baseline, plan, result, predictor)
-            except Rejected as exc:
-                trial.set_user_attr("rejected", str(exc))
-                study.tell(trial, state=TrialState.PRUNED)
-                rejected_in_a_row += 1
-                bar.trial_rejected(trial.number, str(exc))
-                continue
-            except KeyboardInterrupt:
-                trial.set_user_attr("fail_reason", "interrupted (Ctrl-C / SIGTERM)")
-                trial.set_user_attr("retried", True)
-                study.tell(trial, state=TrialState.FAIL)
-                if trial.params:
-                    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-                raise
-            except Exception as exc:  # noqa: BLE001 - a failed candidate must not stop the study
-                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                trial.set_user_attr("fail_reason", reason)
-                study.tell(trial, state=TrialState.FAIL)
-                bar.trial_failed(trial.number, reason)
-            else:
-                frozen = study.tell(trial, values)
-                bar.trial_done(frozen, best_feasible(study))
-            rejected_in_a_row = 0
-            done += 1
+        try:
+            while taken(study) < target and (timeout is None or time.monotonic() - started < timeout):
+                with protected():  # a stop request waits for storage writes, abandons a running candidate
+                    outcome = _run_one(study, cfg, space, baseline, predictor, runner, bar,
+                                       cfg.search.prescreen and rejected_in_a_row < MAX_REJECTIONS_IN_A_ROW)
+                rejected_in_a_row = rejected_in_a_row + 1 if outcome == "rejected" else 0
+                done += outcome != "rejected"
+        finally:
+            runner.close()
     return _summary(study, handle, target, baseline, predictor, log)

@@ -158,3 +158,75 @@ def test_tied_weights_are_stored_once_and_restored(tiny_models, tmp_path):
     assert loaded.lm_head.weight.data_ptr() == loaded.transformer.wte.weight.data_ptr()
     with torch.no_grad():
         assert torch.equal(loaded(**tiny.inputs()).logits, model(**tiny.inputs()).logits)
+
+
+# ----- untrusted folders and paths ------------------------------------------------------------
+def _rewrite_manifest(folder, files):
+    import hashlib
+
+    manifest = {"format_version": 1, "files": {
+        name: hashlib.sha256((folder / name).read_bytes()).hexdigest() if (folder / name).is_file() else "0" * 64
+        for name in files}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_planted_symlink_is_replaced_not_written_through(compressed, saved, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("do not touch")
+    (saved / "model.safetensors").unlink()
+    (saved / "model.safetensors").symlink_to(victim)
+    save_compressed(compressed, PLAN, saved, force=True)
+    assert victim.read_text() == "do not touch"
+    assert not (saved / "model.safetensors").is_symlink()
+    load_compressed(saved)
+
+
+def test_manifest_paths_outside_the_folder_are_refused(saved, tmp_path):
+    outside = tmp_path / "outside.json"
+    outside.write_text("{}")
+    for name in ("../outside.json", str(outside), ".hidden", "sub/file"):
+        _rewrite_manifest(saved, ["model.safetensors", "slimformer.json", name])
+        with pytest.raises(ExportError, match="not allowed"):
+            load_compressed(saved)
+
+
+def test_symlinked_listed_file_is_refused(saved, tmp_path):
+    real = tmp_path / "weights.bin"
+    real.write_bytes((saved / "model.safetensors").read_bytes())
+    (saved / "model.safetensors").unlink()
+    (saved / "model.safetensors").symlink_to(real)
+    with pytest.raises(ExportError, match="not allowed"):
+        load_compressed(saved)
+
+
+def test_unlisted_files_are_never_read(compressed, tmp_path, tiny_models):
+    from slimformer.searcher.models import load_tokenizer
+
+    out = save_compressed(compressed, PLAN, tmp_path / "with-tok", tokenizer=load_tokenizer("minilm-l6"))
+    # an unlisted file that would change the tokenizer if the folder were read as a whole
+    (out / "added_tokens.json").write_text(json.dumps({"zzzplanted": 30522}))
+    (out / "special_tokens_map.json.bak").write_text("junk")
+    _, tok, _ = load_compressed(out)
+    assert "zzzplanted" not in tok.get_vocab()
+
+
+def test_hand_edited_metadata_is_a_clear_error(saved):
+    meta = json.loads((saved / "slimformer.json").read_text())
+    for bad in ({"model_class": "os.system"}, {"model_class": ["x"]}, {"plan": {"heads": "all"}},
+                {"original_config": {"model_type": "bert", "hidden_size": "big"}}, {"int8_modules": ["nope"]}):
+        (saved / "slimformer.json").write_text(json.dumps({**meta, **bad}))
+        _rewrite_manifest(saved, ["model.safetensors", "slimformer.json"])
+        with pytest.raises(ExportError):
+            load_compressed(saved)
+
+
+def test_failed_export_leaves_nothing_behind(compressed, tmp_path, monkeypatch):
+    import slimformer.methods.export as export
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "_move_into", boom)
+    with pytest.raises(OSError):
+        save_compressed(compressed, PLAN, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no half-written folder, no staging left

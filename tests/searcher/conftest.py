@@ -120,3 +120,9 @@ def postgres_url(_postgres_server, request) -> str:
     if _postgres_server is None:
         return os.environ["SLIMFORMER_TEST_POSTGRES_URL"]
     return _postgres_server.create_database(re.sub(r"\W", "_", request.node.name).lower()[:60])
+
+
+@pytest.fixture(scope="session")
+def study_writer(tiny_model_dir):
+    """write_study for any folder (for module-scoped fixtures that run a search once)."""
+    return lambda folder, **overrides: write_study(Path(folder), tiny_model_dir, **overrides)
