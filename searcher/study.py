@@ -198,7 +198,7 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
     except UnsupportedModelError as exc:
         raise UserError(str(exc)) from None
     space_cfg = cfg.space
-    if space_cfg is None and not set(bench.facts()["flags"]) & {"amx_bf16", "avx512_bf16"}:
+    if space_cfg is None and (cfg.device.runtime == "onnxruntime" or not set(bench.facts()["flags"]) & {"amx_bf16", "avx512_bf16"}):
         from slimformer.spaces import BitsDim, default_space
 
         space_cfg = default_space().model_copy(update={"bits": BitsDim(choices=[32, 8])})
