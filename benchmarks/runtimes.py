@@ -39,7 +39,9 @@ def load() -> str:
 def main() -> None:
     started, load_start = time.time(), load()
     cfg = load_study_config(data={"model": "minilm-l6", "device": {"runtime": "onnxruntime", "threads": THREADS},
-                                  "data": {"validation": str(HERE.parent / "studies/data/sts-dev.tsv"),
+                                  "data": {"validation": str(HERE.parent / "studies/data/sts-dev.tsv"), "format": "tsv",
+                                           "header": False, "names": ["genre", "file", "year", "id", "score",
+                                                                      "sentence1", "sentence2"],
                                            "validation_size": 100, "batch_size": 50}})
     bench = Workbench(cfg, log=lambda m: None)
     plans = {"baseline": Plan(), "int8": Plan(bits=8), "heads 6 + FFN 768 + int8": Plan(heads=6, ffn=768, bits=8)}
