@@ -94,7 +94,7 @@ def test_profile_and_search_with_onnxruntime(tmp_path, make_study, cli, monkeypa
     assert dev["runtime"] == "onnxruntime" and dev["eager_baseline_latency_ms"] > 0
     rep = cli("report", study, "--no-rescore")
     assert rep.returncode == 0, rep.stderr[-2000:]
-    assert "runtime onnxruntime" in rep.stdout
+    assert "runtime onnxruntime" in rep.stdout and "in eager PyTorch" in rep.stdout
 
 
 def test_unknown_runtime_is_exit_2(make_study, cli, expect_user_error):
