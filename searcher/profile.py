@@ -236,7 +236,7 @@ def profile_device(
     dtypes = tuple(d for d in DTYPES if not (d == "int8" and device == "cuda"))  # dynamic int8 is CPU-only
     if runtime == "onnxruntime":
         dtypes = ORT_DTYPES  # no bfloat16: the runtime refuses bits 16
-    passes = passes or (1 if quick else 2)
+    passes = passes or (1 if quick or runtime == "onnxruntime" else 2)  # ORT: one pass keeps it within minutes
     started = time.perf_counter()
     bar = _progress(progress)
     with bar, fixed_threads(threads):
