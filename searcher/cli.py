@@ -377,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Time linear layers, attention and per-layer overhead on this device.")
     pr.add_argument("--out", help="profile file (default: this device's cache entry, used automatically)")
     pr.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    pr.add_argument("--runtime", default="eager", help="eager (default) or compile")
+    pr.add_argument("--runtime", default="eager", help="eager (default) or onnxruntime")
     pr.add_argument("--quick", action="store_true", help="a small grid (seconds; less accurate)")
     pr.set_defaults(func=cmd_profile)
 

@@ -17,7 +17,7 @@ __all__ = [
 ]
 
 TASKS = ("sentence-similarity", "text-classification")
-RUNTIMES = ("eager", "compile")
+RUNTIMES = ("eager", "compile", "onnxruntime")
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 FORMATS = ("csv", "tsv", "json", "jsonl", "parquet")
 
@@ -217,4 +217,9 @@ def load_study_config(path: str | Path | None = None, data: dict | None = None) 
             parse_space_config(cfg.space)
         except SpaceError as exc:
             raise UserError(f"{path or 'study'}: {exc}") from None
+        bits = (cfg.space.get("bits") or {}) if isinstance(cfg.space, dict) else {}
+        choices = bits if isinstance(bits, list) else bits.get("choices", []) if isinstance(bits, dict) else []
+        if cfg.device.runtime == "onnxruntime" and 16 in choices:
+            raise UserError(f"{path or 'study'}: space.bits: 16 (bfloat16) cannot run with device.runtime "
+                            "onnxruntime (its CPU provider has no fast bfloat16 kernels); leave 16 out")
     return cfg

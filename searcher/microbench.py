@@ -172,23 +172,36 @@ def _overhead_job(hidden: int, head_dims, dtypes, tokens, device) -> Job:
 
 
 def run_benchmarks(
-    *, dtypes, tokens, widths, heads_grid, head_dims, hidden_sizes, device, passes, quick, step,
+    *, dtypes, tokens, widths, heads_grid, head_dims, hidden_sizes, device, passes, quick, step, runtime="eager",
+    threads: int = 1,
 ) -> dict:
-    """All raw timings {key: ms}; `step(description, total)` drives a progress display."""
+    """All raw timings {key: ms}; `step(description, total)` drives a progress display.
+    `runtime` onnxruntime runs the same grid through ONNX Runtime (`searcher.ortbench`)."""
     import torch
+
+    if runtime == "onnxruntime":
+        from . import ortbench
+
+        linear_job = lambda dt, k, n, tokens, device: ortbench.linear_job(dt, k, n, tokens, threads)  # noqa: E731
+        activation_job = lambda dt, tokens, widths, device: ortbench.activation_job(tokens, widths, threads)  # noqa: E731
+        attention_job = lambda dt, d, h, seqs, device: ortbench.attention_job(d, h, seqs, threads)  # noqa: E731
+        overhead_job = lambda h, hd, dts, tokens, device: ortbench.overhead_job(h, hd, dts, tokens, threads)  # noqa: E731
+    else:
+        linear_job, activation_job, attention_job, overhead_job = \
+            _linear_job, _activation_job, _attention_job, _overhead_job
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     budget, max_reps = (0.01, 5) if quick else (0.015, 9)
     jobs: list[tuple[int, Job]] = []
     cap = max(hidden_sizes)  # every projection has one side <= the hidden size (rank <= it too)
     for dt in dtypes:
-        jobs += [(len(tokens), _linear_job(dt, k, n, tokens, device)) for k in widths for n in widths
+        jobs += [(len(tokens), linear_job(dt, k, n, tokens, device)) for k in widths for n in widths
                  if min(k, n) <= cap]
-    for dt in ("float32", "bfloat16"):
-        jobs.append((len(tokens) * len(widths), _activation_job(dt, tokens, widths, device)))
-        jobs += [(len(tokens), _attention_job(dt, d, h, tokens, device)) for d in head_dims for h in heads_grid]
+    for dt in float_dtypes(dtypes):
+        jobs.append((len(tokens) * len(widths), activation_job(dt, tokens, widths, device)))
+        jobs += [(len(tokens), attention_job(dt, d, h, tokens, device)) for d in head_dims for h in heads_grid]
     n_models = 1 + 4 * len(dtypes) - ("int8" in dtypes)
-    jobs += [(len(tokens) * n_models, _overhead_job(h, head_dims, dtypes, tokens, device)) for h in hidden_sizes]
+    jobs += [(len(tokens) * n_models, overhead_job(h, head_dims, dtypes, tokens, device)) for h in hidden_sizes]
     total = passes * sum(n for n, _ in jobs)
     best: dict[tuple, float] = {}
 
@@ -266,17 +279,22 @@ def linear_tables(raw: dict, dtypes, tokens, widths, hidden_sizes, tolerance: fl
     return out
 
 
-def activation_tables(raw: dict, tokens, widths) -> dict:
+def float_dtypes(dtypes) -> tuple[str, ...]:
+    """The dtypes activations and attention are profiled in (int8 layers run them in float32)."""
+    return tuple(d for d in ("float32", "bfloat16") if d in dtypes)
+
+
+def activation_tables(raw: dict, tokens, widths, dtypes=("float32", "bfloat16")) -> dict:
     return {dt: {"tokens": list(tokens), "width": list(widths),
                  "ms": _monotone([[raw[("activation", dt, t, w)] for w in widths] for t in tokens]).tolist()}
-            for dt in ("float32", "bfloat16")}
+            for dt in float_dtypes(dtypes)}
 
 
-def attention_tables(raw: dict, head_dims, heads_grid, seqs) -> dict:
+def attention_tables(raw: dict, head_dims, heads_grid, seqs, dtypes=("float32", "bfloat16")) -> dict:
     return {dt: {str(d): {"heads": list(heads_grid), "seq": list(seqs),
                           "ms": _monotone([[raw[("attention", dt, d, h, s)] for s in seqs] for h in heads_grid]).tolist()}
                  for d in head_dims}
-            for dt in ("float32", "bfloat16")}
+            for dt in float_dtypes(dtypes)}
 
 
 def _kernels(tables: dict, dt: str, t: int, hidden: int, d: int, heads: int, ffn: int) -> float:

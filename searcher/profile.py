@@ -33,7 +33,7 @@ __all__ = [
 
 PROFILE_VERSION = 1
 PROFILE_KIND = "slimformer-device-profile"
-RUNTIMES = ("eager",)
+RUNTIMES = ("eager", "onnxruntime")
 DTYPES = ("float32", "bfloat16", "int8")
 
 
@@ -59,7 +59,7 @@ def fingerprint(threads: int, runtime: str = "eager", device: str | None = None)
 
     _check_runtime(runtime)
     facts = device_facts(threads, runtime)
-    facts["device"] = device or _default_device()
+    facts["device"] = device or ("cpu" if runtime == "onnxruntime" else _default_device())
     return facts
 
 
@@ -208,6 +208,18 @@ def profile_device(
     from .microbench import grid, run_benchmarks
 
     _check_runtime(runtime)
+    if runtime == "onnxruntime":
+        from .errors import UserError
+        from .ortbench import DTYPES as ORT_DTYPES
+        from .runtimes import require_onnxruntime
+
+        try:
+            require_onnxruntime()
+        except UserError as exc:
+            raise ProfileError(str(exc)) from None
+        if device not in (None, "cpu"):
+            raise ProfileError("runtime onnxruntime is profiled on the CPU only (device cpu)")
+        device = "cpu"
     device = device or _default_device()
     if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
         allowed = "cpu, cuda" if torch.cuda.is_available() else "cpu (no CUDA device here)"
@@ -222,7 +234,9 @@ def profile_device(
     head_dims = tuple(int(d) for d in head_dims)
     widths, heads_grid = grid(hidden_sizes, head_dims, quick)
     dtypes = tuple(d for d in DTYPES if not (d == "int8" and device == "cuda"))  # dynamic int8 is CPU-only
-    passes = passes or (1 if quick else 2)
+    if runtime == "onnxruntime":
+        dtypes = ORT_DTYPES  # no bfloat16: the runtime refuses bits 16
+    passes = passes or (1 if quick or runtime == "onnxruntime" else 2)  # ORT: one pass keeps it within minutes
     started = time.perf_counter()
     bar = _progress(progress)
     with bar, fixed_threads(threads):
@@ -233,7 +247,7 @@ def profile_device(
 
         raw = run_benchmarks(dtypes=dtypes, tokens=tokens, widths=widths, heads_grid=heads_grid,
                              head_dims=head_dims, hidden_sizes=hidden_sizes, device=device, passes=passes,
-                             quick=quick, step=step)
+                             quick=quick, step=step, runtime=runtime, threads=threads)
     return _build_profile(raw, threads, runtime, device, hidden_sizes=hidden_sizes, tokens=tokens, widths=widths,
                          heads_grid=heads_grid, head_dims=head_dims, dtypes=dtypes, quick=quick, passes=passes,
                          seconds=time.perf_counter() - started)
@@ -246,8 +260,8 @@ def _build_profile(raw: dict, threads: int, runtime: str, device: str, *, hidden
 
     tables = {
         "linear": linear_tables(raw, dtypes, tokens, widths, hidden_sizes),
-        "activation": activation_tables(raw, tokens, widths),
-        "attention": attention_tables(raw, head_dims, heads_grid, tokens),
+        "activation": activation_tables(raw, tokens, widths, dtypes),
+        "attention": attention_tables(raw, head_dims, heads_grid, tokens, dtypes),
     }
     return {
         "kind": PROFILE_KIND,

@@ -155,8 +155,13 @@ def render_text(rep: dict) -> str:
 def _device_text(dev: dict | None) -> str:
     if not dev:
         return "device: unknown"
-    return (f"device: {dev.get('cpu', '?')}, {dev.get('threads', '?')} threads, runtime {dev.get('runtime', '?')}, "
+    text = (f"device: {dev.get('cpu', '?')}, {dev.get('threads', '?')} threads, runtime {dev.get('runtime', '?')}, "
             f"batch {dev.get('batch_size', '?')} x {dev.get('seq_len', '?')} tokens (every latency is for this)")
+    if dev.get("eager_baseline_latency_ms"):  # a non-eager runtime: what the runtime alone buys
+        text += (f"\n  uncompressed model: {dev['runtime_baseline_latency_ms']:.2f} ms in {dev.get('runtime')} vs "
+                 f"{dev['eager_baseline_latency_ms']:.2f} ms in eager PyTorch (same rounds, "
+                 f"{dev['runtime_speedup_over_eager']:.2f}x from the runtime alone)")
+    return text
 
 
 def _budget_text(budget: dict | None) -> str:

@@ -213,7 +213,10 @@ def _default_space(cfg: StudyConfig, bench, log):
     from slimformer.spaces import BitsDim, ImportanceDim, default_space
 
     space = default_space()
-    if not set(bench.facts()["flags"]) & {"amx_bf16", "avx512_bf16"}:
+    if cfg.device.runtime == "onnxruntime":
+        space = space.model_copy(update={"bits": BitsDim(choices=[32, 8])})
+        log("ONNX Runtime has no fast bfloat16 on CPU: the default space leaves out bits 16")
+    elif not set(bench.facts()["flags"]) & {"amx_bf16", "avx512_bf16"}:
         space = space.model_copy(update={"bits": BitsDim(choices=[32, 8])})
         log("this CPU has no native bf16 (AMX/AVX512-BF16): the default space leaves out bits 16")
     if cfg.data.calibration is None:

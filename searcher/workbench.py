@@ -13,6 +13,7 @@ from .data import load_rows
 from .errors import UserError
 from .latency import device_facts, measure_latency
 from .models import load_model, load_tokenizer
+from .runtimes import check_runtime
 from .tasks import example_inputs, get_task
 
 __all__ = ["Workbench"]
@@ -22,6 +23,7 @@ class Workbench:
     def __init__(self, cfg: StudyConfig, log=print):
         self.cfg = cfg
         self.log = log
+        check_runtime(cfg.device.runtime)  # unknown or not installed: one clear line before any loading
         torch.set_num_threads(cfg.device.threads)
         self.tokenizer = load_tokenizer(cfg.model.name)
         self.task = get_task(cfg.task.type, self.tokenizer, cfg.task.max_length, cfg.data.batch_size)
@@ -66,11 +68,20 @@ class Workbench:
                             "gptq or smoothing): set data.calibration")
         return apply_plan(self.model, plan, self.calibration if needs_data else None, log=log)
 
-    def runner(self, model):
-        inputs = self.inputs
-        if self.cfg.device.runtime == "compile":
+    def runner(self, model, runtime: str | None = None):
+        """A zero-argument callable running `model` on `self.inputs` in `runtime` (default the study's)."""
+        inputs, runtime = self.inputs, runtime or self.cfg.device.runtime
+        if runtime == "onnxruntime":
+            from .runtimes import ort_runner
+
+            return ort_runner(model, inputs, self.cfg.device.threads)[0]
+        if runtime == "compile":
             model = torch.compile(model, dynamic=False)
         return lambda: model(**inputs)
+
+    @cached_property
+    def _baseline_runner(self):
+        return self.runner(self.model)  # built once: an ONNX export or a compile is not free
 
     def quality(self, model, full: bool = False) -> dict:
         with torch.inference_mode():
@@ -79,14 +90,28 @@ class Workbench:
     def latency(self, models: dict[str, torch.nn.Module], rounds: int | None = None) -> dict:
         """Interleaved timing of the named models against the uncompressed baseline."""
         d = self.cfg.device
-        runners = {"baseline": self.runner(self.model)}
+        runners = {"baseline": self._baseline_runner}
         runners.update({name: self.runner(m) for name, m in models.items()})
         return measure_latency(runners, baseline="baseline", rounds=rounds or d.rounds, warmup=d.warmup,
                                threads=d.threads)
 
     def facts(self) -> dict:
         d = self.cfg.device
-        return {**device_facts(d.threads, d.runtime), "batch_size": d.batch_size, "seq_len": d.seq_len}
+        facts = {**device_facts(d.threads, d.runtime), "batch_size": d.batch_size, "seq_len": d.seq_len}
+        if d.runtime != "eager":
+            facts.update(self.eager_reference)
+        return facts
+
+    @cached_property
+    def eager_reference(self) -> dict:
+        """The uncompressed model in eager PyTorch vs in this runtime, timed in the same rounds: what
+        the runtime itself buys (recorded with the device facts of a study)."""
+        d = self.cfg.device
+        lat = measure_latency({"runtime": self._baseline_runner, "eager": self.runner(self.model, "eager")},
+                              baseline="eager", rounds=max(6, d.rounds // 2), warmup=d.warmup, threads=d.threads)
+        return {"eager_baseline_latency_ms": lat["eager"].median_ms,
+                "runtime_baseline_latency_ms": lat["runtime"].median_ms,
+                "runtime_speedup_over_eager": lat["runtime"].speedup}
 
     def score(self, model, plan: Plan | None = None, full: bool = False, rounds: int | None = None) -> dict:
         """quality, latency (median/spread), speedup vs the baseline, params and size."""

@@ -1,0 +1,116 @@
+"""The onnxruntime deployment runtime: export equals PyTorch, int8 layers become ORT int8, a search
+and a profile with it, and clear errors for an unknown or missing runtime."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'slimformer[onnx]')")
+onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'slimformer[onnx]')")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def _tiny_bert(tiny_models):
+    t = tiny_models["bert"]
+    return t, t.build()
+
+
+def test_pruned_bert_in_ort_equals_pytorch(tiny_models):
+    import torch
+    from slimformer.methods import Plan, apply_plan
+    from slimformer.searcher.runtimes import ort_runner
+
+    t, base = _tiny_bert(tiny_models)
+    # a dropped layer, a layer with no attention left (NoAttention), narrower FFNs
+    model = apply_plan(base, Plan(layers=[0, 2], heads=[0, 4, 2], ffn=[64, 64, 16]))
+    inputs = t.inputs()  # one sequence padded: the mask must travel through the graph
+    run, session = ort_runner(model, inputs, threads=1)
+    with torch.inference_mode():
+        ref = model(**inputs).logits.numpy()
+    got = run()[0]
+    assert got.shape == ref.shape
+    assert abs(got - ref).max() < 1e-4
+
+
+def test_int8_layers_become_ort_int8(tiny_models, tmp_path):
+    from slimformer.methods import Plan, apply_plan
+    from slimformer.searcher.runtimes import export_onnx, float_copy
+
+    t, base = _tiny_bert(tiny_models)
+    model = apply_plan(base, Plan(bits=[8, 32, 8]))
+    fmodel, int8 = float_copy(model)
+    assert len(int8) == 2 * 6  # q, k, v, o, FFN in, FFN out of two layers
+    assert all(n.startswith(("bert.encoder.layer.0.", "bert.encoder.layer.2.")) for n in int8)
+    path = export_onnx(fmodel, t.inputs(), tmp_path / "m.onnx", int8)
+    ops = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+    assert ops["MatMulInteger"] == len(int8)
+    assert ops["DynamicQuantizeLinear"] >= 2
+    assert ops["MatMul"] >= 6  # layer 1's projections (and attention's own matmuls) stay float32
+
+
+def test_bf16_layers_are_refused(tiny_models):
+    from slimformer.methods import Plan, apply_plan
+    from slimformer.searcher.errors import UserError
+    from slimformer.searcher.runtimes import float_copy
+
+    _, base = _tiny_bert(tiny_models)
+    with pytest.raises(UserError, match="bits 16"):
+        float_copy(apply_plan(base, Plan(bits=[16, 32, 32])))
+
+
+def test_profile_and_search_with_onnxruntime(tmp_path, make_study, cli, monkeypatch):
+    """An ORT profile round-trips and is found by a study with device.runtime onnxruntime, whose
+    trials are timed in ORT, predicted by that profile, and reported as onnxruntime figures."""
+    import json
+
+    import optuna
+    from optuna.trial import TrialState
+    from slimformer.searcher.profile import default_profile_path, load_profile, profile_device, save_profile
+
+    monkeypatch.setenv("SLIMFORMER_CACHE", str(tmp_path / "cache"))
+    profile = profile_device(1, "onnxruntime", hidden_sizes=(64,), quick=True, tokens=(32,), head_dims=(16,),
+                             progress=False)
+    assert profile["fingerprint"]["runtime"] == "onnxruntime" and profile["fingerprint"]["onnxruntime"]
+    assert set(profile["linear"]) == {"float32", "int8"} and set(profile["attention"]) == {"float32"}
+    path = save_profile(profile, default_profile_path(1, "onnxruntime"))
+    assert load_profile(path) == json.loads(path.read_text())
+
+    study = make_study(device={"runtime": "onnxruntime"}, search={"trials": 3},
+                       space={"heads": {"choices": [2, 4]}, "ffn": {"choices": [128, 256]}, "bits": [32, 8]})
+    res = cli("search", study)
+    assert res.returncode == 0, res.stderr[-3000:]
+    s = optuna.load_study(study_name="study", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    done = [t for t in s.get_trials() if t.state == TrialState.COMPLETE]
+    assert len(done) == 3 and all(t.user_attrs["predicted_latency_ms"] > 0 for t in done)
+    dev = s.user_attrs["device"]
+    assert dev["runtime"] == "onnxruntime" and dev["eager_baseline_latency_ms"] > 0
+    rep = cli("report", study, "--no-rescore")
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    assert "runtime onnxruntime" in rep.stdout and "in eager PyTorch" in rep.stdout
+
+
+def test_unknown_runtime_is_exit_2(make_study, cli, expect_user_error):
+    expect_user_error(cli("search", make_study(device={"runtime": "tensorrt"})), "device.runtime", "onnxruntime")
+    expect_user_error(cli("profile", "--runtime", "tensorrt", "--quick"), "tensorrt")
+
+
+def test_bits_16_with_onnxruntime_is_exit_2(make_study, cli, expect_user_error):
+    study = make_study(device={"runtime": "onnxruntime"}, space={"bits": [32, 16]})
+    expect_user_error(cli("search", study), "space.bits", "onnxruntime")
+
+
+def test_missing_onnxruntime_is_exit_2(make_study, expect_user_error):
+    """onnxruntime made unimportable in the child process: one line with the install command."""
+    block = "import sys; sys.modules['onnxruntime'] = None; from slimformer.searcher.cli import main; sys.exit(main())"
+    for args in (["search", str(make_study(device={"runtime": "onnxruntime"}))],
+                 ["profile", "--runtime", "onnxruntime", "--quick"]):
+        res = subprocess.run([sys.executable, "-c", block, *args], capture_output=True, text=True, timeout=300)
+        expect_user_error(res, "pip install 'slimformer[onnx]'")
