@@ -177,9 +177,9 @@ def test_bad_recipe_names(spec, fragment):
 def test_bad_recipe_contents_and_sources(tmp_path):
     path = vit_recipe(tmp_path)
     bad = yaml.safe_load(path.read_text())
-    bad["training"]["lr_rate"] = 1
+    bad["training"]["epoch"] = 1
     path.write_text(yaml.safe_dump(bad))
-    with pytest.raises(UserError, match=r"training\.lr_rate: unknown key \(did you mean 'lr'"):
+    with pytest.raises(UserError, match=r"training\.epoch: unknown key \(did you mean 'epochs'"):
         recipes.load_recipe(str(path))
     with pytest.raises(UserError, match="unknown data source 'sklearn:iris'"):
         load_rows("sklearn:iris", "image-classification")
@@ -193,3 +193,55 @@ def test_image_shape_mismatch_is_a_user_error(tmp_path):
     batches = task.prepare({"image": [np.zeros((16, 16))] * 2, "label": [0, 1]})
     with pytest.raises(UserError, match=r"\(1, 16, 16\).*\(1, 8, 8\)"):
         task.quality(load_model(str(folder), task.model_class), batches)
+
+
+def _write(path, study: dict):
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+def test_image_study_search_and_evaluate_end_to_end(tmp_path, cli):
+    """`slimformer search` and `evaluate` on a recipe model with a built-in data source."""
+    recipe = vit_recipe(tmp_path)
+    recipes.ensure_trained(str(recipe), log=lambda m: None)  # the CLI reuses it from the cache
+    study = _write(tmp_path / "vit.yaml", {
+        "model": f"recipe:{recipe}", "task": "image-classification",
+        "data": {"validation": "sklearn:digits:validation", "validation_size": 64,
+                 "calibration": "sklearn:digits:train", "calibration_size": 32},
+        "device": {"threads": 1, "seq_len": 5, "rounds": 4, "warmup": 1},
+        "budget": {"speedup": 1.05},
+        "space": {"heads": {"choices": [1, 2]}, "ffn": {"choices": [16, 32]}, "importance": ["fisher"]},
+        "search": {"trials": 3, "seed": 0, "sampler": "random"},
+    })
+    res = cli("search", study)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "trials finished" in res.stdout and "training it once" not in res.stderr
+    rep = cli("report", study, "--json", "--all", "--no-rescore")
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    data = json.loads(rep.stdout)
+    assert data["metric"] == "accuracy" and len(data["trials"]) == 3
+    assert all(0 <= t["quality"] <= 100 for t in data["trials"])
+    ev = cli("evaluate", f"recipe:{recipe}", "--study", study, "--json", "--rounds", "3")
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    out = json.loads(ev.stdout)
+    assert out["quality"] == out["baseline_quality"] and 0 <= out["quality"] <= 100
+
+
+def test_causal_lm_workbench_builds_scores_and_times(tmp_path):
+    from slimformer.methods import Plan
+    from slimformer.searcher.config import load_study_config
+    from slimformer.searcher.workbench import Workbench
+
+    recipe = lm_recipe(tmp_path, steps=20)
+    study = _write(tmp_path / "lm.yaml", {
+        "model": f"recipe:{recipe}", "task": {"type": "causal-lm", "max_length": 16},
+        "data": {"format": "tsv", "validation": "lm.tsv", "calibration": "lm.tsv", "calibration_size": 16},
+        "device": {"threads": 1, "seq_len": 16, "rounds": 3, "warmup": 1},
+    })
+    bench = Workbench(load_study_config(study), log=lambda m: None)
+    assert bench.inputs["input_ids"].shape == (1, 16)
+    plan = Plan.from_dict({"heads": [2, 2], "ffn": [32, 32], "importance": "fisher"})
+    result = bench.score(bench.build(plan), plan, rounds=3)
+    assert result["metric"] == "-perplexity" and math.isfinite(result["perplexity"]) and result["perplexity"] >= 1
+    assert result["quality"] == -result["perplexity"] and result["speedup"] > 0
+    assert result["params"] < sum(p.numel() for p in bench.model.parameters())
