@@ -209,17 +209,16 @@ def test_image_study_search_and_evaluate_end_to_end(tmp_path, cli):
         "data": {"validation": "sklearn:digits:validation", "validation_size": 64,
                  "calibration": "sklearn:digits:train", "calibration_size": 32},
         "device": {"threads": 1, "seq_len": 5, "rounds": 4, "warmup": 1},
-        "budget": {"speedup": 1.05},
         "space": {"heads": {"choices": [1, 2]}, "ffn": {"choices": [16, 32]}, "importance": ["fisher"]},
-        "search": {"trials": 3, "seed": 0, "sampler": "random"},
-    })
+        "search": {"trials": 2, "seed": 0, "sampler": "random"},
+    })  # no budget: a tiny model's timings are too noisy on a shared machine to promise a speedup
     res = cli("search", study)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "trials finished" in res.stdout and "training it once" not in res.stderr
     rep = cli("report", study, "--json", "--all", "--no-rescore")
     assert rep.returncode == 0, rep.stderr[-2000:]
     data = json.loads(rep.stdout)
-    assert data["metric"] == "accuracy" and len(data["trials"]) == 3
+    assert data["metric"] == "accuracy" and len(data["trials"]) == 2
     assert all(0 <= t["quality"] <= 100 for t in data["trials"])
     ev = cli("evaluate", f"recipe:{recipe}", "--study", study, "--json", "--rounds", "3")
     assert ev.returncode == 0, ev.stderr[-2000:]
