@@ -97,7 +97,10 @@ def cmd_evaluate(args) -> int:
 
     cfg = _study_or_default(args.study)
     if args.data:
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"validation": str(Path(args.data).resolve())})})
+        from .data import is_builtin_source
+
+        data = args.data if is_builtin_source(args.data) else str(Path(args.data).resolve())
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"validation": data})})
     try:
         bench = Workbench(cfg, log=_log)
         target = Path(args.model)

@@ -16,10 +16,10 @@ __all__ = [
     "SearchSection", "load_study_config", "format_error", "TASKS", "RUNTIMES", "SAMPLERS",
 ]
 
-TASKS = ("sentence-similarity", "text-classification")
+TASKS = ("sentence-similarity", "text-classification", "causal-lm", "image-classification")
 RUNTIMES = ("eager", "compile", "onnxruntime")
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
-FORMATS = ("csv", "tsv", "json", "jsonl", "parquet")
+FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "npz")
 
 
 class _Section(BaseModel):
@@ -27,7 +27,7 @@ class _Section(BaseModel):
 
 
 class ModelSection(_Section):
-    name: str = Field("minilm-l6", description="local directory, hub id, or the alias minilm-l6")
+    name: str = Field("minilm-l6", description="local directory, hub id, the alias minilm-l6, or recipe:<name>")
 
 
 class TaskSection(_Section):
@@ -37,11 +37,14 @@ class TaskSection(_Section):
 
 class DataSection(_Section):
     format: Literal[FORMATS] | None = Field(None, description="file format; default from the extension")
-    validation: str | None = Field(None, description="validation file (relative to the study file)")
+    validation: str | None = Field(None, description="validation file (relative to the study file) or a built-in "
+                                   "source such as sklearn:digits:validation")
     calibration: str | None = Field(None, description="calibration/training file for Fisher and distillation")
     header: bool = True
     names: list[str] | None = Field(None, description="column names when the file has no header line")
     columns: dict[str, str] = Field(default_factory=dict, description="task field -> column in the file")
+    calibration_columns: dict[str, str] | None = Field(
+        None, description="task field -> column in the calibration file, when its columns differ from validation's")
     validation_size: int | None = Field(None, ge=1, description="rows of validation used during search")
     calibration_size: int = Field(256, ge=1, description="rows of calibration data used per trial")
     batch_size: int = Field(32, ge=1, description="batch size for quality evaluation and calibration")

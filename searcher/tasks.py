@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +13,8 @@ from slimformer.methods.distill import mean_pool
 
 from .errors import UserError
 
-__all__ = ["Task", "SentenceSimilarity", "TextClassification", "get_task", "example_inputs"]
+__all__ = ["Task", "SentenceSimilarity", "TextClassification", "CausalLM", "ImageClassification", "get_task",
+           "example_inputs"]
 
 
 def _batches(n: int, size: int):
@@ -36,6 +38,10 @@ class Task:
     tokenizer: object = None
     max_length: int = 128
     batch_size: int = 32
+
+    def example_inputs(self, model, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
+        """The fixed input timed for latency (device.batch_size x device.seq_len)."""
+        return example_inputs(self.tokenizer, batch_size, seq_len)
 
     def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
@@ -118,29 +124,175 @@ class TextClassification(Task):
         return out
 
     def quality(self, model, batches) -> dict:
-        from sklearn.metrics import f1_score
-
-        n_labels = model.config.num_labels
-        preds, gold = [], []
-        with torch.inference_mode():
-            for b in batches:
-                if int(b["labels"].max()) >= n_labels:
-                    raise UserError(f"labels go up to {int(b['labels'].max())} but the model has {n_labels} classes")
-                inputs = {k: v for k, v in b.items() if k != "labels"}
-                preds.append(model(**inputs).logits.argmax(-1).numpy())
-                gold.append(b["labels"].numpy())
-        p, g = np.concatenate(preds), np.concatenate(gold)
-        return {"quality": float((p == g).mean() * 100), "metric": self.metric,
-                "macro_f1": float(f1_score(g, p, average="macro") * 100)}
+        return _accuracy(model, batches, self.metric)
 
     def calibration(self, batches) -> Calibration:
-        def features(model, inputs):
-            return model(**inputs).logits
-
-        return Calibration(batches, features=features)
+        return Calibration(batches, features=_logits)
 
 
-_TASKS = {t.name: t for t in (SentenceSimilarity, TextClassification)}
+def _logits(model, inputs) -> torch.Tensor:
+    return model(**inputs).logits
+
+
+def _accuracy(model, batches, metric: str) -> dict:
+    """Accuracy and macro-F1 (x100) of argmax predictions against the batches' labels."""
+    from sklearn.metrics import f1_score
+
+    n_labels = model.config.num_labels
+    preds, gold = [], []
+    with torch.inference_mode():
+        for b in batches:
+            if int(b["labels"].max()) >= n_labels:
+                raise UserError(f"labels go up to {int(b['labels'].max())} but the model has {n_labels} classes")
+            inputs = {k: v for k, v in b.items() if k != "labels"}
+            preds.append(model(**inputs).logits.argmax(-1).numpy())
+            gold.append(b["labels"].numpy())
+    p, g = np.concatenate(preds), np.concatenate(gold)
+    return {"quality": float((p == g).mean() * 100), "metric": metric,
+            "macro_f1": float(f1_score(g, p, average="macro") * 100)}
+
+
+def _max_positions(model) -> int | None:
+    cfg = model.config
+    for key in ("n_positions", "max_position_embeddings"):
+        if getattr(cfg, key, None):
+            return int(getattr(cfg, key))
+    return None
+
+
+@dataclass
+class CausalLM(Task):
+    """Language modelling: perplexity on the validation texts (exp of the mean next-token
+    negative log-likelihood over all non-padding target tokens).
+
+    The search maximises `quality`, so quality is the negative perplexity (metric
+    "-perplexity"): higher is better, and budget.max_quality_drop is in perplexity points.
+    The dict also carries `perplexity` itself and `nll` (nats per token)."""
+
+    name = "causal-lm"
+    metric = "-perplexity"
+    model_class = "AutoModelForCausalLM"
+
+    def _tok(self):
+        tok = self.tokenizer
+        if tok is None:
+            raise UserError("causal-lm needs a tokenizer in the model folder")
+        if tok.pad_token is None:  # GPT-2/Llama tokenizers ship without one; padding is masked anyway
+            if tok.eos_token is None:
+                raise UserError("causal-lm: the tokenizer has neither a pad nor an eos token to pad with")
+            tok.pad_token = tok.eos_token
+        return tok
+
+    def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        enc = self._tok()(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt",
+                          padding_side="right")
+        return {k: enc[k] for k in ("input_ids", "attention_mask")}
+
+    def prepare(self, rows) -> list[dict]:
+        texts = [str(x) for x in rows["text"] if x is not None and str(x).strip()]
+        if not texts:
+            raise UserError("causal-lm: the text column has no non-empty rows")
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = []
+        for sl in _batches(len(order), self.batch_size):
+            enc = self.encode([texts[i] for i in order[sl]])
+            out.append({**enc, "labels": enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)})
+        return out
+
+    def quality(self, model, batches) -> dict:
+        nll, n = 0.0, 0
+        with torch.inference_mode():
+            for b in batches:
+                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+                target = b["labels"][:, 1:]
+                keep = target != -100
+                lp = F.log_softmax(logits[:, :-1].float(), -1)
+                tok_lp = lp.gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+                nll -= float(tok_lp[keep].double().sum())
+                n += int(keep.sum())
+        if n == 0:
+            raise UserError("causal-lm: the validation texts have no tokens to predict (all one token long?)")
+        mean = nll / n
+        ppl = math.exp(min(mean, 700.0))
+        return {"quality": -ppl, "metric": self.metric, "perplexity": ppl, "nll": mean, "tokens": n}
+
+    def calibration(self, batches) -> Calibration:
+        # the model's own loss on labels = input ids (padding -100) drives Fisher importance;
+        # distillation compares the logits
+        return Calibration(batches, features=_logits)
+
+    def example_inputs(self, model, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
+        limit = _max_positions(model)
+        if limit is not None and seq_len > limit:
+            raise UserError(f"device.seq_len {seq_len} is longer than the model's {limit} positions")
+        self._tok()
+        return example_inputs(self.tokenizer, batch_size, seq_len)
+
+
+@dataclass
+class ImageClassification(Task):
+    """Image classification: accuracy (and macro-F1) on the validation images. The model
+    folder's image processor (preprocessor_config.json) turns images into pixel_values."""
+
+    name = "image-classification"
+    metric = "accuracy"
+    model_class = "AutoModelForImageClassification"
+
+    def pixels(self, images: list[np.ndarray]) -> torch.Tensor:
+        if self.tokenizer is None or not hasattr(self.tokenizer, "preprocess"):
+            raise UserError("image-classification needs an image processor (preprocessor_config.json) "
+                            "in the model folder")
+        arrays = []
+        for im in images:
+            a = np.asarray(im, dtype=np.float32)
+            if a.ndim == 2:  # grayscale
+                a = a[..., None]
+            if a.ndim != 3:
+                raise UserError(f"image-classification: an image must be HxW or HxWxC, got shape {a.shape}")
+            arrays.append(a)
+        out = self.tokenizer(images=arrays, return_tensors="pt", input_data_format="channels_last")
+        return out["pixel_values"].float()
+
+    def prepare(self, rows) -> list[dict]:
+        try:
+            labels = np.asarray(rows["label"], dtype=np.int64)
+        except (TypeError, ValueError):
+            raise UserError("image-classification: the label column must hold integer class ids") from None
+        images = rows["image"]
+        out = []
+        for sl in _batches(len(labels), self.batch_size):
+            out.append({"pixel_values": self.pixels(images[sl]), "labels": torch.tensor(labels[sl])})
+        return out
+
+    @staticmethod
+    def _check_shape(model, pixel_values: torch.Tensor) -> None:
+        cfg = model.config
+        size, ch = getattr(cfg, "image_size", None), getattr(cfg, "num_channels", None)
+        got = tuple(pixel_values.shape[1:])
+        want = (ch, size, size) if size and ch else None
+        if want is not None and got != want:
+            raise UserError(f"image-classification: images become pixel_values of shape {got} but the model "
+                            f"takes {want} (channels, height, width)")
+
+    def quality(self, model, batches) -> dict:
+        if batches:
+            self._check_shape(model, batches[0]["pixel_values"])
+        return _accuracy(model, batches, self.metric)
+
+    def calibration(self, batches) -> Calibration:
+        return Calibration(batches, features=_logits)
+
+    def example_inputs(self, model, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
+        """Random pixels of the model's image size (seq_len does not apply: the patch count is fixed)."""
+        cfg = model.config
+        size, ch = getattr(cfg, "image_size", None), getattr(cfg, "num_channels", 3)
+        if not size:
+            raise UserError("image-classification: the model config has no image_size")
+        g = torch.Generator().manual_seed(0)
+        return {"pixel_values": torch.randn(batch_size, ch, size, size, generator=g)}
+
+
+_TASKS = {t.name: t for t in (SentenceSimilarity, TextClassification, CausalLM, ImageClassification)}
 
 
 def get_task(name: str, tokenizer, max_length: int = 128, batch_size: int = 32) -> Task:

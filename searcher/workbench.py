@@ -9,12 +9,12 @@ import torch
 from slimformer.methods import Plan, apply_plan, model_size
 
 from .config import StudyConfig
-from .data import load_rows
+from .data import is_builtin_source, load_rows
 from .errors import UserError
 from .latency import device_facts, measure_latency
-from .models import load_model, load_tokenizer
+from .models import load_model, load_preprocessor
 from .runtimes import check_runtime
-from .tasks import example_inputs, get_task
+from .tasks import get_task
 
 __all__ = ["Workbench"]
 
@@ -25,19 +25,21 @@ class Workbench:
         self.log = log
         check_runtime(cfg.device.runtime)  # unknown or not installed: one clear line before any loading
         torch.set_num_threads(cfg.device.threads)
-        self.tokenizer = load_tokenizer(cfg.model.name)
+        self.tokenizer = load_preprocessor(cfg.model.name, cfg.task.type)  # an image processor for images
         self.task = get_task(cfg.task.type, self.tokenizer, cfg.task.max_length, cfg.data.batch_size)
         self.model = load_model(cfg.model.name, self.task.model_class)
-        self.inputs = example_inputs(self.tokenizer, cfg.device.batch_size, cfg.device.seq_len)
+        self.inputs = self.task.example_inputs(self.model, cfg.device.batch_size, cfg.device.seq_len)
 
     # ----- data -------------------------------------------------------------------------
     def _rows(self, which: str, limit: int | None):
         d = self.cfg.data
-        path = self.cfg.resolve_path(getattr(d, which))
+        value = getattr(d, which)
+        path = value if is_builtin_source(value) else self.cfg.resolve_path(value)
         if path is None:
             raise UserError(f"data.{which} is not set in the study file")
+        columns = d.calibration_columns if which == "calibration" and d.calibration_columns is not None else d.columns
         return load_rows(path, self.task.name, fmt=d.format, header=d.header, names=d.names,
-                         columns=d.columns, limit=limit)
+                         columns=columns, limit=limit)
 
     @cached_property
     def validation(self) -> list[dict]:
