@@ -112,7 +112,7 @@ def write(rows, quality, errors, prof_s, facts, load_start, seconds) -> None:
         f"{seconds / 60:.1f} min). Batch 1, 128 tokens, {THREADS} threads; {ROUNDS} interleaved rounds of all six "
         "runners in one process; speedups are medians of per-round ratios (paired, so load hits both sides).",
         f"Device: {facts.get('cpu')}, {facts.get('cores')} cores, torch {facts.get('torch')}, onnxruntime "
-        f"{facts.get('onnxruntime')}. The machine was shared with other heavy work: load average (1/5/15 min) "
+        f"{facts.get('onnxruntime')}. Load average (1/5/15 min): "
         f"{load_start} at start, {load()} at the end; absolute milliseconds are inflated and noisy, paired ratios less so.",
         "", "| plan | runtime | median ms | p10-p90 ms | speedup vs eager baseline | vs same-runtime baseline "
         "| ORT over eager, same plan |", "|---|---|---|---|---|---|---|"]
