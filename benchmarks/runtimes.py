@@ -113,7 +113,7 @@ def write(rows, quality, errors, prof_s, facts, load_start, seconds) -> None:
         "runners in one process; speedups are medians of per-round ratios (paired, so load hits both sides).",
         f"Device: {facts.get('cpu')}, {facts.get('cores')} cores, torch {facts.get('torch')}, onnxruntime "
         f"{facts.get('onnxruntime')}. Load average (1/5/15 min): "
-        f"{load_start} at start, {load()} at the end; absolute milliseconds are inflated and noisy, paired ratios less so.",
+        f"{load_start} at start, {load()} at the end; absolute milliseconds move with machine load, paired ratios much less.",
         "", "| plan | runtime | median ms | p10-p90 ms | speedup vs eager baseline | vs same-runtime baseline "
         "| ORT over eager, same plan |", "|---|---|---|---|---|---|---|"]
     for r in rows:
