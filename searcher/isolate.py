@@ -10,9 +10,8 @@ wall-clock limit and watches the worker's resident memory (from /proc). A worker
 out of time or memory is killed, the trial fails with the reason, and a fresh worker is
 started for the next trial (its start-up time is logged).
 
-Testing hook: `SLIMFORMER_FAULT=hang:3,segv:5,oom:7,raise:2,exit:4` makes the WORKER hang,
-segfault, allocate memory without bound, raise, or exit at those trial numbers. Only the
-isolated worker reads it; it is meant for tests and the reliability benchmark.
+Testing hook: `SLIMFORMER_FAULT` (see `faults.py`) injects hangs, crashes and runaway memory
+at chosen trial numbers; here the WORKER reads it.
 """
 
 from __future__ import annotations
@@ -27,18 +26,17 @@ import time
 from slimformer.methods import Plan
 
 from .config import StudyConfig
+from .faults import fault_for, inject
 from .trial import evaluate
 
 __all__ = ["InProcessRunner", "IsolatedRunner", "WorkerFailure", "WorkerStartError", "make_runner", "isolation_enabled",
-           "parse_faults", "FAULT_ENV", "DEFAULT_TRIAL_TIMEOUT", "AUTO_ISOLATE_TRIALS"]
+           "DEFAULT_TRIAL_TIMEOUT", "AUTO_ISOLATE_TRIALS"]
 
-FAULT_ENV = "SLIMFORMER_FAULT"
 DEFAULT_TRIAL_TIMEOUT = 600.0  # seconds; or 5x the slowest finished trial when that is longer
 AUTO_ISOLATE_TRIALS = 50  # search.isolate: auto isolates studies of at least this many trials
 STARTUP_TIMEOUT = 600.0
 POLL_S = 0.05
 MAX_FAILED_STARTS = 3
-FAULTS = ("hang", "segv", "oom", "raise", "exit")
 
 
 class WorkerStartError(RuntimeError):
@@ -58,16 +56,6 @@ def isolation_enabled(cfg: StudyConfig, target: int) -> bool:
     return target >= AUTO_ISOLATE_TRIALS if value == "auto" else bool(value)
 
 
-def parse_faults(text: str) -> dict[int, str]:
-    """'hang:3,segv:5' -> {3: 'hang', 5: 'segv'}; malformed entries are ignored."""
-    out = {}
-    for item in (text or "").split(","):
-        kind, _, number = item.strip().partition(":")
-        if kind in FAULTS and number.strip().isdigit():
-            out[int(number)] = kind
-    return out
-
-
 def _reason(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -82,6 +70,7 @@ class InProcessRunner:
         self.bench = bench
 
     def evaluate(self, plan: Plan, baseline: dict, number: int, quality: float | None = None) -> dict:
+        inject(fault_for(number))
         return evaluate(self.bench, plan, baseline, quality=quality)
 
     def close(self) -> None:
@@ -99,22 +88,6 @@ def _die_with_parent() -> None:
         pass
 
 
-def _inject(kind: str | None) -> None:
-    if kind == "hang":
-        while True:
-            time.sleep(3600)
-    if kind == "segv":
-        os.kill(os.getpid(), signal.SIGSEGV)
-    if kind == "oom":
-        hog = []
-        while True:
-            hog.append(b"\x01" * (64 << 20))  # touched pages: resident memory grows ~64 MB a step
-    if kind == "raise":
-        raise RuntimeError("injected fault")
-    if kind == "exit":
-        os._exit(3)
-
-
 def _worker_main(conn, cfg: StudyConfig, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _die_with_parent()
@@ -128,7 +101,6 @@ def _worker_main(conn, cfg: StudyConfig, parent_pid: int) -> None:
         conn.send(("startup_error", _reason(exc)))
         return
     conn.send(("ready", os.getpid()))
-    faults = parse_faults(os.environ.get(FAULT_ENV, ""))
     while True:
         try:
             msg = conn.recv()
@@ -138,7 +110,7 @@ def _worker_main(conn, cfg: StudyConfig, parent_pid: int) -> None:
             return
         _, number, plan, baseline, quality = msg
         try:
-            _inject(faults.get(number))
+            inject(fault_for(number))
             conn.send(("ok", evaluate(bench, Plan.from_dict(plan), baseline, quality=quality)))
         except Exception as exc:  # noqa: BLE001 - a failed candidate is reported, not fatal
             conn.send(("error", _reason(exc)))

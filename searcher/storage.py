@@ -9,6 +9,7 @@ import errno
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -58,11 +59,29 @@ def open_storage(url: str, read_only: bool = False) -> optuna.storages.BaseStora
         # other hosts' crashed trials: Optuna's heartbeat marks them failed and queues a retry
         heartbeat = {"heartbeat_interval": 30, "grace_period": 120,
                      "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **heartbeat)
-    except Exception as exc:  # noqa: BLE001 - sqlalchemy/driver errors
-        fault = storage_fault(exc)
-        raise UserError(f"cannot open storage {_redact(url)}: {fault or str(exc).splitlines()[0]}") from None
+    for attempt in range(INIT_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **heartbeat)
+        except Exception as exc:  # noqa: BLE001 - sqlalchemy/driver errors
+            if attempt + 1 < INIT_ATTEMPTS and _schema_race(exc):
+                time.sleep(0.1 * (attempt + 1))
+                continue
+            fault = storage_fault(exc)
+            raise UserError(f"cannot open storage {_redact(url)}: {fault or str(exc).splitlines()[0]}") from None
+    raise AssertionError("unreachable")
+
+
+INIT_ATTEMPTS = 6
+
+
+def _schema_race(exc: Exception) -> bool:
+    """Optuna creates the tables and the version row of a new database without a lock, so two
+    processes opening a new storage at once (a search and `slimformer report`, two workers)
+    collide: one gets "table ... already exists" or a UNIQUE failure on alembic_version. The
+    other's schema is complete a moment later, so opening again succeeds."""
+    text = str(exc)
+    return "already exists" in text or ("UNIQUE" in text and "alembic_version" in text) or \
+        ("duplicate key" in text and ("alembic_version" in text or "pg_type" in text))
 
 
 def storage_file(url: str) -> Path | None:

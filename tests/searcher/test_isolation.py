@@ -11,7 +11,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 from slimformer.searcher.config import load_study_config
-from slimformer.searcher.isolate import AUTO_ISOLATE_TRIALS, _died, isolation_enabled, parse_faults
+from slimformer.searcher.faults import parse_faults
+from slimformer.searcher.isolate import AUTO_ISOLATE_TRIALS, _died, isolation_enabled
 
 
 def test_parse_faults():

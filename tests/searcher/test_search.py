@@ -18,16 +18,21 @@ def _study(path):
     return optuna.load_study(study_name="study", storage=f"sqlite:///{path.parent / 'study.db'}")
 
 
-def _start(path, *extra):
+def _start(path, *extra, hang=None):
+    """Start a search; with `hang`, that trial number hangs (SLIMFORMER_FAULT) until the process
+    is killed or interrupted, so the test stops it at a known point instead of racing it."""
+    env = {**os.environ, "SLIMFORMER_FAULT": f"hang:{hang}"} if hang is not None else None
     return subprocess.Popen([sys.executable, "-m", "slimformer.searcher.cli", "search", str(path), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def _wait_running_after(path, n_complete, deadline=240):
+def _wait_running_after(proc, path, n_complete, deadline=240):
     """Wait until the study has n_complete finished trials and one RUNNING with params."""
     end = time.time() + deadline
     while time.time() < end:
         time.sleep(0.2)
+        if proc.poll() is not None:
+            raise AssertionError(f"the search exited ({proc.returncode}) early: {proc.stderr.read()[-3000:]}")
         if not (path.parent / "study.db").exists():
             continue
         try:
@@ -74,9 +79,10 @@ def test_search_report_export(tmp_path, make_study, cli, expect_user_error):
 
 
 def test_resume_after_kill_9(tmp_path, make_study, cli, expect_user_error):
-    path = make_study(search={"trials": 5}, device={"rounds": 150})
-    proc = _start(path)
-    finished, running = _wait_running_after(path, 2)
+    path = make_study(search={"trials": 5})
+    proc = _start(path, hang=2)
+    finished, running = _wait_running_after(proc, path, 2)
+    assert running.number == 2
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     res = cli("search", path)
@@ -92,9 +98,9 @@ def test_resume_after_kill_9(tmp_path, make_study, cli, expect_user_error):
 
 
 def test_ctrl_c_stops_cleanly_and_resumes(tmp_path, make_study, cli, expect_user_error):
-    path = make_study(search={"trials": 4}, device={"rounds": 150})
-    proc = _start(path)
-    _wait_running_after(path, 1)
+    path = make_study(search={"trials": 4})
+    proc = _start(path, hang=1)
+    _wait_running_after(proc, path, 1)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130

@@ -85,11 +85,12 @@ def _wait(path, predicate, deadline=300):
 
 
 def test_double_ctrl_c_then_resume(tmp_path, make_study, cli):
-    path = make_study(search={"trials": 4, "isolate": False}, device={"rounds": 150})
+    path = make_study(search={"trials": 4, "isolate": False})
+    env = {**os.environ, "SLIMFORMER_FAULT": "hang:1"}  # trial 1 runs until interrupted
     proc = subprocess.Popen([sys.executable, "-m", "slimformer.searcher.cli", "search", str(path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     trials = _wait(path, lambda ts: sum(t.state == TrialState.COMPLETE for t in ts) >= 1 and
-                   any(t.state == TrialState.RUNNING and t.params for t in ts))
+                   any(t.number == 1 and t.state == TrialState.RUNNING and t.params for t in ts))
     finished = {t.number: t.values for t in trials if t.state == TrialState.COMPLETE}
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGINT)

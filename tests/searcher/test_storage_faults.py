@@ -184,3 +184,32 @@ def test_study_from_a_newer_slimformer(study_dir, expect_user_error):
 def test_not_a_database(study_dir, expect_user_error):
     (study_dir / "study.db").write_bytes(b"this is not sqlite" * 100)
     expect_user_error(_cli("report", study_dir / "study.yaml", "--no-rescore"), "storage")
+
+
+def _open_new(url, results):
+    from slimformer.searcher.storage import open_storage
+
+    try:
+        open_storage(url)
+        results.put("ok")
+    except BaseException as exc:  # noqa: BLE001 - reported to the test
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_opening_a_new_sqlite_storage_at_once(tmp_path):
+    """A search creating its study while `slimformer report` (or a second process) opens the same
+    new file: Optuna's unlocked schema creation makes one of them fail ("table already exists",
+    UNIQUE alembic_version) unless the open is retried. Plain RDBStorage fails this in most rounds."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path / f'new{round_}.db'}"
+        results = ctx.Queue()
+        procs = [ctx.Process(target=_open_new, args=(url, results)) for _ in range(6)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+        got = [results.get(timeout=5) for _ in procs]
+        assert got == ["ok"] * 6, got
