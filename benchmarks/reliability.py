@@ -123,7 +123,9 @@ def part_kill(model: Path, work: Path, runs: int, trials: int, seed: int) -> dic
         tag = f"kill{i}-{os.getpid()}"
         cmd, env = _cli(["search", path], {MARK: tag})
         t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log = work / f"kill{i}" / "search.stderr"
+        with open(log, "w") as err:
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
         while proc.poll() is None and sum(t.state == TrialState.COMPLETE for t in _trials(path)) < wait_for:
             time.sleep(0.2)
         time.sleep(extra)
@@ -132,6 +134,8 @@ def part_kill(model: Path, work: Path, runs: int, trials: int, seed: int) -> dic
         if killed:
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+        early_exit = None if killed else proc.returncode  # a search that ended before the kill, and how
+        early_line = (log.read_text().strip().splitlines() or [""])[-1][:300] if early_exit else ""
         time.sleep(1.0)
         orphans = _orphans(tag)
         for pid in orphans:  # do not leave them behind even if the check fails
@@ -148,6 +152,7 @@ def part_kill(model: Path, work: Path, runs: int, trials: int, seed: int) -> dic
         finished = sum(counted(t) for t in after)
         rows.append({
             "run": i, "isolate": isolate, "kill_after_s": round(delay, 1), "killed": killed,
+            "early_exit": early_exit, "early_exit_line": early_line,
             "aimed_after_trials": wait_for,
             "complete_at_kill": len(before), "running_at_kill": running, "lost": len(lost),
             "orphan_workers": len(orphans), "resume_exit": res.returncode, "finished_after_resume": finished,
@@ -205,7 +210,8 @@ def render(results: dict) -> str:
                   "| run | isolated | killed after s | complete at kill | running at kill | lost | orphan workers "
                   "| resume exit | finished after resume | stale retried | running after resume |", "|" + "---|" * 11]
         for r in k["runs"]:
-            lines.append(f"| {r['run']} | {r['isolate']} | {r['kill_after_s']}{'' if r['killed'] else ' (had finished)'} "
+            note = "" if r["killed"] else f" (had exited: {r.get('early_exit')})"
+            lines.append(f"| {r['run']} | {r['isolate']} | {r['kill_after_s']}{note} "
                          f"| {r['complete_at_kill']} | {r['running_at_kill']} | {r['lost']} | {r['orphan_workers']} "
                          f"| {r['resume_exit']} | {r['finished_after_resume']} | {r['stale_retried']} "
                          f"| {r['running_after_resume']} |")
@@ -213,6 +219,9 @@ def render(results: dict) -> str:
                   f"orphan trial workers after the kill: **{k['orphans']}**. A trial that was running at the kill is "
                   "found on resume (its process is dead), recorded as failed (`stale`) and queued again with the same "
                   "plan.", ""]
+        lines += [f"Run {r['run']} ended before the kill with exit {r['early_exit']}: `{r['early_exit_line']}`"
+                  for r in k["runs"] if r.get("early_exit")]
+        lines += [""] if any(r.get("early_exit") for r in k["runs"]) else []
     f = results.get("faults")
     if f:
         lines += [f"## (b) broken trials in an isolated study (`SLIMFORMER_FAULT={f['faults']}`)", "",

@@ -71,27 +71,34 @@ def _worker_main(index: int, cfg, url: str, name: str, target: int, timeout: flo
     _WORKER = index
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    def _term(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _term)
-
     def log(msg: str) -> None:
         print(f"[worker {index}] {msg}", file=sys.stderr, flush=True)
 
     from transformers.utils import logging as hf_logging
 
+    from .signals import stop_guard
     from .study import run_search
 
     hf_logging.set_verbosity_error()
+    _ignore_stops()  # outside the guard below (start-up, exit) a stop has nothing to stop
     try:
-        run_search(cfg, trials=target, timeout=timeout, storage=url, study_name=name, seed=seed,
-                   log=log, progress=False)
+        # the same two-stage stop as the parent: a storage write is never cut in half
+        with stop_guard():
+            run_search(cfg, trials=target, timeout=timeout, storage=url, study_name=name, seed=seed,
+                       log=log, progress=False)
     except KeyboardInterrupt:
         sys.exit(130)
     except UserError as exc:
         log(f"error: {exc}")
         sys.exit(2)
+
+
+def _ignore_stops() -> None:
+    """Outside its trial loop a worker has nothing to stop: a stop that arrives while it exits
+    (the parent stops every worker when one is interrupted) would otherwise be raised inside the
+    interpreter's exit handlers and print a traceback. The stop guard restores this on exit."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def run_workers(cfg, study, handle, target: int, timeout: float | None, seed: int | None, log) -> None:
