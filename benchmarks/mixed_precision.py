@@ -38,6 +38,9 @@ def main() -> None:
     ap.add_argument("--hessian-batches", type=int, default=1, help="batches for the Hutchinson check (0: skip)")
     ap.add_argument("--reuse-sensitivity", metavar="JSON",
                     help="take the Fisher/Hutchinson scores from an earlier results JSON instead of recomputing")
+    ap.add_argument("--keep-rows", action="store_true",
+                    help="keep the rows already in the results JSON (same calibration) and compute only the missing "
+                         "ones, so a run stopped part-way can be completed later")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "mixed_precision_results"))
     args = ap.parse_args()
     cfg = load_study_config(data={
@@ -74,14 +77,14 @@ def main() -> None:
         ("uniform 4-bit, RTN", Plan(bits=4), "u4"),
         ("uniform 4-bit, GPTQ", Plan(bits=4, quant_method="gptq"), "u4"),
         (f"sensitivity mix {list(low.bits)} from {{8,4,3,2}}, RTN", low, "u4"),
-        (f"inverse control {list(inv_low.bits)}, RTN", inv_low, "u4"),
         ("uniform 8-bit, RTN", Plan(bits=8), "u8"),
+        (f"sensitivity mix {list(high.bits)} from {{32,8,4}}, RTN", high, "u8"),
+        (f"inverse control {list(inv_high.bits)}, RTN", inv_high, "u8"),
+        (f"inverse control {list(inv_low.bits)}, RTN", inv_low, "u4"),
         ("uniform 8-bit, RTN + smooth 0.5", Plan(bits=8, smooth=0.5), "u8"),
         ("uniform 4-bit, RTN + smooth 0.5", Plan(bits=4, smooth=0.5), "u4"),
         ("uniform 8-bit, GPTQ", Plan(bits=8, quant_method="gptq"), "u8"),
         (f"sensitivity mix {list(low.bits)}, GPTQ", Plan(bits=low.bits, quant_method="gptq"), "u4"),
-        (f"sensitivity mix {list(high.bits)} from {{32,8,4}}, RTN", high, "u8"),
-        (f"inverse control {list(inv_high.bits)}, RTN", inv_high, "u8"),
         (f"inverse control {list(inv_low.bits)}, GPTQ", Plan(bits=inv_low.bits, quant_method="gptq"), "u4"),
         ("uniform 8-bit, GPTQ + smooth 0.5", Plan(bits=8, quant_method="gptq", smooth=0.5), "u8"),
     ]
@@ -90,7 +93,18 @@ def main() -> None:
            "sensitivity": {"fisher": fisher, "hutchinson": hessian}, "rows": [],
            "calibration_pairs": args.calibration_size, "hessian_batches": args.hessian_batches, "command": COMMAND}
     results, timed = out["rows"], {}
+    kept = {}
+    if args.keep_rows and Path(args.out + ".json").exists():
+        old = json.loads(Path(args.out + ".json").read_text())
+        if old.get("calibration_pairs") == args.calibration_size:
+            kept = {r["label"]: r for r in old["rows"]}
+            out["notes"] = old.get("notes", [])
+    latency_rows = ("uniform 8-bit, RTN", "uniform 8-bit, RTN + smooth 0.5", "uniform 8-bit, GPTQ")
     for label, plan, budget in rows:
+        if label in kept and not (args.rounds and label in latency_rows):
+            results.append({k: v for k, v in kept[label].items() if k != "latency"})
+            print(f"{label}: kept from the earlier run", flush=True)
+            continue
         t0 = time.perf_counter()
         built = bench.build(plan) if label != rows[0][0] else model
         build_s = time.perf_counter() - t0
@@ -98,7 +112,7 @@ def main() -> None:
         rho = spearman(bench, built)
         results.append({"label": label, "budget": budget, "plan": plan.to_dict(), "size_mb": sz["size_mb"],
                         "simulated": sz["simulated"], "spearman": rho, "build_s": build_s})
-        if label in ("uniform 8-bit, RTN", "uniform 8-bit, RTN + smooth 0.5", "uniform 8-bit, GPTQ"):
+        if label in latency_rows:
             timed[label] = built
         print(f"{label}: {sz['size_mb']:.2f} MB, Spearman {rho:.2f} (built in {build_s:.0f} s)", flush=True)
         write(out, args.out)
