@@ -151,7 +151,7 @@ def cmd_search(args) -> int:
     except KeyboardInterrupt:
         handle = handle_for(cfg, args.storage, args.study_name)
         _log(f"stopped: finished trials are saved in {handle.url}; the interrupted one will be retried. "
-             f"Resume with the same command: slimformer {' '.join(shlex.quote(a) for a in sys.argv[1:])}")
+             f"Resume with the same command: slimformer {' '.join(shlex.quote(str(a)) for a in args.argv)}")
         return 130
     study_file = args.study or DEFAULT_STUDY
     best = summary["best"]
@@ -418,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what to repeat to resume
     try:
         from transformers.utils import logging as hf_logging
 

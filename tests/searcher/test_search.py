@@ -104,7 +104,7 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path, make_study, cli, expect_user
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
-    assert "Traceback" not in err and "Resume with the same command" in err
+    assert "Traceback" not in err and f"Resume with the same command: slimformer search {path}" in err
     res = cli("search", path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert sum(t.state == TrialState.COMPLETE for t in _study(path).get_trials()) == 4
