@@ -143,9 +143,9 @@ def main() -> None:
             results["sst2"] = run_task("sst2", _sst2_bench(args.sst2_model), ["logits"], args.rounds)
         else:
             raise SystemExit(f"unknown task {task!r}; use stsb and/or sst2")
-    facts = device_facts(2, "eager")
-    out.write_text(json.dumps({"device": facts, "results": results}, indent=2))
-    Path(args.out + ".md").write_text(render(results, facts) + "\n")
+        facts = device_facts(2, "eager")  # written after each task: a stopped run keeps what it finished
+        out.write_text(json.dumps({"device": facts, "results": results}, indent=2))
+        Path(args.out + ".md").write_text(render(results, facts) + "\n")
     print(render(results, facts))
 
 

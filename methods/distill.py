@@ -7,6 +7,11 @@ Losses (any combination, summed):
 - "hidden": MSE between hidden states, each kept student layer matched to the teacher
   layer it came from (TinyBERT-style layer map, so dropped layers are skipped).
 Teacher outputs are computed once per calibration set and cached on it.
+
+The learning rate warms up over the first 10% of the steps and then falls linearly to 0 (the
+BERT fine-tuning schedule, Devlin et al. 2019). A constant rate stops mid-trajectory: on the
+SST-2 teacher, 100 constant-rate steps took a 2x plan from 85.89% to 80.85% dev accuracy, the
+schedule from 85.89% to 85.55% (benchmarks/recovery_results.md).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from torch import nn
 from .calibration import Calibration, Context
 from .plan import DistillSpec
 
-__all__ = ["DistillStage", "distill", "mean_pool"]
+__all__ = ["DistillStage", "distill", "lr_factor", "mean_pool"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,15 @@ def _teacher_targets(teacher, calib: Calibration, spec: DistillSpec):
     return cache[key]
 
 
+def lr_factor(step: int, steps: int) -> float:
+    """Multiplier of the learning rate at `step` of `steps`: linear warm-up over the first 10%,
+    then linear decay to 0 at the end."""
+    warm = max(1, steps // 10)
+    if step < warm:
+        return (step + 1) / warm
+    return max(0.0, (steps - step) / (steps - warm + 1))
+
+
 def distill(model: nn.Module, stage: DistillStage, ctx: Context) -> nn.Module:
     if ctx.structure_only:
         return model
@@ -90,6 +104,7 @@ def distill(model: nn.Module, stage: DistillStage, ctx: Context) -> nn.Module:
                 p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, spec.steps))
     model.eval()  # no dropout: short recovery runs are steadier without it
     order = itertools.cycle(range(len(calib.batches)))
     for step in range(spec.steps):
@@ -117,6 +132,7 @@ def distill(model: nn.Module, stage: DistillStage, ctx: Context) -> nn.Module:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
         if (step + 1) % 50 == 0 or step + 1 == spec.steps:
             ctx.log(f"distill step {step + 1}/{spec.steps} loss {loss.item():.4f}")
     for p in model.parameters():
