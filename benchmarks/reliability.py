@@ -191,7 +191,7 @@ def part_fuzz(examples: int) -> dict:
         counts = Path(tmp) / "counts.json"
         env = {**os.environ, "SLIMFORMER_FUZZ_EXAMPLES": str(examples), "SLIMFORMER_FUZZ_COUNT_FILE": str(counts)}
         t0 = time.monotonic()
-        res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
                               str(ROOT / "tests" / "searcher" / "test_fuzz.py")],
                              env=env, capture_output=True, text=True, cwd=ROOT, timeout=3600)
         data = json.loads(counts.read_text()) if counts.exists() else {}
