@@ -67,8 +67,14 @@ def main() -> None:
     def size(plan):
         return model_size(apply_plan(model, plan, structure_only=True), plan.group_size)["size_mb"]
 
-    u8, u4 = size(Plan(bits=8)), size(Plan(bits=4))
+    u8, u4, u3 = size(Plan(bits=8)), size(Plan(bits=4)), size(Plan(bits=3))
     low = sensitivity_plans(model, calib, Plan(), (8, 4, 3, 2), [u4], sensitivity=fisher)[0]
+    mid = sensitivity_plans(model, calib, Plan(), (8, 4, 3, 2), [u3], sensitivity=fisher)[0]
+    inv_mid = Plan(bits=tuple(inverse_order(list(mid.bits), fisher)))
+    # between two uniform sizes the allocation cannot be uniform: which layers get the extra bit
+    # (the most sensitive, or in the inverse control the least) tests the sensitivity signal itself
+    half = sensitivity_plans(model, calib, Plan(), (4, 3), [(u3 + u4) / 2], sensitivity=fisher)[0]
+    inv_half = Plan(bits=tuple(inverse_order(list(half.bits), fisher)))
     high = sensitivity_plans(model, calib, Plan(), (32, 8, 4), [u8], sensitivity=fisher)[0]
     inv_low = Plan(bits=tuple(inverse_order(list(low.bits), fisher)))
     inv_high = Plan(bits=tuple(inverse_order(list(high.bits), fisher)))
@@ -80,6 +86,11 @@ def main() -> None:
         ("uniform 8-bit, RTN", Plan(bits=8), "u8"),
         (f"sensitivity mix {list(high.bits)} from {{32,8,4}}, RTN", high, "u8"),
         (f"inverse control {list(inv_high.bits)}, RTN", inv_high, "u8"),
+        ("uniform 3-bit, RTN", Plan(bits=3), "u3"),
+        (f"sensitivity mix {list(mid.bits)} from {{8,4,3,2}}, RTN", mid, "u3"),
+        (f"inverse control {list(inv_mid.bits)}, RTN", inv_mid, "u3"),
+        (f"sensitivity mix {list(half.bits)} from {{4,3}}, RTN", half, "(u3+u4)/2"),
+        (f"inverse control {list(inv_half.bits)}, RTN", inv_half, "(u3+u4)/2"),
         (f"inverse control {list(inv_low.bits)}, RTN", inv_low, "u4"),
         ("uniform 8-bit, RTN + smooth 0.5", Plan(bits=8, smooth=0.5), "u8"),
         ("uniform 4-bit, RTN + smooth 0.5", Plan(bits=4, smooth=0.5), "u4"),
@@ -89,7 +100,7 @@ def main() -> None:
         ("uniform 8-bit, GPTQ + smooth 0.5", Plan(bits=8, quant_method="gptq", smooth=0.5), "u8"),
     ]
     facts = {**device_facts(2), "batch_size": 1, "seq_len": 128, "rounds": args.rounds}
-    out = {"device": facts, "sizes_mb": {"uniform8": u8, "uniform4": u4}, "baseline_latency": None,
+    out = {"device": facts, "sizes_mb": {"uniform8": u8, "uniform4": u4, "uniform3": u3}, "baseline_latency": None,
            "sensitivity": {"fisher": fisher, "hutchinson": hessian}, "rows": [],
            "calibration_pairs": args.calibration_size, "hessian_batches": args.hessian_batches, "command": COMMAND}
     results, timed = out["rows"], {}
@@ -147,7 +158,7 @@ def render(out: dict) -> str:
     lines = [
         "# Mixed precision: all-MiniLM-L6-v2 on STS-B dev",
         "",
-        f"Command: `{out['command']}` (writes this file and mixed_precision_results.json; 14 rows, 3-5 min per row on this shared 2-core machine).",
+        f"Command: `{out['command']}` (writes this file and mixed_precision_results.json; 19 rows; about 10 min on a quiet 2-core machine, `--keep-rows` completes a stopped run).",
         f"Device: {f['cpu']}, {f['threads']} threads, torch {f['torch']}.",
         "Quality: Spearman x100 of mean-pooled cosine similarity on all 1,500 STS-B dev pairs. Calibration "
         f"(GPTQ, smoothing, sensitivity): the first {out['calibration_pairs']} STS-B train pairs. "
@@ -168,7 +179,8 @@ def render(out: dict) -> str:
                      + ", ".join(f"{s:.2e}" for s in sens["hutchinson"]) + ".")
     lines += [
         f"Budgets: u8 = size of uniform 8-bit ({out['sizes_mb']['uniform8']:.2f} MB), u4 = size of uniform "
-        f"4-bit ({out['sizes_mb']['uniform4']:.2f} MB); every mixed row is at or under its budget. Inverse "
+        f"4-bit ({out['sizes_mb']['uniform4']:.2f} MB), u3 = size of uniform 3-bit "
+        f"({out['sizes_mb'].get('uniform3', float('nan')):.2f} MB); every mixed row is at or under its budget. Inverse "
         "control: the same bit-widths handed out in the opposite sensitivity order (same size).",
         "",
         "| plan | budget | size MB | Spearman dev | weights | latency ms (median, p10-p90) |",
