@@ -5,7 +5,12 @@ Losses (any combination, summed):
 - "logits": temperature-scaled KL divergence of the logits (Hinton et al. 2015), mixed
   with the task loss by `alpha` when the calibration gives one;
 - "hidden": MSE between hidden states, each kept student layer matched to the teacher
-  layer it came from (TinyBERT-style layer map, so dropped layers are skipped).
+  layer it came from (TinyBERT-style layer map, so dropped layers are skipped);
+- "attention": MSE between attention maps (TinyBERT, Jiao et al. 2020) with the same layer
+  map, on the maps averaged over heads (a pruned layer keeps fewer heads than the teacher's),
+  over the real (non-padding) query tokens. PyTorch's fused SDPA attention returns no maps,
+  so teacher and student are switched to eager attention for the distillation and switched
+  back afterwards. Layers whose attention was removed (0 heads) are skipped.
 Teacher outputs are computed once per calibration set and cached on it.
 
 The learning rate warms up over the first 10% of the steps and then falls linearly to 0 (the
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -34,10 +40,21 @@ __all__ = ["DistillStage", "distill", "lr_factor", "mean_pool"]
 class DistillStage:
     spec: DistillSpec
     layers: tuple[int, ...]
+    heads: tuple[int, ...] | None = None  # per original layer (resolved plan): which layers keep attention
 
     @classmethod
     def from_plan(cls, plan) -> DistillStage | None:
-        return cls(plan.distill, plan.layers) if plan.distill.enabled else None
+        if not plan.distill.enabled:
+            return None
+        heads = tuple(plan.heads) if isinstance(plan.heads, (list, tuple)) else None
+        return cls(plan.distill, plan.layers, heads)
+
+    def attention_layers(self, n_maps: int) -> list[int]:
+        """The original layer index of each attention map the student returns: a layer whose
+        heads were all removed has no attention module left, so it returns no map."""
+        if n_maps == len(self.layers) or self.heads is None:
+            return list(self.layers)[:n_maps]
+        return [orig for orig in self.layers if self.heads[orig] > 0]
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -54,7 +71,47 @@ def _features(calib: Calibration, model: nn.Module, inputs: dict, out) -> torch.
 
 
 def _run(model, inputs, losses):
-    return model(**inputs, output_hidden_states=("hidden" in losses or "embedding" in losses))
+    return model(**inputs, output_hidden_states=("hidden" in losses or "embedding" in losses),
+                 output_attentions="attention" in losses)
+
+
+@contextmanager
+def _eager_attention(model: nn.Module, needed: bool):
+    """Run `model` with eager attention inside the block when attention maps are needed."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    switch = needed and impl not in (None, "eager") and hasattr(model, "set_attn_implementation")
+    if switch:
+        model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if switch:
+            model.set_attn_implementation(impl)
+
+
+def _attention_maps(out) -> list:
+    """Per layer: the attention probabilities averaged over heads (batch, query, key), or None
+    for a layer without attention heads."""
+    maps = getattr(out, "attentions", None)
+    if not maps:
+        raise ValueError("distill.losses 'attention': the model returned no attention maps")
+    return [None if a is None or a.shape[1] == 0 else a.mean(1) for a in maps]
+
+
+def _attention_loss(student: list, teacher: list, layers, mask) -> torch.Tensor:
+    """Mean over layers of the MSE between the student's map and its teacher layer's map;
+    `layers[j]` is the teacher layer of student map j."""
+    loss, used = torch.zeros(()), 0
+    for s, orig in zip(student, layers):
+        t = teacher[orig]
+        if s is None or t is None:
+            continue
+        if mask is not None and mask.dim() == 2 and tuple(mask.shape) == tuple(s.shape[:2]):
+            keep = mask.bool()
+            s, t = s[keep], t[keep]
+        loss = loss + F.mse_loss(s, t)
+        used += 1
+    return loss / max(1, used)
 
 
 def _teacher_targets(teacher, calib: Calibration, spec: DistillSpec):
@@ -63,7 +120,7 @@ def _teacher_targets(teacher, calib: Calibration, spec: DistillSpec):
     key = spec.losses
     if key not in cache:
         targets = []
-        with torch.no_grad():
+        with torch.no_grad(), _eager_attention(teacher, "attention" in spec.losses):
             for batch in calib.batches:
                 per_input = []
                 for inputs in calib.model_inputs(batch):
@@ -75,6 +132,8 @@ def _teacher_targets(teacher, calib: Calibration, spec: DistillSpec):
                         t["logits"] = out.logits
                     if "hidden" in spec.losses:
                         t["hidden"] = out.hidden_states
+                    if "attention" in spec.losses:
+                        t["attention"] = _attention_maps(out)
                     per_input.append(t)
                 targets.append(per_input)
         cache[key] = targets
@@ -106,35 +165,41 @@ def distill(model: nn.Module, stage: DistillStage, ctx: Context) -> nn.Module:
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, spec.steps))
     model.eval()  # no dropout: short recovery runs are steadier without it
-    order = itertools.cycle(range(len(calib.batches)))
-    for step in range(spec.steps):
-        b = next(order)
-        batch = calib.batches[b]
-        loss = torch.zeros(())
-        for inputs, tgt in zip(calib.model_inputs(batch), targets[b]):
-            out = _run(model, inputs, spec.losses)
-            if "embedding" in spec.losses:
-                s, t = _features(calib, model, inputs, out), tgt["embedding"]
-                loss = loss + (1 - F.cosine_similarity(s, t, dim=-1)).mean() + F.mse_loss(s, t)
-            if "logits" in spec.losses:
-                tau = spec.temperature
-                kd = F.kl_div(F.log_softmax(out.logits / tau, -1), F.softmax(tgt["logits"] / tau, -1),
-                              reduction="batchmean") * tau * tau
-                loss = loss + spec.alpha * kd
-            if "hidden" in spec.losses:
-                for j, orig in enumerate(stage.layers):
-                    loss = loss + F.mse_loss(out.hidden_states[j + 1], tgt["hidden"][orig + 1]) / len(stage.layers)
-        if "logits" in spec.losses and spec.alpha < 1:
-            try:
-                loss = loss + (1 - spec.alpha) * calib.loss_fn(model, batch)
-            except ValueError:
-                pass  # no labels: pure distillation
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if (step + 1) % 50 == 0 or step + 1 == spec.steps:
-            ctx.log(f"distill step {step + 1}/{spec.steps} loss {loss.item():.4f}")
+    # attention maps need eager attention; the finally puts the model's own implementation back
+    with _eager_attention(model, "attention" in spec.losses):
+        order = itertools.cycle(range(len(calib.batches)))
+        for step in range(spec.steps):
+            b = next(order)
+            batch = calib.batches[b]
+            loss = torch.zeros(())
+            for inputs, tgt in zip(calib.model_inputs(batch), targets[b]):
+                out = _run(model, inputs, spec.losses)
+                if "embedding" in spec.losses:
+                    s, t = _features(calib, model, inputs, out), tgt["embedding"]
+                    loss = loss + (1 - F.cosine_similarity(s, t, dim=-1)).mean() + F.mse_loss(s, t)
+                if "logits" in spec.losses:
+                    tau = spec.temperature
+                    kd = F.kl_div(F.log_softmax(out.logits / tau, -1), F.softmax(tgt["logits"] / tau, -1),
+                                  reduction="batchmean") * tau * tau
+                    loss = loss + spec.alpha * kd
+                if "hidden" in spec.losses:
+                    for j, orig in enumerate(stage.layers):
+                        loss = loss + F.mse_loss(out.hidden_states[j + 1], tgt["hidden"][orig + 1]) / len(stage.layers)
+                if "attention" in spec.losses:
+                    maps = _attention_maps(out)
+                    loss = loss + _attention_loss(maps, tgt["attention"], stage.attention_layers(len(maps)),
+                                                  inputs.get("attention_mask"))
+            if "logits" in spec.losses and spec.alpha < 1:
+                try:
+                    loss = loss + (1 - spec.alpha) * calib.loss_fn(model, batch)
+                except ValueError:
+                    pass  # no labels: pure distillation
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if (step + 1) % 50 == 0 or step + 1 == spec.steps:
+                ctx.log(f"distill step {step + 1}/{spec.steps} loss {loss.item():.4f}")
     for p in model.parameters():
         p.requires_grad_(trainable[id(p)])
     return model

@@ -19,7 +19,7 @@ BITS = (32, 16, 8, 4, 3, 2)
 REAL_BITS = (32, 16, 8)
 SIMULATED_BITS = (4, 3, 2)
 RECOVERY = ("none", "mask_tuning")
-DISTILL_LOSSES = ("logits", "hidden", "embedding")
+DISTILL_LOSSES = ("logits", "hidden", "embedding", "attention")
 QUANT_METHODS = ("rtn", "gptq")
 
 

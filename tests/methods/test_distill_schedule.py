@@ -20,3 +20,47 @@ def test_warm_up_then_linear_decay_to_zero(steps):
 def test_first_step_of_a_long_run_is_small():
     assert lr_factor(0, 300) == pytest.approx(1 / 30)
     assert lr_factor(150, 300) == pytest.approx(150 / 271)
+
+
+# ----- the attention-map loss ------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_attention_loss_trains_the_student_and_restores_sdpa(tiny_models, arch):
+    """TinyBERT's attention loss: the maps exist only under eager attention, so distillation
+    switches teacher and student to eager and back; layers without heads are skipped."""
+    import torch
+    from slimformer.methods import Plan, apply_plan
+    from slimformer.methods.distill import _attention_maps, _eager_attention, _run
+
+    tiny = tiny_models[arch]
+    base = tiny.build()
+    assert base.config._attn_implementation == "sdpa"
+    inputs = tiny.inputs()
+    with torch.no_grad(), _eager_attention(base, True):
+        maps = _attention_maps(_run(base, inputs, ("attention",)))
+    assert base.config._attn_implementation == "sdpa"  # put back
+    assert len(maps) == base.config.num_hidden_layers and maps[0].shape[1] == maps[0].shape[2]
+    rows = maps[0][inputs["attention_mask"].bool()] if "attention_mask" in inputs else maps[0].flatten(0, 1)
+    assert torch.allclose(rows.sum(-1), torch.ones(len(rows)), atol=1e-5)  # probabilities over keys
+
+    heads = [2, 0, 4] if arch == "llama" else [2, 0, 2]  # the middle layer loses its attention
+    plain = apply_plan(base, Plan(heads=heads))
+    spec = {"steps": 3, "lr": 1e-2, "losses": ["attention"]}
+    tuned = apply_plan(base, Plan(heads=heads, distill=spec), tiny.calibration())
+    assert tuned.config._attn_implementation == "sdpa" and base.config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        a, b = plain(**inputs), tuned(**inputs)
+    first = a.logits if hasattr(a, "logits") else a.last_hidden_state
+    second = b.logits if hasattr(b, "logits") else b.last_hidden_state
+    assert torch.isfinite(second).all() and not torch.allclose(first, second)
+
+
+def test_attention_loss_ignores_padding_and_headless_layers():
+    import torch
+    from slimformer.methods.distill import _attention_loss
+
+    t = [torch.full((2, 3, 3), 1 / 3), torch.full((2, 3, 3), 1 / 3)]
+    s = [t[0].clone(), None]  # student layer 1 has no heads
+    s[0][1, 2] = torch.tensor([1.0, 0.0, 0.0])  # differs only on a padding query
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    assert _attention_loss(s, t, (0, 1), mask).item() == 0.0
+    assert _attention_loss(s, t, (0, 1), None).item() > 0.0
