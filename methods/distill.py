@@ -40,20 +40,17 @@ __all__ = ["DistillStage", "distill", "lr_factor", "mean_pool"]
 class DistillStage:
     spec: DistillSpec
     layers: tuple[int, ...]
-    heads: tuple[int, ...] | None = None  # per original layer (resolved plan): which layers keep attention
+    heads: tuple[int, ...]  # per original layer (the plan is resolved): which layers keep attention
 
     @classmethod
     def from_plan(cls, plan) -> DistillStage | None:
-        if not plan.distill.enabled:
-            return None
-        heads = tuple(plan.heads) if isinstance(plan.heads, (list, tuple)) else None
-        return cls(plan.distill, plan.layers, heads)
+        return cls(plan.distill, plan.layers, plan.heads) if plan.distill.enabled else None
 
     def attention_layers(self, n_maps: int) -> list[int]:
         """The original layer index of each attention map the student returns: a layer whose
         heads were all removed has no attention module left, so it returns no map."""
-        if n_maps == len(self.layers) or self.heads is None:
-            return list(self.layers)[:n_maps]
+        if n_maps == len(self.layers):
+            return list(self.layers)
         return [orig for orig in self.layers if self.heads[orig] > 0]
 
 

@@ -37,6 +37,9 @@ def _journal_path(url: str) -> Path | None:
     return None
 
 
+INIT_ATTEMPTS = 6  # opens of a new database tried before a schema-creation collision is reported
+
+
 def open_storage(url: str, read_only: bool = False) -> optuna.storages.BaseStorage:
     """Open (and for writing, create) the storage behind `url`, or raise UserError."""
     check_storage(url, read_only)
@@ -59,19 +62,14 @@ def open_storage(url: str, read_only: bool = False) -> optuna.storages.BaseStora
         # other hosts' crashed trials: Optuna's heartbeat marks them failed and queues a retry
         heartbeat = {"heartbeat_interval": 30, "grace_period": 120,
                      "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)}
-    for attempt in range(INIT_ATTEMPTS):
+    for attempt in range(1, INIT_ATTEMPTS + 1):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **heartbeat)
         except Exception as exc:  # noqa: BLE001 - sqlalchemy/driver errors
-            if attempt + 1 < INIT_ATTEMPTS and _schema_race(exc):
-                time.sleep(0.1 * (attempt + 1))
-                continue
-            fault = storage_fault(exc)
-            raise UserError(f"cannot open storage {_redact(url)}: {fault or str(exc).splitlines()[0]}") from None
-    raise AssertionError("unreachable")
-
-
-INIT_ATTEMPTS = 6
+            if attempt == INIT_ATTEMPTS or not _schema_race(exc):
+                fault = storage_fault(exc)
+                raise UserError(f"cannot open storage {_redact(url)}: {fault or str(exc).splitlines()[0]}") from None
+            time.sleep(0.1 * attempt)
 
 
 def _schema_race(exc: Exception) -> bool:

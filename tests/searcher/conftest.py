@@ -51,9 +51,25 @@ def assert_user_error(res, *fragments):
         assert f in lines[-1], (f, lines[-1])
 
 
+def start_search(path, *extra, hang=None):
+    """Start `slimformer search` in the background. With `hang`, that trial number hangs
+    (SLIMFORMER_FAULT, in whichever process evaluates it) until the process is killed or
+    interrupted, so a test stops the search at a known trial instead of racing one."""
+    import os
+
+    env = {**os.environ, "SLIMFORMER_FAULT": f"hang:{hang}"} if hang is not None else None
+    return subprocess.Popen([sys.executable, "-m", "slimformer.searcher.cli", "search", str(path), *map(str, extra)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture
+def start():
+    return start_search
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import optuna
@@ -16,14 +14,6 @@ from optuna.trial import TrialState
 
 def _study(path):
     return optuna.load_study(study_name="study", storage=f"sqlite:///{path.parent / 'study.db'}")
-
-
-def _start(path, *extra, hang=None):
-    """Start a search; with `hang`, that trial number hangs (SLIMFORMER_FAULT) until the process
-    is killed or interrupted, so the test stops it at a known point instead of racing it."""
-    env = {**os.environ, "SLIMFORMER_FAULT": f"hang:{hang}"} if hang is not None else None
-    return subprocess.Popen([sys.executable, "-m", "slimformer.searcher.cli", "search", str(path), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def _wait_running_after(proc, path, n_complete, deadline=240):
@@ -78,9 +68,9 @@ def test_search_report_export(tmp_path, make_study, cli, expect_user_error):
         assert {"quality", "metric", "latency_ms", "baseline_latency_ms", "speedup", "params", "size_mb"} <= set(got)
 
 
-def test_resume_after_kill_9(tmp_path, make_study, cli, expect_user_error):
+def test_resume_after_kill_9(tmp_path, make_study, cli, expect_user_error, start):
     path = make_study(search={"trials": 5})
-    proc = _start(path, hang=2)
+    proc = start(path, hang=2)
     finished, running = _wait_running_after(proc, path, 2)
     assert running.number == 2
     os.kill(proc.pid, signal.SIGKILL)
@@ -97,9 +87,9 @@ def test_resume_after_kill_9(tmp_path, make_study, cli, expect_user_error):
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 5
 
 
-def test_ctrl_c_stops_cleanly_and_resumes(tmp_path, make_study, cli, expect_user_error):
+def test_ctrl_c_stops_cleanly_and_resumes(tmp_path, make_study, cli, expect_user_error, start):
     path = make_study(search={"trials": 4})
-    proc = _start(path, hang=1)
+    proc = start(path, hang=1)
     _wait_running_after(proc, path, 1)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)

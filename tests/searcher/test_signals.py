@@ -84,11 +84,9 @@ def _wait(path, predicate, deadline=300):
     raise AssertionError("the search never reached the expected state")
 
 
-def test_double_ctrl_c_then_resume(tmp_path, make_study, cli):
+def test_double_ctrl_c_then_resume(tmp_path, make_study, cli, start):
     path = make_study(search={"trials": 4, "isolate": False})
-    env = {**os.environ, "SLIMFORMER_FAULT": "hang:1"}  # trial 1 runs until interrupted
-    proc = subprocess.Popen([sys.executable, "-m", "slimformer.searcher.cli", "search", str(path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = start(path, hang=1)  # trial 1 runs until interrupted
     trials = _wait(path, lambda ts: sum(t.state == TrialState.COMPLETE for t in ts) >= 1 and
                    any(t.number == 1 and t.state == TrialState.RUNNING and t.params for t in ts))
     finished = {t.number: t.values for t in trials if t.state == TrialState.COMPLETE}

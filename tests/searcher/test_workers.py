@@ -23,14 +23,6 @@ def _study(url, name="study"):
     return optuna.load_study(study_name=name, storage=open_storage(url, read_only=True))
 
 
-def _start(path, *extra, hang=None):
-    """Start a search; with `hang`, that trial number hangs (SLIMFORMER_FAULT) in whichever
-    worker takes it, so the test acts on a trial that cannot finish first."""
-    env = {**os.environ, "SLIMFORMER_FAULT": f"hang:{hang}"} if hang is not None else None
-    return subprocess.Popen([sys.executable, "-m", "slimformer.searcher.cli", "search", str(path), *map(str, extra)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-
-
 def _wait_running(url, name="study", deadline=240, number=None):
     """The first trial seen RUNNING with its plan drawn (trial `number`, when given)."""
     end = time.time() + deadline
@@ -117,10 +109,10 @@ def test_workers_on_postgres(make_study, cli, postgres_url):
     assert rep.returncode == 0, rep.stderr[-2000:]
 
 
-def test_killed_worker_trial_is_retried(make_study, cli):
+def test_killed_worker_trial_is_retried(make_study, cli, start):
     path = make_study(search={"trials": 5}, budget={"speedup": 1.1})
     url = str(path.parent / "study.journal")
-    proc = _start(path, "--workers", 2, "--storage", url, hang=1)
+    proc = start(path, "--workers", 2, "--storage", url, hang=1)
     victim = _wait_running(url, number=1)
     os.kill(victim.user_attrs["pid"], signal.SIGKILL)
     out, err = proc.communicate(timeout=400)
@@ -136,10 +128,10 @@ def test_killed_worker_trial_is_retried(make_study, cli):
     _check_intact(_study(url), 5, 2)
 
 
-def test_ctrl_c_stops_every_worker(make_study, cli):
+def test_ctrl_c_stops_every_worker(make_study, cli, start):
     path = make_study(search={"trials": 6}, budget={"speedup": 1.1})
     url = str(path.parent / "study.journal")
-    proc = _start(path, "--workers", 2, "--storage", url, hang=1)
+    proc = start(path, "--workers", 2, "--storage", url, hang=1)
     running = _wait_running(url, number=1)
     proc.send_signal(signal.SIGTERM)  # reaches the parent only: it must stop the workers itself
     out, err = proc.communicate(timeout=120)
