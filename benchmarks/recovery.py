@@ -4,6 +4,7 @@ the uncompressed model; quality on the full dev split and the time each recovery
 
     python benchmarks/recovery.py                   # STS-B and SST-2 -> benchmarks/recovery_results.{md,json}
     python benchmarks/recovery.py --tasks stsb      # STS-B only (no SST-2 teacher needed)
+    python benchmarks/recovery.py --recoveries "distill 100 steps + attention"   # add rows to the stored run
 
 STS-B: all-MiniLM-L6-v2 itself, Spearman x100 of mean-pooled cosine similarity on the 1,500 dev
 pairs, calibration/distillation on 1,024 STS-B train pairs (studies/data/sts-train-1k.tsv),
@@ -42,6 +43,11 @@ RECOVERIES = {
     "distill 100 steps": {"distill": {"steps": 100}},
     "distill 300 steps": {"distill": {"steps": 300}},
 }
+# run on request (--recoveries) and added to the stored rows
+EXTRA_RECOVERIES = {
+    "distill 100 steps + attention": {"distill": {"steps": 100, "extra_losses": ["attention"]}},
+    "mask tuning + distill 100 steps": {"recovery": "mask_tuning", "distill": {"steps": 100}},
+}
 
 
 def _stsb_bench() -> Workbench:
@@ -71,17 +77,25 @@ def _sst2_bench(model: str) -> Workbench:
     return bench
 
 
-def run_task(name: str, bench: Workbench, distill_losses: list[str], rounds: int) -> dict:
+def run_task(name: str, bench: Workbench, distill_losses: list[str], rounds: int,
+             recoveries: list[str] | None = None, stored: dict | None = None) -> dict:
+    """All RECOVERIES of every plan (and the plans' speedups), or with `recoveries` only those,
+    added to the `stored` result of an earlier run (whose speedups are kept)."""
+    if recoveries and not stored:
+        raise SystemExit(f"--recoveries adds rows to an earlier run's results, and there are none for {name}")
     base_q = bench.quality(bench.model)["quality"]
     out = {"baseline": {"quality": base_q, **model_size(bench.model)}, "plans": {}}
     print(f"[{name}] baseline {base_q:.2f}", flush=True)
     plain = {}
+    todo = {r: {**RECOVERIES, **EXTRA_RECOVERIES}[r] for r in recoveries} if recoveries else RECOVERIES
     for label, fields in PLANS.items():
-        rows = {}
-        for rec, extra in RECOVERIES.items():
+        rows = dict(stored["plans"][label]["recoveries"]) if recoveries else {}
+        for rec, extra in todo.items():
             spec = {**fields, "importance": "fisher", **extra}
             if "distill" in extra:
-                spec["distill"] = {**extra["distill"], "losses": distill_losses}
+                d = dict(extra["distill"])
+                more = d.pop("extra_losses", [])
+                spec["distill"] = {**d, "losses": distill_losses + more}
             plan = Plan.from_dict(spec)
             bench.build(Plan.from_dict({**fields, "importance": "fisher"}))  # warm the Fisher cache: not counted
             t0 = time.perf_counter()
@@ -94,6 +108,11 @@ def run_task(name: str, bench: Workbench, distill_losses: list[str], rounds: int
                 plain[label] = model
                 rows[rec].update(model_size(model))
         out["plans"][label] = {"recoveries": rows}
+    if recoveries:  # structures unchanged: keep the measured speedups
+        for label in PLANS:
+            out["plans"][label].update({k: v for k, v in stored["plans"][label].items() if k != "recoveries"})
+        out["baseline"]["latency_ms"] = stored["baseline"]["latency_ms"]
+        return out
     lat = measure_latency({"baseline": bench.runner(bench.model), **{k: bench.runner(m) for k, m in plain.items()}},
                           baseline="baseline", rounds=rounds, warmup=5, threads=2)
     for label in PLANS:
@@ -130,17 +149,24 @@ def main() -> None:
     ap.add_argument("--sst2-model", default="recipe:minilm-sst2")
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "recovery_results"))
+    ap.add_argument("--recoveries", default="", help="comma-separated recovery labels to run and add to the stored "
+                    f"rows (speedups kept); extra ones: {', '.join(EXTRA_RECOVERIES)}")
     args = ap.parse_args()
     torch.manual_seed(0)
     results = {}
     out = Path(args.out + ".json")
     if out.exists():  # keep the other task's rows when re-running one task
         results = json.loads(out.read_text()).get("results", {})
+    only = [r for r in args.recoveries.split(",") if r]
+    unknown = [r for r in only if r not in {**RECOVERIES, **EXTRA_RECOVERIES}]
+    if unknown:
+        raise SystemExit(f"unknown recoveries {unknown}; known: {', '.join({**RECOVERIES, **EXTRA_RECOVERIES})}")
     for task in args.tasks.split(","):
         if task == "stsb":
-            results["stsb"] = run_task("stsb", _stsb_bench(), ["embedding"], args.rounds)
+            results["stsb"] = run_task("stsb", _stsb_bench(), ["embedding"], args.rounds, only, results.get("stsb"))
         elif task == "sst2":
-            results["sst2"] = run_task("sst2", _sst2_bench(args.sst2_model), ["logits"], args.rounds)
+            results["sst2"] = run_task("sst2", _sst2_bench(args.sst2_model), ["logits"], args.rounds, only,
+                                       results.get("sst2"))
         else:
             raise SystemExit(f"unknown task {task!r}; use stsb and/or sst2")
         facts = device_facts(2, "eager")  # written after each task: a stopped run keeps what it finished

@@ -3,7 +3,8 @@
 Losses (any combination, summed):
 - "embedding": 1 - cosine + MSE between pooled features (sentence-embedding models);
 - "logits": temperature-scaled KL divergence of the logits (Hinton et al. 2015), mixed
-  with the task loss by `alpha` when the calibration gives one;
+  with the task loss by `alpha` when the calibration gives one; per token over the real
+  (non-padding) tokens for language models;
 - "hidden": MSE between hidden states, each kept student layer matched to the teacher
   layer it came from (TinyBERT-style layer map, so dropped layers are skipped);
 - "attention": MSE between attention maps (TinyBERT, Jiao et al. 2020) with the same layer
@@ -33,7 +34,7 @@ from torch import nn
 from .calibration import Calibration, Context
 from .plan import DistillSpec
 
-__all__ = ["DistillStage", "distill", "lr_factor", "mean_pool"]
+__all__ = ["DistillStage", "distill", "logits_kd", "lr_factor", "mean_pool"]
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,19 @@ def _attention_loss(student: list, teacher: list, layers, mask) -> torch.Tensor:
     return loss / max(1, used)
 
 
+def logits_kd(student: torch.Tensor, teacher: torch.Tensor, tau: float, mask: torch.Tensor | None) -> torch.Tensor:
+    """Hinton KD: KL(teacher || student) of the temperature-softened distributions, times tau^2,
+    averaged over examples, or for per-token logits (batch, tokens, vocab: causal LMs) over the
+    real tokens only (padding positions carry no target)."""
+    if student.dim() == 3:
+        if mask is not None and tuple(mask.shape) == tuple(student.shape[:2]):
+            keep = mask.bool()
+            student, teacher = student[keep], teacher[keep]
+        else:
+            student, teacher = student.flatten(0, 1), teacher.flatten(0, 1)
+    return F.kl_div(F.log_softmax(student / tau, -1), F.softmax(teacher / tau, -1), reduction="batchmean") * tau * tau
+
+
 def _teacher_targets(teacher, calib: Calibration, spec: DistillSpec):
     per_teacher = calib.__dict__.setdefault("_teacher_cache", weakref.WeakKeyDictionary())
     cache = per_teacher.setdefault(teacher, {})
@@ -175,9 +189,7 @@ def distill(model: nn.Module, stage: DistillStage, ctx: Context) -> nn.Module:
                     s, t = _features(calib, model, inputs, out), tgt["embedding"]
                     loss = loss + (1 - F.cosine_similarity(s, t, dim=-1)).mean() + F.mse_loss(s, t)
                 if "logits" in spec.losses:
-                    tau = spec.temperature
-                    kd = F.kl_div(F.log_softmax(out.logits / tau, -1), F.softmax(tgt["logits"] / tau, -1),
-                                  reduction="batchmean") * tau * tau
+                    kd = logits_kd(out.logits, tgt["logits"], spec.temperature, inputs.get("attention_mask"))
                     loss = loss + spec.alpha * kd
                 if "hidden" in spec.losses:
                     for j, orig in enumerate(stage.layers):

@@ -64,3 +64,45 @@ def test_attention_loss_ignores_padding_and_headless_layers():
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
     assert _attention_loss(s, t, (0, 1), mask).item() == 0.0
     assert _attention_loss(s, t, (0, 1), None).item() > 0.0
+
+
+# ----- logits KD on per-token logits ------------------------------------------------------------
+def test_logits_kd_per_token_ignores_padding():
+    """Causal LMs give logits per token: KD averages over the real tokens, so what the teacher
+    says at padding positions changes nothing, and a student equal to its teacher costs 0."""
+    import torch
+    from slimformer.methods.distill import logits_kd
+
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(2, 5, 7, generator=g), torch.randn(2, 5, 7, generator=g)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+    loss = logits_kd(student, teacher, 2.0, mask)
+    noisy = teacher.clone()
+    noisy[1, 2:] = torch.randn(3, 7, generator=g) * 10  # the padded positions of the second row
+    assert logits_kd(student, noisy, 2.0, mask) == pytest.approx(loss.item())
+    assert logits_kd(student, noisy, 2.0, None) != pytest.approx(loss.item())  # without the mask they count
+    assert logits_kd(teacher, teacher, 2.0, mask).item() == pytest.approx(0.0, abs=1e-6)
+    # per token: the loss of 7 real tokens is their mean, not their sum over a batch of 2
+    per_token = [logits_kd(student[i, j][None], teacher[i, j][None], 2.0, None) for i, j in mask.nonzero().tolist()]
+    assert loss.item() == pytest.approx(torch.stack(per_token).mean().item(), rel=1e-5)
+
+
+def test_logits_kd_on_a_tiny_causal_lm(tiny_models):
+    """A pruned tiny Llama distilled with the logits loss on a batch moves towards its teacher there."""
+    import torch
+    from slimformer.methods import Calibration, Plan, apply_plan
+    from slimformer.methods.distill import logits_kd
+
+    tiny = tiny_models["llama"]
+    base = tiny.build()
+    inputs = tiny.inputs()
+    plan = {"heads": 2, "ffn": 16}
+    before = apply_plan(base, Plan.from_dict(plan))
+    spec = {"steps": 30, "lr": 3e-3, "losses": ["logits"], "alpha": 1.0, "temperature": 1.0}  # pure KD
+    after = apply_plan(base, Plan.from_dict({**plan, "distill": spec}), Calibration([tiny.inputs(labels=True)]))
+    with torch.no_grad():
+        t = base(**inputs).logits
+        mask = inputs["attention_mask"]
+        gap_before = logits_kd(before(**inputs).logits, t, 1.0, mask).item()
+        gap_after = logits_kd(after(**inputs).logits, t, 1.0, mask).item()
+    assert gap_after < 0.5 * gap_before
