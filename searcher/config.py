@@ -92,6 +92,9 @@ class SearchSection(_Section):
     ray_address: str | None = Field(None, description="Ray cluster to join (ray://HOST:10001 or auto); default a local Ray")
     objectives: list[Literal["quality", "latency", "size"]] = ["quality", "latency"]
     seed_uniform: bool = Field(True, description="enqueue the baseline and a few uniform plans first")
+    seed_sensitivity: bool = Field(
+        False, description="enqueue plans whose per-layer bits follow each layer's quantization sensitivity "
+        "(Fisher trace, HAWQ-style) at sizes between the uniform bit-widths")
     prescreen: bool = Field(True, description="reject candidates the cost model predicts clearly over budget")
     isolate: bool | Literal["auto"] = Field(
         "auto", description="run each trial in a worker process with a time and memory limit; auto: on "

@@ -16,6 +16,7 @@ from .config import StudyConfig
 from .errors import UserError
 from .isolate import WorkerStartError, make_runner
 from .progress import SearchProgress
+from .seeds import sensitivity_seeds
 from .signals import interruptible, protected
 from .storage import (
     check_storage,
@@ -306,10 +307,12 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
     if needs_calib and cfg.data.calibration is None:
         raise UserError("the space searches fisher importance, mask tuning or distillation, "
                         "which need data.calibration")
+    if cfg.search.seed_sensitivity and cfg.data.calibration is None:
+        raise UserError("search.seed_sensitivity needs data.calibration")
     meta = _study_meta(cfg, space, bench)
 
     existing = _study_exists(handle)
-    transferred = []
+    transferred, sensitivity = [], []
     if not existing:  # everything is checked and measured before the storage is first written
         if cfg.transfer.source is not None:
             transferred = transferable_trials(cfg, meta, log)
@@ -320,6 +323,8 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
                 log(f"note: {target} of the {len(transferred)} transferred trials run now (--trials {target})")
         _check_budget_reachable(cfg, space, bench, log)
         first_baseline = _baseline(cfg, bench, log)
+        if cfg.search.seed_sensitivity and cfg.transfer.source is None:
+            sensitivity = sensitivity_seeds(space, bench, log)
     study_storage = open_storage(handle.url)
     if existing:
         study = optuna.load_study(study_name=handle.name, storage=study_storage,
@@ -339,6 +344,8 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
         if cfg.search.seed_uniform and cfg.transfer.source is None:
             for params in space.uniform_plans():
                 study.enqueue_trial(params, user_attrs={"seeded": True}, skip_if_exists=True)
+        for params in sensitivity:  # after the uniform plans (search.seed_sensitivity)
+            study.enqueue_trial(params, user_attrs={"seeded": "sensitivity"}, skip_if_exists=True)
     baseline = study.user_attrs["baseline"]
     fail_stale_trials(study, log)
     register_owner(study)

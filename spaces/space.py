@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -180,11 +180,12 @@ class Space:
 
         return self._walk(lookup)
 
-    def _params_with(self, policy: Callable[[str, BaseDistribution], Any]) -> dict[str, Any]:
+    def _params_with(self, policy: Pick) -> dict[str, Any]:
+        """The params a walk picks with `policy(name)` (exactly the names that plan uses)."""
         params: dict[str, Any] = {}
 
         def pick(name: str) -> Any:
-            params[name] = policy(self._kind[name], self._dists[name])
+            params[name] = policy(name)
             return params[name]
 
         self._walk(pick)
@@ -204,7 +205,7 @@ class Space:
                 return (0 if 0 in c else c[-1]) if largest else (nonzero[0] if nonzero else 0)
             return c[0]  # importance: magnitude first; distill: fewest steps, first lr/losses
 
-        return self._params_with(policy)
+        return self._params_with(lambda name: policy(self._kind[name], self._dists[name]))
 
     def largest_plan(self) -> Plan:
         """The most expensive plan: full depth, largest heads/FFN, dense, highest bits."""
@@ -226,6 +227,53 @@ class Space:
             if params not in out:
                 out.append(params)
         return out
+
+    def bits_choices(self) -> tuple[int, ...]:
+        """The bit-widths the space allows, ascending; () when bits are not searched (all 32)."""
+        groups = self._groups.get("bits")
+        return tuple(self._dists[groups[0][0]].choices) if groups else ()
+
+    def why_no_mixed_bits(self) -> str | None:
+        """Why this space cannot give layers different bit-widths (so there is no mixed-precision
+        plan to seed), or None when it can."""
+        choices = self.bits_choices()
+        if not choices:
+            return "the space has no bits dimension"
+        if len(choices) == 1:
+            return f"bits has a single choice ({choices[0]})"
+        if len(self._groups["bits"]) == 1:
+            return f"bits are tied {self.config.bits.tie!r}: one bit-width for all layers"
+        return None
+
+    def params_for_bits(self, bits: int | Sequence[int], base: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Params (as `uniform_plans` gives them, for `study.enqueue_trial`): `base` (default: the
+        largest plan's params) with the per-layer bits of `bits` (one per ORIGINAL layer index, or
+        one int for all). Never fewer bits than asked: a value that is not a choice is rounded up
+        to the next choice, and tied layers (block:N) take the highest value of their group.
+        Layers `base` drops are ignored. None when the space cannot mix bits (see
+        `why_no_mixed_bits`). ValueError when a kept layer asks for more bits than any choice."""
+        if self.why_no_mixed_bits() is not None:
+            return None
+        n = self.shape.num_layers
+        want = (bits,) * n if isinstance(bits, int) else tuple(bits)
+        if len(want) != n:
+            raise ValueError(f"bits must have one entry per original layer ({n}), got {len(want)}")
+        base = self._extreme(True) if base is None else base
+        layers = self.plan_from_params(base).layers  # also checks that base fits this space
+        kept = set(range(n) if layers is None else layers)
+        choices = self.bits_choices()
+        chosen: dict[str, int] = {}
+        for name, group in self._groups["bits"]:
+            live = [i for i in group if i in kept]
+            if not live:
+                continue
+            asked = max(want[i] for i in live)
+            up = [c for c in choices if c >= asked]
+            if not up:
+                raise ValueError(f"bits {asked} asked for layer(s) {', '.join(map(str, live))} is above every "
+                                 f"choice of this space ({', '.join(map(str, choices))})")
+            chosen[name] = up[0]
+        return self._params_with(lambda name: chosen[name] if name in chosen else base[name])
 
     def distributions(self) -> dict[str, BaseDistribution]:
         """The searched parameters (constants excluded) and their Optuna distributions."""

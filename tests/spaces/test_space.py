@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 
 import optuna
 import pytest
@@ -208,6 +209,70 @@ def test_smallest_and_largest_plans():
     big = space.largest_plan()
     assert big.heads == (12,) * 6 and big.rank == (0,) * 6 and big.bits == (32,) * 6
     small.resolve(MINILM)
+
+
+# ----- per-layer bits back to params (seeding mixed-precision plans) -------------------------
+def test_params_for_bits_round_trip_per_layer_on_any_base():
+    import random
+
+    space = full_space()
+    rng = random.Random(0)
+    _, trials = ask_plans(space, 15)
+    for trial, base_plan in trials:  # random bases: several depths, widths, ranks, distillation
+        want = tuple(rng.choice(space.bits_choices()) for _ in range(6))
+        params = space.params_for_bits(want, trial.params)
+        plan = space.plan_from_params(params)
+        kept = plan.layers
+        assert kept == base_plan.layers
+        assert all(plan.bits[i] == want[i] for i in kept)
+        assert all(plan.bits[i] == 32 for i in range(6) if i not in kept)  # dropped: neutral
+        assert plan == replace(base_plan, bits=plan.bits)  # only the bits changed
+        assert set(params) == set(trial.params)  # exactly the names that plan uses
+    mixed = (8, 16, 32, 8, 16, 8)
+    params = space.params_for_bits(mixed)  # default base: the largest plan
+    assert space.plan_from_params(params) == replace(space.largest_plan(), bits=mixed)
+    study = optuna.create_study()
+    study.enqueue_trial(params)
+    trial = study.ask()
+    assert space.sample(trial).bits == mixed and trial.params == params
+
+
+@pytest.mark.parametrize("tie, size", [("per_layer", 1), ("block:2", 2), ("block:4", 4)])
+def test_params_for_bits_rounds_up_and_takes_the_highest_of_a_tie_group(tie, size):
+    import random
+
+    space = space_of({"bits": {"choices": [16, 8, 4], "tie": tie}, "depth": {"min": 3}})
+    choices = space.bits_choices()
+    assert choices == (4, 8, 16)
+    largest = space.uniform_plans()[0]
+    bases = [space._params_with(lambda n, d=depth: d if n == "depth" else largest[n]) for depth in (6, 3)]
+    rng = random.Random(1)
+    for _ in range(20):
+        want = tuple(rng.choice([2, 3, 4, 5, 6, 8, 12, 16]) for _ in range(6))
+        for base in bases:
+            plan = space.plan_from_params(space.params_for_bits(want, base))
+            kept = plan.layers
+            for i in kept:
+                group = [j for j in kept if j // size == i // size]
+                assert plan.bits[i] in choices and plan.bits[i] >= want[i]  # never fewer bits than asked
+                assert plan.bits[i] == min(c for c in choices if c >= max(want[j] for j in group))
+    with pytest.raises(ValueError, match="above every choice"):
+        space.params_for_bits((32, 8, 8, 8, 8, 8))
+    # a dropped layer's request is ignored (it is gone anyway)
+    assert space.plan_from_params(space.params_for_bits((8, 8, 8, 32, 32, 32), bases[1])).bits[:3] == (8, 8, 8)
+
+
+@pytest.mark.parametrize("data, reason", [
+    ({"heads": {"choices": [6, 12]}}, "no bits dimension"),
+    ({"bits": [8], "heads": {"choices": [6, 12]}}, "single choice"),
+    ({"bits": {"choices": [32, 8], "tie": "shared"}}, "tied 'shared'"),
+    ({"bits": {"choices": [32, 8], "tie": "block:6"}}, "one bit-width for all layers"),
+])
+def test_params_for_bits_is_none_when_bits_cannot_mix(data, reason):
+    space = space_of(data)
+    assert reason in space.why_no_mixed_bits()
+    assert space.params_for_bits((8,) * 6) is None
+    assert space_of({"bits": [32, 8]}).why_no_mixed_bits() is None
 
 
 def test_default_space_for_both_shapes():
