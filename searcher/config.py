@@ -220,12 +220,15 @@ def load_study_config(path: str | Path | None = None, data: dict | None = None) 
         from slimformer.spaces import SpaceError, parse_space_config
 
         try:
-            parse_space_config(cfg.space)
+            space = parse_space_config(cfg.space)
         except SpaceError as exc:
             raise UserError(f"{path or 'study'}: {exc}") from None
-        bits = (cfg.space.get("bits") or {}) if isinstance(cfg.space, dict) else {}
-        choices = bits if isinstance(bits, list) else bits.get("choices", []) if isinstance(bits, dict) else []
-        if cfg.device.runtime == "onnxruntime" and 16 in choices:
+        bits = space.bits.choices if space.bits is not None else []
+        if cfg.device.runtime == "onnxruntime" and 16 in bits:
             raise UserError(f"{path or 'study'}: space.bits: 16 (bfloat16) cannot run with device.runtime "
                             "onnxruntime (its CPU provider has no fast bfloat16 kernels); leave 16 out")
+        if cfg.device.runtime == "onnxruntime" and 8 in bits and "gptq" in getattr(space.quant_method, "choices", ()):
+            raise UserError(f"{path or 'study'}: space.quant_method: gptq cannot run as searched with device.runtime "
+                            "onnxruntime (ONNX Runtime re-rounds int8 layers with its own quantize_dynamic); "
+                            "leave gptq out, or 8 out of space.bits")
     return cfg

@@ -302,10 +302,12 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
     except SpaceError as exc:
         raise UserError(str(exc)) from None
     largest = space.largest_plan()
+    quant = space.config  # gptq / smoothing are calibrated, whether searched or a one-choice constant
     needs_calib = any(p in ("importance", "distill_steps", "recovery") for p in space.distributions()) or \
-        largest.importance == "fisher" or largest.recovery != "none"
+        largest.importance == "fisher" or largest.recovery != "none" or \
+        "gptq" in getattr(quant.quant_method, "choices", ()) or any(a > 0 for a in getattr(quant.smooth, "choices", ()))
     if needs_calib and cfg.data.calibration is None:
-        raise UserError("the space searches fisher importance, mask tuning or distillation, "
+        raise UserError("the space searches fisher importance, mask tuning, distillation, gptq or smoothing, "
                         "which need data.calibration")
     if cfg.search.seed_sensitivity and cfg.data.calibration is None:
         raise UserError("search.seed_sensitivity needs data.calibration")

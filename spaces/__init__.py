@@ -8,8 +8,10 @@ from .config import (
     DepthDim,
     DistillDim,
     ImportanceDim,
+    QuantMethodDim,
     RankDim,
     RecoveryDim,
+    SmoothDim,
     SpaceConfig,
     SpaceError,
     WidthDim,
@@ -20,5 +22,5 @@ from .validation import format_validation_error, parse_space_config
 
 __all__ = [
     "Space", "SpaceConfig", "SpaceError", "WidthDim", "DepthDim", "BitsDim", "RankDim", "RecoveryDim",
-    "ImportanceDim", "DistillDim", "default_space", "parse_space_config", "format_validation_error",
+    "ImportanceDim", "DistillDim", "QuantMethodDim", "SmoothDim", "default_space", "parse_space_config", "format_validation_error",
 ]

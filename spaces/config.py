@@ -1,8 +1,8 @@
 """The study file's `space:` section, validated with pydantic (no torch here).
 
 Each dimension is optional; an omitted one is not searched (kept at the model's full size,
-float32, dense, magnitude importance, no distillation). A bare list is shorthand for
-`{choices: [...]}` (e.g. `bits: [32, 16, 8]`). Shape-dependent checks (a choice larger than
+float32, dense, magnitude importance, rtn rounding without smoothing, no distillation). A bare
+list is shorthand for `{choices: [...]}` (e.g. `bits: [32, 16, 8]`). Shape-dependent checks (a choice larger than
 the model, grouped-query attention) happen in `SpaceConfig.check(shape)`.
 """
 
@@ -20,14 +20,15 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from slimformer.methods.plan import BITS, DISTILL_LOSSES, IMPORTANCE, RECOVERY, ModelShape
+from slimformer.methods.plan import BITS, DISTILL_LOSSES, IMPORTANCE, QUANT_METHODS, RECOVERY, ModelShape
 
 __all__ = [
     "SpaceConfig", "WidthDim", "DepthDim", "BitsDim", "RankDim", "ImportanceDim", "DistillDim",
-    "SpaceError", "default_space", "parse_tie", "width_choices",
+    "QuantMethodDim", "SmoothDim", "SpaceError", "default_space", "parse_tie", "width_choices",
 ]
 
 _TIE = re.compile(r"^block:(\d+)$")
+FLOAT_BITS = (32, 16)  # bit-widths with no rounding (float32, bfloat16): quant_method/smooth do not apply
 
 
 class SpaceError(ValueError):
@@ -150,6 +151,20 @@ class RecoveryDim(_Section):
     choices: _choices(Literal[RECOVERY])
 
 
+class QuantMethodDim(_Section):
+    """How weights are rounded to 8/4/3/2 bits: rtn or gptq (needs calibration); only searched in
+    trials where a kept layer is quantized."""
+
+    choices: _choices(Literal[QUANT_METHODS])
+
+
+class SmoothDim(_Section):
+    """SmoothQuant alpha (0 = off; > 0 needs calibration); only searched in trials where a kept
+    layer is quantized."""
+
+    choices: Fractions
+
+
 class DistillDim(_Section):
     """Distillation; lr/losses/temperature/alpha are only searched in trials with steps > 0."""
 
@@ -168,7 +183,7 @@ class DistillDim(_Section):
         return value
 
 
-_DIMS = ("heads", "ffn", "bits", "rank", "importance", "recovery")
+_DIMS = ("heads", "ffn", "bits", "rank", "importance", "recovery", "quant_method", "smooth")
 
 
 class SpaceConfig(_Section):
@@ -181,6 +196,8 @@ class SpaceConfig(_Section):
     rank: RankDim | None = None
     importance: ImportanceDim | None = None
     recovery: RecoveryDim | None = None
+    quant_method: QuantMethodDim | None = None
+    smooth: SmoothDim | None = None
     distill: DistillDim | None = None
 
     @model_validator(mode="before")
@@ -209,6 +226,11 @@ class SpaceConfig(_Section):
                     raise SpaceError(f"space.depth.{key}: {v} is more than the model's {n} layers; allowed: 1..{n}")
             if high < low:
                 raise SpaceError(f"space.depth.max: {high} is less than depth.min ({low})")
+        rounded = self.bits is not None and any(b not in FLOAT_BITS for b in self.bits.choices)
+        for key in ("quant_method", "smooth"):
+            if getattr(self, key) is not None and not rounded:
+                raise SpaceError(f"space.{key}: only searched where a layer is quantized, but space.bits has no "
+                                 f"8/4/3/2 choice; add one to space.bits or remove space.{key}")
         if self.rank is not None:
             cap = min(shape.hidden_size, shape.intermediate_size)
             for i, r in enumerate(self.rank.choices):

@@ -5,7 +5,8 @@ Parameter names (fixed choice lists per name, as Optuna 5 requires):
 - `depth` (int in [min, max]) when `depth` is searched;
 - per dimension `heads`, `ffn`, `rank`, `bits` by tie: `heads_L3` (per_layer, layer = ORIGINAL
   index), `heads_B1` (block:N, block b covers layers b*N .. b*N+N-1), `heads` (shared);
-- `importance`; `distill_steps`, then `distill_lr`, `distill_losses` (e.g. "embedding+hidden"),
+- `importance`, `recovery`; `quant_method`, `smooth` only in trials where a kept layer is
+  quantized (bits 8/4/3/2: float32 and bfloat16 have no rounding to choose); `distill_steps`, then `distill_lr`, `distill_losses` (e.g. "embedding+hidden"),
   `distill_temperature`, `distill_alpha` only in trials with steps > 0.
 
 A dimension with one choice is a constant: applied to the plan, never suggested.
@@ -29,9 +30,9 @@ from dataclasses import asdict
 from typing import Any
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
-from slimformer.methods.plan import DistillSpec, ModelShape, Plan
+from slimformer.methods.plan import QUANT_METHODS, DistillSpec, ModelShape, Plan
 
-from .config import SpaceConfig, parse_tie, width_choices
+from .config import FLOAT_BITS, SpaceConfig, parse_tie, width_choices
 from .validation import parse_space_config
 
 __all__ = ["Space"]
@@ -39,6 +40,7 @@ __all__ = ["Space"]
 _VERSION = 1  # bump when the params -> plan mapping changes meaning (changes every fingerprint)
 _LAYERED = ("heads", "ffn", "rank", "bits")
 _DISTILL = ("lr", "losses", "temperature", "alpha")
+_QUANT = {"quant_method": "rtn", "smooth": 0.0}  # searched only where a kept layer is quantized; else these
 
 Pick = Callable[[str], Any]
 
@@ -76,6 +78,11 @@ class Space:
         if config.recovery is not None:
             order = [r for r in ("none", "mask_tuning") if r in config.recovery.choices]
             self._add("recovery", "recovery", CategoricalDistribution(order))
+        if config.quant_method is not None:
+            order = [m for m in QUANT_METHODS if m in config.quant_method.choices]
+            self._add("quant_method", "quant_method", CategoricalDistribution(order))
+        if config.smooth is not None:
+            self._add("smooth", "smooth", CategoricalDistribution(sorted(set(config.smooth.choices))))
         if config.distill is not None:
             d = config.distill
             self._add("distill_steps", "distill_steps", CategoricalDistribution(sorted(set(d.steps))))
@@ -136,6 +143,9 @@ class Space:
             values[key] = tuple(per_layer)
         importance = self._choose(pick, "importance") if "importance" in self._dists else "magnitude"
         recovery = self._choose(pick, "recovery") if "recovery" in self._dists else "none"
+        quantized = any(b not in FLOAT_BITS for b in values["bits"] or ())  # dropped layers carry 32
+        quant = {key: self._choose(pick, key) if quantized and key in self._dists else default
+                 for key, default in _QUANT.items()}
         distill = DistillSpec()
         if "distill_steps" in self._dists:
             steps = self._choose(pick, "distill_steps")
@@ -144,7 +154,7 @@ class Space:
                 extra["losses"] = tuple(extra["losses"].split("+"))
                 distill = DistillSpec(steps=steps, **extra)
         layers = tuple(sorted(kept)) if "depth" in self._dists else None
-        return Plan(layers=layers, importance=importance, recovery=recovery, distill=distill, **values)
+        return Plan(layers=layers, importance=importance, recovery=recovery, distill=distill, **quant, **values)
 
     # ----- public API -------------------------------------------------------------------------
     def sample(self, trial: Any) -> Plan:
@@ -203,7 +213,7 @@ class Space:
             if kind == "rank":  # 0 = dense is the largest; the smallest is the lowest real rank
                 nonzero = [r for r in c if r > 0]
                 return (0 if 0 in c else c[-1]) if largest else (nonzero[0] if nonzero else 0)
-            return c[0]  # importance: magnitude first; distill: fewest steps, first lr/losses
+            return c[0]  # importance: magnitude; quant_method: rtn; smooth: lowest; distill: fewest steps
 
         return self._params_with(lambda name: policy(self._kind[name], self._dists[name]))
 
@@ -250,7 +260,8 @@ class Space:
         largest plan's params) with the per-layer bits of `bits` (one per ORIGINAL layer index, or
         one int for all). Never fewer bits than asked: a value that is not a choice is rounded up
         to the next choice, and tied layers (block:N) take the highest value of their group.
-        Layers `base` drops are ignored. None when the space cannot mix bits (see
+        Layers `base` drops are ignored; a parameter `base` lacks (`quant_method`/`smooth` once a
+        layer is quantized) takes its first (cheapest) choice. None when the space cannot mix bits (see
         `why_no_mixed_bits`). ValueError when a kept layer asks for more bits than any choice."""
         if self.why_no_mixed_bits() is not None:
             return None
@@ -273,7 +284,8 @@ class Space:
                 raise ValueError(f"bits {asked} asked for layer(s) {', '.join(map(str, live))} is above every "
                                  f"choice of this space ({', '.join(map(str, choices))})")
             chosen[name] = up[0]
-        return self._params_with(lambda name: chosen[name] if name in chosen else base[name])
+        return self._params_with(lambda name: chosen[name] if name in chosen else
+                                 base[name] if name in base else self._dists[name].choices[0])
 
     def distributions(self) -> dict[str, BaseDistribution]:
         """The searched parameters (constants excluded) and their Optuna distributions."""
@@ -323,13 +335,19 @@ class Space:
         for key in ("importance", "recovery"):
             if key in self._dists:
                 lines.append(f"{key}: {', '.join(self._dists[key].choices)}")
+        for key in _QUANT:
+            if key in self._dists:
+                lines.append(f"{key}: {', '.join(map(str, self._dists[key].choices))} (only in trials where a "
+                             "kept layer is quantized: bits 8/4/3/2)")
         if "distill_steps" in self._dists:
             parts = [f"steps {', '.join(map(str, self._dists['distill_steps'].choices))}"]
             parts += [f"{k} {', '.join(map(str, self._dists[f'distill_{k}'].choices))}" for k in _DISTILL]
             lines.append(f"distill: {'; '.join(parts)} (lr/losses/temperature/alpha only when steps > 0)")
-        fixed = [k for k in ("depth", *_LAYERED, "importance", "recovery", "distill") if getattr(self.config, k) is None]
+        fixed = [k for k in ("depth", *_LAYERED, "importance", "recovery", *_QUANT, "distill")
+                 if getattr(self.config, k) is None]
         if fixed:
-            lines.append(f"not searched (full size, 32 bits, dense, magnitude, no distillation): {', '.join(fixed)}")
+            lines.append("not searched (full size, 32 bits, dense, magnitude, rtn, no smoothing, no distillation): "
+                         f"{', '.join(fixed)}")
         combos = math.prod(_size(d) for d in self._dists.values())
         lines.append(f"{self.dimensions()} searched parameter(s); at most {combos:.3g} combinations; "
                      f"fingerprint {self.fingerprint()}")

@@ -116,3 +116,15 @@ def test_corrupt_or_foreign_profile(tmp_path, tiny_model_dir, cli, expect_user_e
 
 def test_unknown_runtime_for_profile(cli, expect_user_error):
     expect_user_error(cli("profile", "--runtime", "tensorrt", "--quick"), "tensorrt")
+
+
+@pytest.mark.parametrize("space", [{"bits": [32, 8], "quant_method": ["rtn", "gptq"]},
+                                   {"bits": [8], "smooth": [0.5]}])
+def test_gptq_or_smoothing_needs_calibration(space, make_study, capsys, monkeypatch, tmp_path):
+    from slimformer.searcher.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", str(make_study(space=space, data={"calibration": None}))]) == 2
+    err = capsys.readouterr().err
+    assert "gptq or smoothing, which need data.calibration" in err and "Traceback" not in err
+    assert not (tmp_path / "study.db").exists()  # refused before the storage was written

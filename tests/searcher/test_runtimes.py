@@ -107,6 +107,12 @@ def test_bits_16_with_onnxruntime_is_exit_2(make_study, cli, expect_user_error):
     expect_user_error(cli("search", study), "space.bits", "onnxruntime")
 
 
+def test_gptq_int8_with_onnxruntime_is_exit_2(make_study, cli, expect_user_error):
+    """ORT re-rounds int8 layers with its own quantize_dynamic: GPTQ's int8 values would not be what runs."""
+    study = make_study(device={"runtime": "onnxruntime"}, space={"bits": [32, 8], "quant_method": ["rtn", "gptq"]})
+    expect_user_error(cli("search", study), "space.quant_method", "onnxruntime")
+
+
 def test_missing_onnxruntime_is_exit_2(make_study, expect_user_error):
     """onnxruntime made unimportable in the child process: one line with the install command."""
     block = "import sys; sys.modules['onnxruntime'] = None; from slimformer.searcher.cli import main; sys.exit(main())"

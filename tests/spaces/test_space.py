@@ -377,3 +377,73 @@ def test_recovery_dimension_reaches_the_plan():
     assert seen == {"none", "mask_tuning"}
     with pytest.raises(SpaceError, match="recovery"):
         Space.from_dict({"recovery": ["mask_tune"]}, MINILM)
+
+
+# ----- quant_method / smooth: searched only where a kept layer is quantized ------------------------
+QUANT = {"depth": {"min": 1}, "bits": {"choices": [32, 16, 8], "tie": "per_layer"},
+         "quant_method": ["gptq", "rtn"], "smooth": [0.5, 0]}
+
+
+def test_quant_method_and_smooth_parse_with_shorthand():
+    cfg = parse_space_config(QUANT)
+    assert cfg.quant_method.choices == ["gptq", "rtn"] and cfg.smooth.choices == [0.5, 0.0]
+    assert parse_space_config({"bits": [8], "quant_method": {"choices": ["rtn"]}}).quant_method.choices == ["rtn"]
+    assert default_space().quant_method is None and default_space().smooth is None
+    space = space_of(QUANT)
+    assert space.distributions()["quant_method"].choices == ("rtn", "gptq")  # rtn first: the cheapest
+    assert space.distributions()["smooth"].choices == (0.0, 0.5)
+    assert sum("only in trials where a kept layer is quantized" in line for line in space.describe()) == 2
+
+
+def test_quant_method_and_smooth_are_suggested_only_when_a_kept_layer_is_quantized():
+    space = space_of(QUANT)
+    unrounded = {"depth": 2, "bits_L0": 32, "bits_L1": 16}
+    plan = space.plan_from_params(unrounded)  # no quant_method/smooth needed
+    assert (plan.quant_method, plan.smooth) == ("rtn", 0.0)
+    plan = space.sample(optuna.trial.FixedTrial(unrounded))
+    assert (plan.quant_method, plan.smooth) == ("rtn", 0.0)
+    dropped = {**unrounded, "bits_L2": 8}  # layer 2 is dropped at depth 2: its bits are never read
+    assert space.plan_from_params(dropped).quant_method == "rtn"
+    with pytest.raises(ValueError, match="lack 'quant_method'"):
+        space.plan_from_params({**unrounded, "bits_L1": 8})
+    plan = space.plan_from_params({**unrounded, "bits_L1": 8, "quant_method": "gptq", "smooth": 0.5})
+    assert (plan.bits[1], plan.quant_method, plan.smooth) == (8, "gptq", 0.5)
+    seen = set()
+    for trial, plan in ask_plans(space, 30)[1]:
+        quantized = any(plan.bits[i] == 8 for i in plan.layers)
+        assert ("quant_method" in trial.params) == ("smooth" in trial.params) == quantized
+        assert space.plan_from_params(trial.params) == plan
+        seen.add((plan.quant_method, plan.smooth))
+    assert {("gptq", 0.5), ("rtn", 0.0)} <= seen
+
+
+def test_quant_dims_take_the_cheapest_choice_in_seeded_plans():
+    space = space_of(QUANT)
+    assert space.largest_plan().quant_method == "rtn" and space.smallest_plan().smooth == 0.0
+    int8 = [p for p in space.uniform_plans() if p.get("bits_L0") == 8]
+    assert int8 and all((p["quant_method"], p["smooth"]) == ("rtn", 0.0) for p in int8)
+    params = space.params_for_bits([8, 32, 32, 32, 32, 32])  # the largest plan quantizes nothing
+    assert (params["quant_method"], params["smooth"]) == ("rtn", 0.0)
+    assert space.plan_from_params(params).bits[0] == 8
+
+
+@pytest.mark.parametrize("data, pattern", [
+    ({"bits": [8], "smooth": [1.5]}, r"^space\.smooth\.choices\[0\]: a fraction must be in \[0, 1\]"),
+    ({"bits": [8], "quant_method": ["awq"]}, r"^space\.quant_method\.choices\[0\]: must be 'rtn' or 'gptq'"),
+    ({"bits": [8], "quant_method": []}, r"^space\.quant_method\.choices: must list at least one choice"),
+    ({"bits": [32, 16], "smooth": [0, 0.5]}, r"^space\.smooth: only searched where a layer is quantized"),
+    ({"quant_method": ["gptq"]}, r"^space\.quant_method: only searched where a layer is quantized"),
+])
+def test_bad_quant_dims_are_one_line(data, pattern):
+    with pytest.raises(SpaceError, match=pattern) as info:
+        space_of(data)
+    assert "\n" not in str(info.value)
+
+
+def test_fingerprint_tracks_quant_dims():
+    base = {"bits": [32, 8]}
+    fps = {space_of(d).fingerprint() for d in (base, {**base, "quant_method": ["rtn", "gptq"]},
+                                                {**base, "smooth": [0, 0.5]}, {**base, "smooth": [0, 0.8]})}
+    assert len(fps) == 4
+    assert space_of({**base, "smooth": [0.5, 0]}).fingerprint() == space_of({**base, "smooth": [0, 0.5]}).fingerprint()
+    assert space_of({**base, "quant_method": ["rtn", "gptq"]}).dimensions() == space_of(base).dimensions() + 1
