@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import yaml
+from _report import write_md
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,10 +131,7 @@ def main() -> None:
     if cm.get("mape") is not None:
         lines += ["", f"Cost model over the screened study's measured trials: MAPE {cm['mape']:.1f}%, "
                   f"Spearman {cm['spearman']:.3f}, n={cm['n']}."]
-    if args.note:
-        lines += ["", f"Conditions: {args.note}"]
-    Path(args.out + ".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_md(args.out, lines, args.note)
 
 
 if __name__ == "__main__":

@@ -32,47 +32,14 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "tests" / "searcher"))
+
+from conftest import build_tiny_model, write_study  # noqa: E402
+
 RESULTS_JSON = HERE / "reliability_results.json"
 RESULTS_MD = HERE / "reliability_results.md"
 MARK = "SLIMFORMER_RELIABILITY_RUN"
 PART_KEYS = {"a": "kill", "b": "faults", "c": "fuzz"}
-
-
-def tiny_model(folder: Path) -> Path:
-    import torch
-    import transformers as T
-    from slimformer.searcher.models import load_tokenizer
-
-    out = folder / "tiny-bert"
-    torch.manual_seed(0)
-    cfg = T.BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                       intermediate_size=256, max_position_embeddings=256)
-    T.BertModel(cfg).save_pretrained(out)
-    load_tokenizer("minilm-l6").save_pretrained(out)
-    return out
-
-
-def write_study(folder: Path, model: Path, trials: int, search: dict | None = None) -> Path:
-    import shutil
-
-    import yaml
-
-    folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "data").exists():
-        shutil.copytree(ROOT / "studies" / "data", folder / "data")
-    study = {
-        "model": str(model), "task": "sentence-similarity",
-        "data": {"format": "tsv", "header": False,
-                 "names": ["genre", "file", "year", "id", "score", "sentence1", "sentence2"],
-                 "validation": "data/sts-dev.tsv", "validation_size": 64,
-                 "calibration": "data/sts-train-1k.tsv", "calibration_size": 32},
-        "device": {"threads": 1, "seq_len": 32, "rounds": 4, "warmup": 1},
-        "space": {"heads": {"choices": [1, 2, 4]}, "ffn": {"choices": [64, 128, 256]}, "depth": {"min": 2}},
-        "search": {"trials": trials, "seed": 0, "sampler": "random", **(search or {})},
-    }
-    path = folder / "study.yaml"
-    path.write_text(yaml.safe_dump(study, sort_keys=False))
-    return path
 
 
 def _cli(args, env=None, **kw):
@@ -115,7 +82,7 @@ def part_kill(model: Path, work: Path, runs: int, trials: int, seed: int) -> dic
     rows = []
     for i in range(runs):
         isolate = i % 3 == 2  # every third run with the isolated trial worker
-        path = write_study(work / f"kill{i}", model, trials, {"isolate": isolate, "seed": i})
+        path = write_study(work / f"kill{i}", model, search={"trials": trials, "isolate": isolate, "seed": i})
         # the random moment: after a random number of finished trials (0..trials-2), plus a random
         # 0-3 s, so the kill lands anywhere in the trial phase (mid-trial, mid-write, between trials)
         wait_for = rng.randint(0, trials - 2)
@@ -172,8 +139,8 @@ def part_faults(model: Path, work: Path) -> dict:
 
     faults = "hang:3,segv:5,oom:7,raise:9"
     trials = 12
-    path = write_study(work / "faults", model, trials,
-                       {"isolate": True, "trial_timeout": 15, "trial_memory_mb": 1500})
+    path = write_study(work / "faults", model,
+                       search={"trials": trials, "isolate": True, "trial_timeout": 15, "trial_memory_mb": 1500})
     cmd, env = _cli(["search", path], {"SLIMFORMER_FAULT": faults})
     t0 = time.monotonic()
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
@@ -254,7 +221,7 @@ def main() -> int:
                          f"Python {platform.python_version()}"
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        model = tiny_model(work) if parts & {"a", "b"} else None
+        model = build_tiny_model(work / "tiny-bert") if parts & {"a", "b"} else None
         os.environ.setdefault("SLIMFORMER_CACHE", str(work / "cache"))
         if "a" in parts:
             results["kill"] = part_kill(model, work, args.runs, args.trials, args.seed)

@@ -24,26 +24,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "searcher"))
 
-from conftest import write_study  # noqa: E402
+from conftest import build_tiny_model, write_study  # noqa: E402
 from pgserver import PostgresServer, unavailable_reason  # noqa: E402
 
 
 def cli(*args, **kw):
     return subprocess.run([sys.executable, "-m", "slimformer.searcher.cli", *map(str, args)],
                           capture_output=True, text=True, **kw)
-
-
-def tiny_model(folder: Path) -> Path:
-    import torch
-    import transformers as T
-    from slimformer.searcher.models import load_tokenizer
-
-    torch.manual_seed(0)
-    cfg = T.BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                       intermediate_size=256, max_position_embeddings=256)
-    T.BertModel(cfg).save_pretrained(folder)
-    load_tokenizer("minilm-l6").save_pretrained(folder)
-    return folder
 
 
 def load(url: str, name: str = "study"):
@@ -148,7 +135,7 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=(), choices=("journal", "postgres", "ray"))
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="scale-out-"))
-    model = tiny_model(work / "tiny")
+    model = build_tiny_model(work / "tiny")
     out = {"model": "tiny random BERT (4 layers, hidden 64), MiniLM tokenizer, 64 STS-B dev pairs, seq 32",
            "cpus": os.cpu_count(), "load_before": os.getloadavg()[0], "runs": {}}
 

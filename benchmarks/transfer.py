@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 import optuna
+from _report import write_md
 from optuna.trial import TrialState
 from scipy.stats import spearmanr
 
@@ -101,10 +102,7 @@ def main() -> None:
               f"- The predicted route's best plan measures {res['best_predicted_measured_speedup']:.2f}x on B.",
               f"- Spearman between A's and B's measured speedups of the same plans: {res['speedup_A_vs_B_spearman']:.3f}.",
               f"- Uncompressed latency: A {res['baseline_ms']['A']:.1f} ms, B {res['baseline_ms']['B measured']:.1f} ms."]
-    if args.note:
-        lines += ["", f"Conditions: {args.note}"]
-    Path(args.out + ".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_md(args.out, lines, args.note)
 
 
 if __name__ == "__main__":

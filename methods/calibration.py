@@ -1,14 +1,16 @@
-"""Calibration data handed to data-dependent methods (Fisher importance, distillation)."""
+"""Calibration data handed to data-dependent methods (Fisher importance, distillation), and
+the forward-hook plumbing those methods use to capture what a forward pass sees."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-__all__ = ["Calibration", "Context"]
+__all__ = ["Calibration", "Context", "StopForward", "removing_hooks", "forward_until_stop"]
 
 Batch = dict[str, Any]
 
@@ -60,3 +62,26 @@ class Context:
     structure_only: bool = False  # rebuilding a saved model's shapes: skip data-dependent work
     log: Callable[[str], None] = lambda msg: None
     notes: dict[str, Any] = field(default_factory=dict)
+
+
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass once what is needed has been captured."""
+
+
+@contextmanager
+def removing_hooks(handles: list | None = None) -> Iterator[list]:
+    """Yields a list of hook handles (append to it freely) and removes every one on exit."""
+    handles = [] if handles is None else handles
+    try:
+        yield handles
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def forward_until_stop(model: torch.nn.Module, inputs: Batch) -> None:
+    """model(**inputs), ended early, without error, where a hook raises StopForward."""
+    try:
+        model(**inputs)
+    except StopForward:
+        pass

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .adapters import _is_conv1d, weight_out_in
+from .calibration import StopForward, forward_until_stop, removing_hooks
 
 __all__ = ["HessianAccumulator", "gptq_quantize", "dequantize", "layer_hessians", "gptq_layer", "token_rows"]
 
@@ -131,10 +132,6 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q * scale.repeat_interleave(q.shape[1] // scale.shape[1], dim=1)
 
 
-class _Stop(Exception):
-    """Ends a forward pass once the wanted layer has run."""
-
-
 def layer_hessians(adapter, pos: int, calibration) -> dict[str, HessianAccumulator]:
     """H of every Linear/Conv1D in transformer layer `pos`, from the model as it stands (earlier
     layers already quantized), over all calibration inputs; the forward stops after layer pos."""
@@ -150,23 +147,16 @@ def layer_hessians(adapter, pos: int, calibration) -> dict[str, HessianAccumulat
 
         return fn
 
-    def stop(module, args, out):
-        raise _Stop
+    def stop(module, args, out):  # ends the forward pass once the wanted layer has run
+        raise StopForward
 
     handles = [m.register_forward_pre_hook(hook(name)) for name, m in found.items()]
     handles.append(layer.register_forward_hook(stop))
-    try:
-        with torch.no_grad():
-            for batch in calibration.batches:
-                for inputs in calibration.model_inputs(batch):
-                    mask[0] = inputs.get("attention_mask")
-                    try:
-                        adapter.model(**inputs)
-                    except _Stop:
-                        pass
-    finally:
-        for h in handles:
-            h.remove()
+    with removing_hooks(handles), torch.no_grad():
+        for batch in calibration.batches:
+            for inputs in calibration.model_inputs(batch):
+                mask[0] = inputs.get("attention_mask")
+                forward_until_stop(adapter.model, inputs)
     return acc
 
 

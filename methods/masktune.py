@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .adapters import Adapter, BertAdapter, DistilBertAdapter, get_adapter, weight_out_in
-from .calibration import Context
+from .calibration import Context, StopForward, forward_until_stop, removing_hooks
 
 __all__ = ["MaskTuneSpec", "mask_tune", "SCALE_RANGE"]
 
@@ -54,10 +54,6 @@ class MaskTuneSpec:
         return cls(plan.layers, plan.heads, plan.ffn)
 
 
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once what is needed has been captured."""
-
-
 def _tokens(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """(batch, seq, features) -> (kept tokens, features), in float64."""
     if mask is not None and mask.dim() == 2 and tuple(mask.shape) == tuple(x.shape[:2]):
@@ -75,7 +71,7 @@ def _capture(adapter: Adapter, wanted: dict[int, set[str]], inputs: dict, stop: 
         def hook(module, args, kwargs):
             store[key] = (args[0] if args else kwargs["hidden_states"]).detach()
             if key == stop:
-                raise _Stop
+                raise StopForward
 
         return hook
 
@@ -83,12 +79,12 @@ def _capture(adapter: Adapter, wanted: dict[int, set[str]], inputs: dict, stop: 
         def hook(module, args, out):
             store[key] = (out[0] if isinstance(out, tuple) else out).detach()
             if key == stop:
-                raise _Stop
+                raise StopForward
 
         return hook
 
     layers = adapter.layers()
-    try:
+    with removing_hooks(handles):
         for pos, keys in wanted.items():
             layer = layers[pos]
             ins, fo = adapter.ffn_modules(layer)
@@ -101,13 +97,7 @@ def _capture(adapter: Adapter, wanted: dict[int, set[str]], inputs: dict, stop: 
                     handles.append(m.register_forward_pre_hook(pre((pos, key)), with_kwargs=True))
                 else:
                     handles.append(m.register_forward_hook(post((pos, key))))
-        try:
-            adapter.model(**inputs)
-        except _Stop:
-            pass
-    finally:
-        for h in handles:
-            h.remove()
+        forward_until_stop(adapter.model, inputs)
     return store
 
 

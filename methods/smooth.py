@@ -38,6 +38,7 @@ from .adapters import (
     _set,
     get_adapter,
 )
+from .calibration import removing_hooks
 from .gptq import token_rows
 
 __all__ = ["InputScale", "smooth_groups", "smooth_model", "smoothing_factors"]
@@ -135,15 +136,11 @@ def _activation_max(adapter: Adapter, groups: list[tuple], calibration) -> list[
 
     handles = [_get(layers[pos], paths[0]).register_forward_pre_hook(hook(i))
                for i, (pos, _, paths) in enumerate(groups)]
-    try:
-        with torch.no_grad():
-            for batch in calibration.batches:
-                for inputs in calibration.model_inputs(batch):
-                    mask[0] = inputs.get("attention_mask")
-                    adapter.model(**inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    with removing_hooks(handles), torch.no_grad():
+        for batch in calibration.batches:
+            for inputs in calibration.model_inputs(batch):
+                mask[0] = inputs.get("attention_mask")
+                adapter.model(**inputs)
     return amax
 
 

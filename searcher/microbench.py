@@ -22,8 +22,8 @@ from collections.abc import Callable
 import numpy as np
 
 __all__ = [
-    "run_benchmarks", "grid", "layer_configs", "linear_tables", "activation_tables", "attention_tables",
-    "overhead_table", "DTYPE_BITS",
+    "run_benchmarks", "grid", "layer_configs", "reference_plans", "linear_tables", "activation_tables",
+    "attention_tables", "overhead_table", "DTYPE_BITS",
 ]
 
 DTYPE_BITS = {"float32": 32, "bfloat16": 16, "int8": 8}
@@ -137,28 +137,39 @@ def layer_configs(hidden: int, head_dims) -> tuple[int, dict[str, tuple[int, int
                "full": (full, 4 * hidden)}
 
 
+def reference_plans(hidden: int, head_dims, dtypes, tokens) -> tuple:
+    """The random BERT of width `hidden` (OVERHEAD_LAYERS full-width layers, seed 0) and the plans
+    of the reference models cut from it: no layers (embeddings + pooler), and per dtype each
+    reference shape (int8 without `bare`: its attention glue runs in float32 anyway)."""
+    import torch
+    import transformers
+    from slimformer.methods import Plan
+
+    _, configs = layer_configs(hidden, head_dims)
+    config = transformers.BertConfig(
+        vocab_size=512, hidden_size=hidden, num_attention_heads=configs["full"][0], intermediate_size=4 * hidden,
+        num_hidden_layers=OVERHEAD_LAYERS, max_position_embeddings=max(tokens) + 2, attn_implementation="sdpa",
+    )
+    torch.manual_seed(0)
+    base = transformers.BertModel(config).eval()
+    plans = {("embed",): Plan(layers=[])}
+    for dt in dtypes:
+        for name, (heads, ffn) in configs.items():
+            if not (dt == "int8" and name == "bare"):
+                plans[(name, dt)] = Plan(heads=heads, ffn=ffn, bits=DTYPE_BITS[dt])
+    return base, plans
+
+
 def _overhead_job(hidden: int, head_dims, dtypes, tokens, device) -> Job:
-    """Random BERT models of width `hidden` built by `apply_plan` exactly as the product
-    builds them: no layers (embeddings + pooler), and per dtype OVERHEAD_LAYERS layers of
-    each reference shape (int8 without `bare`: its attention glue runs in float32 anyway)."""
+    """The reference models (`reference_plans`) built by `apply_plan` exactly as the product
+    builds them."""
 
     def make():
         import torch
-        import transformers
-        from slimformer.methods import Plan, apply_plan
+        from slimformer.methods import apply_plan
 
-        d, configs = layer_configs(hidden, head_dims)
-        config = transformers.BertConfig(
-            vocab_size=512, hidden_size=hidden, num_attention_heads=configs["full"][0], intermediate_size=4 * hidden,
-            num_hidden_layers=OVERHEAD_LAYERS, max_position_embeddings=max(tokens) + 2, attn_implementation="sdpa",
-        )
-        torch.manual_seed(0)
-        base = transformers.BertModel(config).eval()
-        models = {("embed",): apply_plan(base, Plan(layers=[]))}
-        for dt in dtypes:
-            for name, (heads, ffn) in configs.items():
-                if not (dt == "int8" and name == "bare"):
-                    models[(name, dt)] = apply_plan(base, Plan(heads=heads, ffn=ffn, bits=DTYPE_BITS[dt]))
+        base, plans = reference_plans(hidden, head_dims, dtypes, tokens)
+        models = {what: apply_plan(base, plan) for what, plan in plans.items()}
         out = []
         for t in tokens:
             ids = torch.randint(0, 512, (1, t), device=device)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .microbench import DTYPE_BITS, OVERHEAD_LAYERS, layer_configs
+from .microbench import reference_plans
 
 __all__ = ["DTYPES", "linear_job", "activation_job", "attention_job", "overhead_job"]
 
@@ -125,23 +125,11 @@ def overhead_job(hidden: int, head_dims, dtypes, tokens, threads: int):
         if made:
             return made
         import torch
-        import transformers
-        from slimformer.methods import Plan, apply_plan
+        from slimformer.methods import apply_plan
 
         from .runtimes import export_onnx, float_copy, ort_session
 
-        d, configs = layer_configs(hidden, head_dims)
-        config = transformers.BertConfig(
-            vocab_size=512, hidden_size=hidden, num_attention_heads=configs["full"][0], intermediate_size=4 * hidden,
-            num_hidden_layers=OVERHEAD_LAYERS, max_position_embeddings=max(tokens) + 2, attn_implementation="sdpa",
-        )
-        torch.manual_seed(0)
-        base = transformers.BertModel(config).eval()
-        plans = {("embed",): Plan(layers=[])}
-        for dt in dtypes:
-            for name, (heads, ffn) in configs.items():
-                if not (dt == "int8" and name == "bare"):
-                    plans[(name, dt)] = Plan(heads=heads, ffn=ffn, bits=DTYPE_BITS[dt])
+        base, plans = reference_plans(hidden, head_dims, dtypes, tokens)
         example = {"input_ids": torch.randint(0, 512, (1, min(tokens))), "attention_mask": torch.ones(1, min(tokens),
                                                                                                          dtype=torch.long)}
         sessions = {}

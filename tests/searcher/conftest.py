@@ -21,19 +21,33 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SLIMFORMER_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test, the previous count restored after."""
+    from slimformer.searcher.latency import fixed_threads
+
+    with fixed_threads(1):
+        yield
+
+
+def build_tiny_model(out: Path) -> Path:
+    """The tiny BERT (4 layers, hidden 64, random weights from seed 0) with MiniLM's tokenizer,
+    saved in `out`; also what benchmarks/reliability.py and benchmarks/scale_out.py search."""
     import torch
     import transformers as T
     from slimformer.searcher.models import load_tokenizer
 
-    out = tmp_path_factory.mktemp("tiny-bert")
     torch.manual_seed(0)
     cfg = T.BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
                        intermediate_size=256, max_position_embeddings=256)
     T.BertModel(cfg).save_pretrained(out)
     load_tokenizer("minilm-l6").save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def run_cli(*args, cwd=None, timeout=300):

@@ -9,11 +9,12 @@ import math
 import os
 
 import pytest
-import torch
 from slimformer.searcher import recipes
 from slimformer.searcher.data import load_rows
 from slimformer.searcher.models import load_model, load_preprocessor
 from slimformer.searcher.tasks import get_task
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # read before the autouse fixture points SLIMFORMER_CACHE at an empty folder
 REAL_CACHE = os.environ.get("SLIMFORMER_CACHE")
@@ -42,14 +43,6 @@ def _slice(recipe, folder, n, batch_size=32):
     rows = load_rows(recipe.resolve(v.path), recipe.task, fmt=v.format, header=v.header, names=v.names,
                      columns=v.columns, limit=n)
     return task, task.prepare(rows), load_model(str(folder), task.model_class)
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_sst2_teacher(monkeypatch):

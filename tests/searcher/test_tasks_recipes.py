@@ -16,6 +16,8 @@ from slimformer.searcher.errors import UserError
 from slimformer.searcher.models import load_model, load_preprocessor, resolve_model_path
 from slimformer.searcher.tasks import get_task
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PIXELS = {"do_rescale": True, "rescale_factor": 0.0625, "do_normalize": True, "image_mean": [0.5], "image_std": [0.5]}
 
 
@@ -53,14 +55,6 @@ def lm_recipe(folder, steps=60):
     path = folder / "tiny-lm.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_recipe_trains_once_reuses_and_retrains_on_change(tmp_path, monkeypatch):
