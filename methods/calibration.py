@@ -38,14 +38,15 @@ class Calibration:
     loss_fn(model, batch) -> scalar task loss (default: the model's own `loss` output).
     model_inputs(batch) -> list of keyword dicts for `model(**inputs)` (default: the batch
         without its labels); sentence pairs give two.
-    features(model, inputs) -> the tensor a distillation "embedding" loss compares
-        (default: mean of the last hidden state over the attention mask).
+    features(output, inputs) -> the tensor a distillation "embedding" loss compares, read
+        from the output of the forward pass distillation already ran (default: mean of the
+        last hidden state over the attention mask).
     """
 
     batches: Sequence[Batch]
     loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor] = _default_loss
     model_inputs: Callable[[Batch], list[Batch]] = _default_inputs
-    features: Callable[[torch.nn.Module, Batch], torch.Tensor] | None = None
+    features: Callable[[Any, Batch], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         if len(self.batches) == 0:

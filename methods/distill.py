@@ -62,15 +62,16 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
 
 
-def _features(calib: Calibration, model: nn.Module, inputs: dict, out) -> torch.Tensor:
+def _features(calib: Calibration, inputs: dict, out) -> torch.Tensor:
+    """What the embedding loss compares, from the forward pass already run (never a second one)."""
     if calib.features is not None:
-        return calib.features(model, inputs)
+        return calib.features(out, inputs)
     return mean_pool(out.hidden_states[-1], inputs.get("attention_mask"))
 
 
-def _run(model, inputs, losses):
-    return model(**inputs, output_hidden_states=("hidden" in losses or "embedding" in losses),
-                 output_attentions="attention" in losses)
+def _run(model, inputs, losses, calib: Calibration | None = None):
+    hidden = "hidden" in losses or ("embedding" in losses and (calib is None or calib.features is None))
+    return model(**inputs, output_hidden_states=hidden, output_attentions="attention" in losses)
 
 
 @contextmanager
@@ -135,10 +136,10 @@ def _teacher_targets(teacher, calib: Calibration, spec: DistillSpec):
             for batch in calib.batches:
                 per_input = []
                 for inputs in calib.model_inputs(batch):
-                    out = _run(teacher, inputs, spec.losses)
+                    out = _run(teacher, inputs, spec.losses, calib)
                     t = {}
                     if "embedding" in spec.losses:
-                        t["embedding"] = _features(calib, teacher, inputs, out)
+                        t["embedding"] = _features(calib, inputs, out)
                     if "logits" in spec.losses:
                         t["logits"] = out.logits
                     if "hidden" in spec.losses:
@@ -184,9 +185,9 @@ def distill(model: nn.Module, stage: DistillStage, ctx: Context) -> nn.Module:
             batch = calib.batches[b]
             loss = torch.zeros(())
             for inputs, tgt in zip(calib.model_inputs(batch), targets[b]):
-                out = _run(model, inputs, spec.losses)
+                out = _run(model, inputs, spec.losses, calib)
                 if "embedding" in spec.losses:
-                    s, t = _features(calib, model, inputs, out), tgt["embedding"]
+                    s, t = _features(calib, inputs, out), tgt["embedding"]
                     loss = loss + (1 - F.cosine_similarity(s, t, dim=-1)).mean() + F.mse_loss(s, t)
                 if "logits" in spec.losses:
                     kd = logits_kd(out.logits, tgt["logits"], spec.temperature, inputs.get("attention_mask"))

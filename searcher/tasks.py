@@ -98,7 +98,7 @@ class SentenceSimilarity(Task):
 
         return Calibration(
             batches, loss_fn=loss_fn, model_inputs=lambda b: [b["a"], b["b"]],
-            features=lambda model, inputs: self.embed(model, inputs),
+            features=lambda out, inputs: mean_pool(out.last_hidden_state.float(), inputs.get("attention_mask")),
         )
 
 
@@ -130,8 +130,9 @@ class TextClassification(Task):
         return Calibration(batches, features=_logits)
 
 
-def _logits(model, inputs) -> torch.Tensor:
-    return model(**inputs).logits
+def _logits(out, inputs) -> torch.Tensor:
+    """The distillation features of a classifier or LM: its logits (from the output already computed)."""
+    return out.logits
 
 
 def _accuracy(model, batches, metric: str) -> dict:
