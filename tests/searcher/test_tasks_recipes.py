@@ -134,7 +134,8 @@ def test_image_classification_quality_calibration_and_inputs(tmp_path):
     assert 0 <= q["quality"] <= 100 and 0 <= q["macro_f1"] <= 100 and q["metric"] == "accuracy"
     calib = task.calibration(batches)
     assert math.isfinite(calib.loss_fn(model, calib.batches[0]).item())
-    assert calib.features(model, calib.model_inputs(calib.batches[0])[0]).shape == (32, 10)
+    inputs = calib.model_inputs(calib.batches[0])[0]
+    assert calib.features(model(**inputs), inputs).shape == (32, 10)  # features read a forward pass's output
     assert task.example_inputs(model, 3, 128)["pixel_values"].shape == (3, 1, 8, 8)
 
 
