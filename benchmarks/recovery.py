@@ -123,6 +123,9 @@ def run_task(name: str, bench: Workbench, distill_losses: list[str], rounds: int
     return out
 
 
+NOTES_MARK = "<!-- notes below are written by hand and kept when the script rewrites the tables -->"
+
+
 def render(results: dict, facts: dict) -> str:
     lines = ["# Quality recovery on all-MiniLM-L6-v2", "",
              "Command: `python benchmarks/recovery.py` (see the script's docstring for the protocol).",
@@ -171,7 +174,10 @@ def main() -> None:
             raise SystemExit(f"unknown task {task!r}; use stsb and/or sst2")
         facts = device_facts(2, "eager")  # written after each task: a stopped run keeps what it finished
         out.write_text(json.dumps({"device": facts, "results": results}, indent=2))
-        Path(args.out + ".md").write_text(render(results, facts) + "\n")
+        md = Path(args.out + ".md")
+        old = md.read_text() if md.exists() else ""
+        notes = old[old.index(NOTES_MARK):] if NOTES_MARK in old else ""
+        md.write_text(render(results, facts) + "\n" + ("\n" + notes if notes else ""))
     print(render(results, facts))
 
 
