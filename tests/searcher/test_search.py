@@ -57,6 +57,11 @@ def test_search_report_export(tmp_path, make_study, cli, expect_user_error):
     for row in data["pareto"]:
         assert {"number", "quality", "latency_ms", "speedup", "size_mb", "feasible", "plan"} <= set(row)
         assert row["feasible"]
+    full = cli("report", path, "--json")  # re-scored on the full split and re-timed
+    assert full.returncode == 0, full.stderr
+    for row in json.loads(full.stdout)["pareto"]:
+        assert row["quality_full"] is not None and row["speedup_retimed"] > 0
+        assert row["holds_retimed"] == (row["speedup_retimed"] >= 1.05)
     if data["best"] is not None:
         out = tmp_path / "best"
         exp = cli("export", path, "--best", "--out", out)
