@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 from scipy.stats import spearmanr
-from slimformer.methods import Plan, apply_plan, model_size
-from slimformer.methods.sensitivity import inverse_order, layer_sensitivity, sensitivity_plans
+from slimformer.methods import Plan, model_size
+from slimformer.methods.sensitivity import inverse_order, layer_sensitivity, sensitivity_plans, uniform_sizes
 from slimformer.searcher.config import load_study_config
 from slimformer.searcher.latency import device_facts
 from slimformer.searcher.workbench import Workbench
@@ -64,10 +64,7 @@ def main() -> None:
         hessian = layer_sensitivity(model, sub, "hessian", samples=2)
         print(f"hutchinson sensitivity {[f'{s:.3e}' for s in hessian]} in {time.perf_counter() - t0:.0f} s")
 
-    def size(plan):
-        return model_size(apply_plan(model, plan, structure_only=True), plan.group_size)["size_mb"]
-
-    u8, u4, u3 = size(Plan(bits=8)), size(Plan(bits=4)), size(Plan(bits=3))
+    u8, u4, u3 = uniform_sizes(model, Plan(), (8, 4, 3))
     low = sensitivity_plans(model, calib, Plan(), (8, 4, 3, 2), [u4], sensitivity=fisher)[0]
     mid = sensitivity_plans(model, calib, Plan(), (8, 4, 3, 2), [u3], sensitivity=fisher)[0]
     inv_mid = Plan(bits=tuple(inverse_order(list(mid.bits), fisher)))

@@ -27,7 +27,7 @@ from .adapters import Adapter, _is_conv1d, get_adapter, weight_out_in
 from .plan import DistillSpec, Plan
 
 __all__ = ["layer_sensitivity", "hutchinson_trace", "layer_bytes", "weight_errors", "bits_for_size",
-           "inverse_order", "sensitivity_plans", "SENSITIVITY"]
+           "inverse_order", "sensitivity_plans", "uniform_sizes", "SENSITIVITY"]
 
 SENSITIVITY = ("fisher", "hessian")
 
@@ -198,6 +198,17 @@ def inverse_order(bits: list[int], sensitivity) -> list[int]:
     for i, b in zip(order, sorted(bits)):
         out[i] = b
     return out
+
+
+def uniform_sizes(model: nn.Module, base_plan: Plan, bits) -> list[float]:
+    """Size in MB (as `model_size` counts it) of `base_plan` with every layer at each of `bits`:
+    the size targets a mixed-precision allocation sits between. Structure-only builds (sizes
+    depend on shapes and bits only)."""
+    from .registry import apply_plan
+    from .size import model_size
+
+    return [model_size(apply_plan(model, replace(base_plan, bits=b), structure_only=True),
+                       base_plan.group_size)["size_mb"] for b in bits]
 
 
 def sensitivity_plans(model: nn.Module, calibration, base_plan: Plan, allowed_bits, targets,

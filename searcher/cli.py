@@ -274,8 +274,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_sensitivity(args) -> int:
-    from slimformer.methods import Plan, apply_plan, model_size
-    from slimformer.methods.sensitivity import layer_sensitivity, sensitivity_plans
+    from slimformer.methods import Plan
+    from slimformer.methods.sensitivity import layer_sensitivity, sensitivity_plans, uniform_sizes
 
     from .workbench import Workbench
 
@@ -293,8 +293,7 @@ def cmd_sensitivity(args) -> int:
     base = Plan(group_size=args.group_size)
     _log(f"sensitivity ({args.method}) on {len(bench.calibration.batches)} calibration batches ...")
     scores = layer_sensitivity(bench.model, bench.calibration, args.method)
-    uniform = {b: model_size(apply_plan(bench.model, Plan(bits=b, group_size=args.group_size)),
-                             args.group_size)["size_mb"] for b in allowed[1:]}
+    uniform = dict(zip(allowed[1:], uniform_sizes(bench.model, base, allowed[1:])))
     plans = sensitivity_plans(bench.model, bench.calibration, base, allowed, list(uniform.values()),
                               sensitivity=scores)
     result = {

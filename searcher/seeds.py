@@ -6,32 +6,25 @@ space, turned back into the space's params by `Space.params_for_bits`."""
 from __future__ import annotations
 
 import time
-from dataclasses import replace
-
-from .errors import UserError
 
 __all__ = ["sensitivity_seeds"]
 
 
 def sensitivity_seeds(space, bench, log=print) -> list[dict]:
     """Params dicts to enqueue (largest plan, mixed bits), one per pair of consecutive bit-widths
-    of the space's bits choices; [] (with one line saying why) when the space cannot mix bits."""
-    from slimformer.methods import model_size
-    from slimformer.methods.sensitivity import layer_sensitivity, sensitivity_plans
+    of the space's bits choices; [] (with one line saying why) when the space cannot mix bits.
+    The study has checked that calibration data exist."""
+    from slimformer.methods.sensitivity import layer_sensitivity, sensitivity_plans, uniform_sizes
 
     why = space.why_no_mixed_bits()
     if why is not None:
         log(f"search.seed_sensitivity: nothing to seed, {why}")
         return []
-    if bench.calibration is None:
-        raise UserError("search.seed_sensitivity needs data.calibration")
     started = time.monotonic()
     largest = space.largest_plan()
     allowed = sorted(space.bits_choices(), reverse=True)
     scores = layer_sensitivity(bench.model, bench.calibration, "fisher")
-    gs = largest.group_size
-    uniform = [model_size(bench.build(replace(largest, bits=b), structure_only=True), gs)["size_mb"]
-               for b in allowed]
+    uniform = uniform_sizes(bench.model, largest, allowed)
     targets = [(hi + lo) / 2 for hi, lo in zip(uniform, uniform[1:])]
     plans = sensitivity_plans(bench.model, bench.calibration, largest, allowed, targets, sensitivity=scores)
     log(f"sensitivity seeds: Fisher trace per layer on {len(bench.calibration.batches)} calibration batches "

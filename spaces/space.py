@@ -6,7 +6,8 @@ Parameter names (fixed choice lists per name, as Optuna 5 requires):
 - per dimension `heads`, `ffn`, `rank`, `bits` by tie: `heads_L3` (per_layer, layer = ORIGINAL
   index), `heads_B1` (block:N, block b covers layers b*N .. b*N+N-1), `heads` (shared);
 - `importance`, `recovery`; `quant_method`, `smooth` only in trials where a kept layer is
-  quantized (bits 8/4/3/2: float32 and bfloat16 have no rounding to choose); `distill_steps`, then `distill_lr`, `distill_losses` (e.g. "embedding+hidden"),
+  quantized (bits 8/4/3/2: float32 and bfloat16 have no rounding to choose);
+- `distill_steps`, then `distill_lr`, `distill_losses` (e.g. "embedding+hidden"),
   `distill_temperature`, `distill_alpha` only in trials with steps > 0.
 
 A dimension with one choice is a constant: applied to the plan, never suggested.
