@@ -10,12 +10,12 @@ from typing import Any
 
 import torch
 
-__all__ = ["Calibration", "Context", "StopForward", "removing_hooks", "forward_until_stop"]
+__all__ = ["Calibration", "Context", "default_loss", "default_inputs", "StopForward", "removing_hooks", "forward_until_stop"]
 
 Batch = dict[str, Any]
 
 
-def _default_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+def default_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     out = model(**batch)
     loss = getattr(out, "loss", None)
     if loss is None:
@@ -26,7 +26,7 @@ def _default_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     return loss
 
 
-def _default_inputs(batch: Batch) -> list[Batch]:
+def default_inputs(batch: Batch) -> list[Batch]:
     return [{k: v for k, v in batch.items() if k not in ("labels", "label", "score")}]
 
 
@@ -44,8 +44,8 @@ class Calibration:
     """
 
     batches: Sequence[Batch]
-    loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor] = _default_loss
-    model_inputs: Callable[[Batch], list[Batch]] = _default_inputs
+    loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor] = default_loss
+    model_inputs: Callable[[Batch], list[Batch]] = default_inputs
     features: Callable[[Any, Batch], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
@@ -61,6 +61,8 @@ class Context:
     teacher: torch.nn.Module | None = None
     source: torch.nn.Module | None = None  # the uncompressed input model (read-only)
     structure_only: bool = False  # rebuilding a saved model's shapes: skip data-dependent work
+    corpus: Any = None  # a DistillCorpus (methods/corpus.py): distillation reads it instead of the calibration
+    deadline: float | None = None  # time.monotonic() by which distillation must end (it plans its steps to fit)
     log: Callable[[str], None] = lambda msg: None
     notes: dict[str, Any] = field(default_factory=dict)
 

@@ -12,7 +12,9 @@ Losses (any combination, summed):
   over the real (non-padding) query tokens. PyTorch's fused SDPA attention returns no maps,
   so teacher and student are switched to eager attention for the distillation and switched
   back afterwards. Layers whose attention was removed (0 heads) are skipped.
-Teacher outputs are computed once per calibration set and cached on it.
+Teacher outputs are computed once per calibration set and cached on it; a DistillCorpus
+(methods/corpus.py, used by `slimformer finish`) caches or streams them itself. Batches come in
+a fresh seeded order every epoch.
 
 The learning rate warms up over the first 10% of the steps and then falls linearly to 0 (the
 BERT fine-tuning schedule, Devlin et al. 2019). A constant rate stops mid-trajectory: on the
@@ -22,7 +24,7 @@ schedule from 85.89% to 85.55% (benchmarks/recovery_results.md).
 
 from __future__ import annotations
 
-import itertools
+import time
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,7 +36,7 @@ from torch import nn
 from .calibration import Calibration, Context
 from .plan import DistillSpec
 
-__all__ = ["DistillStage", "distill", "logits_kd", "lr_factor", "mean_pool"]
+__all__ = ["DistillStage", "distill", "logits_kd", "lr_factor", "mean_pool", "teacher_outputs", "PROBE_STEPS"]
 
 
 @dataclass(frozen=True)
@@ -126,30 +128,44 @@ def logits_kd(student: torch.Tensor, teacher: torch.Tensor, tau: float, mask: to
     return F.kl_div(F.log_softmax(student / tau, -1), F.softmax(teacher / tau, -1), reduction="batchmean") * tau * tau
 
 
+def teacher_outputs(teacher, data, losses, batch) -> list[dict]:
+    """The teacher's targets for one batch: per model input, a dict loss name -> tensor. `data` is a
+    Calibration or a DistillCorpus (model_inputs, features)."""
+    per_input = []
+    with torch.no_grad():
+        for inputs in data.model_inputs(batch):
+            out = _run(teacher, inputs, losses, data)
+            t = {}
+            if "embedding" in losses:
+                t["embedding"] = _features(data, inputs, out)
+            if "logits" in losses:
+                t["logits"] = out.logits
+            if "hidden" in losses:
+                t["hidden"] = out.hidden_states
+            if "attention" in losses:
+                t["attention"] = _attention_maps(out)
+            per_input.append(t)
+    return per_input
+
+
 def _teacher_targets(teacher, calib: Calibration, spec: DistillSpec):
+    """Teacher outputs of every calibration batch, computed once and cached on the calibration."""
     per_teacher = calib.__dict__.setdefault("_teacher_cache", weakref.WeakKeyDictionary())
     cache = per_teacher.setdefault(teacher, {})
     key = spec.losses
     if key not in cache:
-        targets = []
-        with torch.no_grad(), _eager_attention(teacher, "attention" in spec.losses):
-            for batch in calib.batches:
-                per_input = []
-                for inputs in calib.model_inputs(batch):
-                    out = _run(teacher, inputs, spec.losses, calib)
-                    t = {}
-                    if "embedding" in spec.losses:
-                        t["embedding"] = _features(calib, inputs, out)
-                    if "logits" in spec.losses:
-                        t["logits"] = out.logits
-                    if "hidden" in spec.losses:
-                        t["hidden"] = out.hidden_states
-                    if "attention" in spec.losses:
-                        t["attention"] = _attention_maps(out)
-                    per_input.append(t)
-                targets.append(per_input)
-        cache[key] = targets
+        with _eager_attention(teacher, "attention" in spec.losses):
+            cache[key] = [teacher_outputs(teacher, calib, spec.losses, batch) for batch in calib.batches]
     return cache[key]
+
+
+def _calibration_stream(teacher, calib: Calibration, spec: DistillSpec, seed: int = 0):
+    """Endless (batch, targets) over the calibration batches, in a fresh seeded order every epoch."""
+    targets = _teacher_targets(teacher, calib, spec)
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        for b in torch.randperm(len(calib.batches), generator=g).tolist():
+            yield calib.batches[b], targets[b]
 
 
 def lr_factor(step: int, steps: int) -> float:
@@ -161,13 +177,21 @@ def lr_factor(step: int, steps: int) -> float:
     return max(0.0, (steps - step) / (steps - warm + 1))
 
 
+PROBE_STEPS = 10  # with a deadline, steps timed before the step count is fixed
+
+
 def distill(model: nn.Module, stage: DistillStage, ctx: Context) -> nn.Module:
+    """Distil `model` from `ctx.teacher` for `stage.spec.steps` steps on `ctx.corpus` (a
+    DistillCorpus: shuffled every epoch) or else on the calibration batches (in a shuffled order
+    every epoch). With `ctx.deadline`, the first PROBE_STEPS steps are timed and the step count
+    is cut to what fits before it (the schedule decays to 0 at the cut); the steps run are in
+    `ctx.notes["distill_steps"]`."""
     if ctx.structure_only:
         return model
     calib, teacher, spec = ctx.calibration, ctx.teacher, stage.spec
-    if calib is None or teacher is None:
-        raise ValueError("distillation needs calibration batches and the teacher model")
-    targets = _teacher_targets(teacher, calib, spec)
+    data = ctx.corpus if ctx.corpus is not None else calib
+    if data is None or teacher is None:
+        raise ValueError("distillation needs calibration batches (or a corpus) and the teacher model")
     trainable = {id(p): p.requires_grad for p in model.parameters()}
     if spec.freeze_embeddings:
         for name, p in model.named_parameters():
@@ -175,41 +199,63 @@ def distill(model: nn.Module, stage: DistillStage, ctx: Context) -> nn.Module:
                 p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, spec.steps))
+    total = [spec.steps]  # cut by the deadline after the probe
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total[0]))
     model.eval()  # no dropout: short recovery runs are steadier without it
+    started = time.monotonic()
     # attention maps need eager attention; the finally puts the model's own implementation back
-    with _eager_attention(model, "attention" in spec.losses):
-        order = itertools.cycle(range(len(calib.batches)))
-        for step in range(spec.steps):
-            b = next(order)
-            batch = calib.batches[b]
-            loss = torch.zeros(())
-            for inputs, tgt in zip(calib.model_inputs(batch), targets[b]):
-                out = _run(model, inputs, spec.losses, calib)
-                if "embedding" in spec.losses:
-                    s, t = _features(calib, inputs, out), tgt["embedding"]
-                    loss = loss + (1 - F.cosine_similarity(s, t, dim=-1)).mean() + F.mse_loss(s, t)
-                if "logits" in spec.losses:
-                    kd = logits_kd(out.logits, tgt["logits"], spec.temperature, inputs.get("attention_mask"))
-                    loss = loss + spec.alpha * kd
-                if "hidden" in spec.losses:
-                    for j, orig in enumerate(stage.layers):
-                        loss = loss + F.mse_loss(out.hidden_states[j + 1], tgt["hidden"][orig + 1]) / len(stage.layers)
-                if "attention" in spec.losses:
-                    maps = _attention_maps(out)
-                    loss = loss + _attention_loss(maps, tgt["attention"], stage.attention_layers(len(maps)),
-                                                  inputs.get("attention_mask"))
-            if "logits" in spec.losses and spec.alpha < 1:
-                try:
-                    loss = loss + (1 - spec.alpha) * calib.loss_fn(model, batch)
-                except ValueError:
-                    pass  # no labels: pure distillation
+    with _eager_attention(model, "attention" in spec.losses), _eager_attention(teacher, "attention" in spec.losses):
+        if ctx.corpus is not None:
+            stream = ctx.corpus.stream(lambda b: teacher_outputs(teacher, data, spec.losses, b), spec.losses)
+        else:
+            stream = _calibration_stream(teacher, calib, spec)
+        step = 0
+        while step < total[0]:
+            batch, targets = next(stream)
+            loss = _loss(model, stage, data, batch, targets)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            if (step + 1) % 50 == 0 or step + 1 == spec.steps:
-                ctx.log(f"distill step {step + 1}/{spec.steps} loss {loss.item():.4f}")
+            step += 1
+            if ctx.deadline is not None and step == min(PROBE_STEPS, total[0]):
+                rate = (time.monotonic() - started) / step
+                fits = step + int(max(0.0, ctx.deadline - time.monotonic()) / rate)
+                if fits < total[0]:
+                    ctx.log(f"distill: {fits} of {total[0]} steps fit before the deadline "
+                            f"({rate:.2f} s per step); the schedule ends there")
+                    total[0] = max(step, fits)
+            if step % 50 == 0 or step == total[0]:
+                elapsed = time.monotonic() - started
+                ctx.log(f"distill step {step}/{total[0]} loss {loss.item():.4f} ({elapsed:.0f} s, "
+                        f"about {elapsed / step * (total[0] - step):.0f} s left)")
+    ctx.notes["distill_steps"] = total[0]
     for p in model.parameters():
         p.requires_grad_(trainable[id(p)])
     return model
+
+
+def _loss(model, stage: DistillStage, data, batch, targets) -> torch.Tensor:
+    spec = stage.spec
+    loss = torch.zeros(())
+    for inputs, tgt in zip(data.model_inputs(batch), targets):
+        out = _run(model, inputs, spec.losses, data)
+        if "embedding" in spec.losses:
+            s, t = _features(data, inputs, out), tgt["embedding"]
+            loss = loss + (1 - F.cosine_similarity(s, t, dim=-1)).mean() + F.mse_loss(s, t)
+        if "logits" in spec.losses:
+            kd = logits_kd(out.logits, tgt["logits"], spec.temperature, inputs.get("attention_mask"))
+            loss = loss + spec.alpha * kd
+        if "hidden" in spec.losses:
+            for j, orig in enumerate(stage.layers):
+                loss = loss + F.mse_loss(out.hidden_states[j + 1], tgt["hidden"][orig + 1]) / len(stage.layers)
+        if "attention" in spec.losses:
+            maps = _attention_maps(out)
+            loss = loss + _attention_loss(maps, tgt["attention"], stage.attention_layers(len(maps)),
+                                          inputs.get("attention_mask"))
+    if "logits" in spec.losses and spec.alpha < 1:
+        try:
+            loss = loss + (1 - spec.alpha) * data.loss_fn(model, batch)
+        except ValueError:
+            pass  # no labels: pure distillation
+    return loss

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import nn
@@ -55,11 +55,15 @@ def apply_plan(
     *,
     structure_only: bool = False,
     log: Callable[[str], None] | None = None,
+    corpus=None,
+    deadline: float | None = None,
 ) -> nn.Module:
     """A new, physically smaller copy of `model` built by `plan`; `model` is left untouched.
 
     `calibration` feeds Fisher importance, mask tuning and distillation. `structure_only` rebuilds the
-    shapes only (used when loading a saved model whose weights then overwrite them).
+    shapes only (used when loading a saved model whose weights then overwrite them). `corpus` (a
+    DistillCorpus) is what distillation trains on instead of the calibration batches; `deadline`
+    (time.monotonic()) cuts its steps to fit, and the plan stored on the model says how many ran.
     """
     if getattr(model.config, CONFIG_KEY, None):
         raise ValueError("this model is already compressed; apply plans to the uncompressed model")
@@ -79,11 +83,16 @@ def apply_plan(
         source=model,
         structure_only=structure_only,
         log=log or (lambda msg: None),
+        corpus=corpus,
+        deadline=deadline,
     )
     for method in METHODS:
         spec = method.spec_from_plan(resolved)
         if spec is not None:
             student = method.handler(student, spec, ctx)
+    ran = ctx.notes.get("distill_steps", resolved.distill.steps)
+    if ran != resolved.distill.steps:  # cut by the deadline: the stored plan says what ran
+        resolved = replace(resolved, distill=replace(resolved.distill, steps=ran))
     model.train(was_training)
     setattr(
         student.config,

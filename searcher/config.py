@@ -40,11 +40,18 @@ class DataSection(_Section):
     validation: str | None = Field(None, description="validation file (relative to the study file) or a built-in "
                                    "source such as sklearn:digits:validation")
     calibration: str | None = Field(None, description="calibration/training file for Fisher and distillation")
+    test: str | None = Field(None, description="test file: scored only by report and finish, never used to "
+                             "select, tune or stop anything")
+    distill: str | None = Field(None, description="distillation corpus for `slimformer finish` (inputs, labelled "
+                                "or not; format from its extension, .txt = one text a line); default: the "
+                                "calibration file in full")
     header: bool = True
     names: list[str] | None = Field(None, description="column names when the file has no header line")
     columns: dict[str, str] = Field(default_factory=dict, description="task field -> column in the file")
     calibration_columns: dict[str, str] | None = Field(
         None, description="task field -> column in the calibration file, when its columns differ from validation's")
+    distill_columns: dict[str, str] | None = Field(
+        None, description="task field -> column in the distillation corpus, when its columns differ from validation's")
     validation_size: int | None = Field(None, ge=1, description="rows of validation used during search")
     calibration_size: int = Field(256, ge=1, description="rows of calibration data used per trial")
     batch_size: int = Field(32, ge=1, description="batch size for quality evaluation and calibration")

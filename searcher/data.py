@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import UserError
 
-__all__ = ["load_rows", "TASK_FIELDS", "is_builtin_source", "BUILTIN_SOURCES"]
+__all__ = ["load_rows", "read_table", "TASK_FIELDS", "LABEL_FIELDS", "is_builtin_source", "BUILTIN_SOURCES"]
 
 # the fields each task reads, and which are optional
 TASK_FIELDS = {
@@ -25,6 +25,8 @@ TASK_FIELDS = {
     "image-classification": ("image", "label"),
 }
 
+
+LABEL_FIELDS = ("score", "label")  # the task fields that are targets, not model inputs
 
 BUILTIN_SOURCES = ("sklearn:digits", "sklearn:digits:train", "sklearn:digits:validation")
 
@@ -98,6 +100,13 @@ def load_rows(path: Path, task: str, *, fmt: str | None = None, header: bool = T
         source = str(path)
         ds = datasets.Dataset.from_dict(_builtin(source))
         return _select(ds, source, task, columns, limit)
+    return _select(read_table(path, fmt, header, names), Path(path), task, columns, limit)
+
+
+def read_table(path: Path, fmt: str | None = None, header: bool = True, names: list[str] | None = None):
+    """A data file's rows as a `datasets.Dataset` with the file's own columns."""
+    import datasets
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
@@ -122,7 +131,7 @@ def load_rows(path: Path, task: str, *, fmt: str | None = None, header: bool = T
         raise
     except Exception as exc:  # pandas/pyarrow parse errors
         raise UserError(f"cannot read {path} as {fmt}: {str(exc).splitlines()[0]}") from None
-    return _select(ds, path, task, columns, limit)
+    return ds
 
 
 def _select(ds, path, task: str, columns: dict[str, str] | None, limit: int | None):

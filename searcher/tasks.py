@@ -47,6 +47,17 @@ class Task:
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
         return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
+    def corpus_batch(self, texts: list[str], labels: list | None = None) -> dict[str, torch.Tensor]:
+        """A batch of single texts from a distillation corpus (with its labels when it has them)."""
+        batch = self.encode(texts)
+        if labels is not None:
+            batch["labels"] = torch.tensor([int(v) for v in labels])
+        return batch
+
+    def corpus_features(self):
+        """What the embedding loss compares on a corpus batch (a classifier's or LM's logits)."""
+        return _logits
+
 
 @dataclass
 class SentenceSimilarity(Task):
@@ -96,10 +107,15 @@ class SentenceSimilarity(Task):
             cos = F.cosine_similarity(self.embed(model, batch["a"]), self.embed(model, batch["b"]))
             return F.mse_loss(cos, batch["score"])
 
-        return Calibration(
-            batches, loss_fn=loss_fn, model_inputs=lambda b: [b["a"], b["b"]],
-            features=lambda out, inputs: mean_pool(out.last_hidden_state.float(), inputs.get("attention_mask")),
-        )
+        return Calibration(batches, loss_fn=loss_fn, model_inputs=lambda b: [b["a"], b["b"]], features=_pooled)
+
+    def corpus_features(self):
+        return _pooled
+
+
+def _pooled(out, inputs) -> torch.Tensor:
+    """A sentence embedding from the output already computed: the mean of the last hidden state."""
+    return mean_pool(out.last_hidden_state.float(), inputs.get("attention_mask"))
 
 
 @dataclass
@@ -188,6 +204,10 @@ class CausalLM(Task):
         enc = self._tok()(texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt",
                           padding_side="right")
         return {k: enc[k] for k in ("input_ids", "attention_mask")}
+
+    def corpus_batch(self, texts: list[str], labels: list | None = None) -> dict[str, torch.Tensor]:
+        enc = self.encode(texts)
+        return {**enc, "labels": enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)}
 
     def prepare(self, rows) -> list[dict]:
         texts = [str(x) for x in rows["text"] if x is not None and str(x).strip()]

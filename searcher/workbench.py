@@ -53,14 +53,26 @@ class Workbench:
         return self.task.prepare(self._rows("validation", None))
 
     @cached_property
+    def test(self) -> list[dict] | None:
+        """data.test in full (None when not set): scored only by report and finish."""
+        return None if self.cfg.data.test is None else self.task.prepare(self._rows("test", None))
+
+    def test_quality(self, model) -> float | None:
+        if self.test is None:
+            return None
+        with torch.inference_mode():
+            return self.task.quality(model, self.test)["quality"]
+
+    @cached_property
     def calibration(self):
         if self.cfg.data.calibration is None:
             return None
         return self.task.calibration(self.task.prepare(self._rows("calibration", self.cfg.data.calibration_size)))
 
     # ----- candidates ---------------------------------------------------------------------
-    def build(self, plan: Plan, log=None, structure_only: bool = False):
-        """The compressed model; `structure_only` skips data-dependent work (same shapes and kernels)."""
+    def build(self, plan: Plan, log=None, structure_only: bool = False, corpus=None, deadline: float | None = None):
+        """The compressed model; `structure_only` skips data-dependent work (same shapes and kernels);
+        `corpus` and `deadline`: distillation on a DistillCorpus, cut to end by then (see apply_plan)."""
         if structure_only:
             return apply_plan(self.model, plan, None, structure_only=True, log=log)
         needs_data = (plan.importance == "fisher" or plan.distill.enabled or plan.recovery != "none"
@@ -68,7 +80,8 @@ class Workbench:
         if needs_data and self.calibration is None:
             raise UserError("this plan needs calibration data (fisher importance, mask tuning, distillation, "
                             "gptq or smoothing): set data.calibration")
-        return apply_plan(self.model, plan, self.calibration if needs_data else None, log=log)
+        return apply_plan(self.model, plan, self.calibration if needs_data else None, log=log, corpus=corpus,
+                          deadline=deadline)
 
     def runner(self, model, runtime: str | None = None):
         """A zero-argument callable running `model` on `self.inputs` in `runtime` (default the study's)."""
