@@ -8,7 +8,13 @@ import json
 
 import pytest
 from slimformer.searcher.config import load_study_config
-from slimformer.searcher.corpus import check_no_overlap, load_corpus_rows, normalise, shared_rows, split_disjoint
+from slimformer.searcher.corpus import (
+    check_no_overlap,
+    load_corpus_rows,
+    normalise,
+    shared_rows,
+    split_disjoint,
+)
 from slimformer.searcher.data import load_rows
 from slimformer.searcher.errors import UserError
 
