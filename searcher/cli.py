@@ -156,18 +156,27 @@ def cmd_search(args) -> int:
     study_file = args.study or DEFAULT_STUDY
     best = summary["best"]
     print(f"study {summary['study']}: {summary['finished']}/{summary['target']} trials finished ({summary['storage']})")
-    if best is None:
+    searched = summary.get("best_search")
+    if best is None and searched is None:
         print("no trial meets the budget yet; run more trials or relax the budget")
+    elif best is None:
+        again = searched["retimed"]
+        print(f"no trial holds the budget when re-timed: the best search trial {searched['number']} measured "
+              f"{searched['speedup']:.2f}x in the search and {again['speedup']:.2f}x (lower bound {again['low']:.2f}x) "
+              f"re-timed; run more trials, or export it anyway: slimformer export {study_file} "
+              f"--trial {searched['number']} --out compressed/")
     else:
         from slimformer.methods import Plan
 
-        b = summary["baseline"]
+        b, again = summary["baseline"], best["retimed"]
         print(f"best under the budget: trial {best['number']}: {b['metric']} {best['quality']:.2f} "
-              f"(uncompressed {b['quality']:.2f}), {best['speedup']:.2f}x faster, {best['size_mb']:.1f} MB")
+              f"(uncompressed {b['quality']:.2f}), {again['speedup']:.2f}x faster re-timed ({again['confidence']:.0%} "
+              f"lower bound {again['low']:.2f}x; {best['speedup']:.2f}x in the search), {best['size_mb']:.1f} MB")
         print("plan:")
         print(Plan.from_dict(best["plan"]).to_yaml().rstrip())
     print(f"report: slimformer report {study_file} --html report.html")
-    print(f"export: slimformer export {study_file} --best --out compressed/")
+    if best is not None:
+        print(f"export: slimformer export {study_file} --best --out compressed/")
     return 0
 
 
@@ -192,36 +201,50 @@ def cmd_export(args) -> int:
     from slimformer.methods import Plan, save_compressed
     from slimformer.methods.export import ExportError
 
-    from .study import best_feasible, handle_for, open_study
+    from .adaptive import INTERVAL_KEYS
+    from .retime import choose_best, miss_warning, retimed
+    from .study import feasible_trials, handle_for, open_study
     from .workbench import Workbench
 
     if args.best == (args.trial is not None):
         raise UserError("choose exactly one of --best or --trial N")
     cfg = _study_or_default(args.study)
     study = open_study(handle_for(cfg, args.storage, args.study_name), read_only=True)
+    out = Path(args.out)
     if args.best:
-        trial = best_feasible(study)
-        if trial is None:
+        if not feasible_trials(study):
             raise UserError("no finished trial meets the budget yet; use --trial N to export another one")
+        _check_out_dir(out, args.force)
+        bench = Workbench(cfg, log=_log)
+        trial = choose_best(study, bench, _log)  # the best that holds re-timed (searcher/retime.py)
     else:
         matches = [t for t in study.get_trials(deepcopy=False) if t.number == args.trial]
         if not matches or matches[0].state != TrialState.COMPLETE or "plan" not in matches[0].user_attrs:
             raise UserError(f"trial {args.trial} is not a finished trial of this study")
         trial = matches[0]
-    out = Path(args.out)
-    _check_out_dir(out, args.force)
+        _check_out_dir(out, args.force)
+        warning = miss_warning(study, trial)
+        if warning:
+            _log(f"warning: {warning}; exporting it as asked")
+        bench = Workbench(cfg, log=_log)
     plan = Plan.from_dict(trial.user_attrs["plan"])
     _log(f"rebuilding trial {trial.number} from its plan ...")
-    bench = Workbench(cfg, log=_log)
     model = bench.build(plan)
-    metrics = {k: trial.user_attrs.get(k) for k in ("quality", "latency_ms", "speedup", "size_mb", "params", "simulated")}
+    metrics = {k: trial.user_attrs.get(k) for k in ("quality", "latency_ms", "speedup", "size_mb", "params", "simulated")
+               + INTERVAL_KEYS}
+    again = retimed(study).get(trial.number)
+    if again is not None:
+        metrics["retimed"] = {"speedup": again.speedup, "low": again.low, "high": again.high,
+                              "confidence": again.confidence, "rounds": again.rounds, "holds": again.holds}
     metrics.update({"trial": trial.number, "study": study.study_name, "metric": bench.task.metric})
     try:
         save_compressed(model, plan, out, tokenizer=bench.tokenizer, metrics=metrics, force=args.force)
     except ExportError as exc:
         raise UserError(str(exc)) from None
+    timed = (f"{again.speedup:.2f}x re-timed (lower bound {again.low:.2f}x)" if again is not None
+             else f"{metrics['speedup']:.2f}x in the search")
     print(f"exported trial {trial.number} to {out} ({metrics['metric']} {metrics['quality']:.2f}, "
-          f"{metrics['speedup']:.2f}x, {metrics['size_mb']:.1f} MB)")
+          f"{timed}, {metrics['size_mb']:.1f} MB)")
     print(f"check it: slimformer evaluate {out} --study {args.study or DEFAULT_STUDY}")
     return 0
 

@@ -69,7 +69,9 @@ class DeviceSection(_Section):
     batch_size: int = Field(1, ge=1, le=1024)
     seq_len: int = Field(128, ge=1, le=8192)
     profile: str | None = Field(None, description="device profile JSON; default: this device's own")
-    rounds: int = Field(20, ge=3, description="interleaved latency rounds per measurement")
+    rounds: int = Field(20, ge=3, description="interleaved latency rounds of a candidate's first estimate")
+    max_rounds: int = Field(60, ge=3, description="rounds at most for a candidate whose speedup interval "
+                            "straddles the budget; also the rounds of the final re-timing")
     warmup: int = Field(3, ge=0)
 
 
@@ -78,6 +80,8 @@ class BudgetSection(_Section):
     speedup: float | None = Field(None, gt=0)
     max_quality_drop: float | None = Field(None, ge=0, description="in metric points (e.g. Spearman x100)")
     size_mb: float | None = Field(None, gt=0)
+    confidence: float = Field(0.9, ge=0.5, lt=1, description="a latency budget holds when the one-sided "
+                              "lower bound on the speedup at this confidence meets it")
 
     @model_validator(mode="after")
     def _one_latency_target(self):

@@ -29,6 +29,7 @@ from optuna.storages._heartbeat import get_heartbeat_thread  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
+from .adaptive import INTERVAL_KEYS  # noqa: E402
 from .storage import owner_attrs, storage_file  # noqa: E402
 from .trial import Rejected, propose, record  # noqa: E402
 from .workers import worker_threads  # noqa: E402
@@ -158,7 +159,7 @@ class SlimformerSearch(OptunaSearch):
 
 # what `trial.evaluate` returns (Tune adds its own keys to a result: keep only these)
 _RESULT_KEYS = ("quality", "latency_ms", "latency_raw_ms", "latency_spread_ms", "speedup", "size_mb", "params",
-                "simulated", "build_s", "eval_s")
+                "simulated", "build_s", "eval_s") + INTERVAL_KEYS
 
 
 def ray_folder(cfg, handle) -> Path:

@@ -1,34 +1,35 @@
-"""Study reports: baseline, feasible Pareto front (re-scored on the full validation split and
-re-timed in one fresh measurement), best trial under the budget, cost-model accuracy; as text,
-JSON and an HTML plot. Read-only: works while the study is still running.
+"""Study reports: baseline, feasible Pareto front (re-scored on the full validation split), the
+final re-timing (searcher/retime.py) and the best trial that holds the budget re-timed,
+cost-model accuracy; as text, JSON and an HTML plot. Works while the study is still running.
 
 Why re-time: a search keeps the best plan that measured within the budget, and among many
-plans near the edge that is partly the one whose single measurement came out fastest (a GPT-2
-study here: trial 21 measured 1.51x in the search and 1.42x in three later measurements, under a
-1.5x budget). The report times the front again, all plans against the uncompressed model in
-the same interleaved rounds (twice the study's rounds), and says when the best trial no longer
-holds the budget, and which front trial does."""
+plans near the edge that is partly the one whose measurement came out fastest (a GPT-2 study
+here: trial 21 measured 1.51x in the search and 1.42x in three later measurements, under a 1.5x
+budget). The report re-times the best feasible trials when trials finished since the stored
+re-timing, and stores what it measures (and the full-split scores) in the study's storage."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 from optuna.trial import TrialState
 
 from .config import StudyConfig
 from .errors import UserError
+from .retime import RETIMED_ATTR, best_holding, is_current, retime, retimed
 from .study import best_feasible, handle_for, open_study
 
-__all__ = ["report_study", "pareto_front", "render_text", "write_html"]
+__all__ = ["report_study", "pareto_front", "render_text", "write_html", "FULL_QUALITY_ATTR"]
+
+FULL_QUALITY_ATTR = "quality_full"  # study user attr: {"baseline": q, "trials": {"N": q}} on the full split
 
 
 def _row(t) -> dict:
     a = t.user_attrs
     return {
         "number": t.number, "quality": a.get("quality"), "latency_ms": a.get("latency_ms"),
-        "speedup": a.get("speedup"), "size_mb": a.get("size_mb"), "params": a.get("params"),
+        "speedup": a.get("speedup"), "speedup_low": a.get("speedup_low"), "speedup_high": a.get("speedup_high"),
+        "rounds": a.get("rounds"), "size_mb": a.get("size_mb"), "params": a.get("params"),
         "feasible": bool(a.get("feasible")), "simulated": bool(a.get("simulated")),
         "predicted_latency_ms": a.get("predicted_latency_ms"), "plan": a.get("plan"),
         "latency_source": a.get("latency_source", "measured"), "transferred_from": a.get("transferred_from"),
@@ -46,64 +47,31 @@ def pareto_front(rows: list[dict], keys=("quality", "latency_ms")) -> list[dict]
     return sorted(front, key=lambda r: r["latency_ms"])
 
 
-def _cache_path(cfg: StudyConfig, name: str) -> Path:
-    folder = cfg.path.parent if cfg.path else Path.cwd()
-    return folder / f"{name}.rescored.json"
-
-
-def _plan_key(plan: dict) -> str:
-    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
-
-
-def _rescore(cfg: StudyConfig, name: str, rows: list[dict], log) -> None:
-    """Quality of each front plan on the FULL validation split, and its speedup re-timed (both
-    cached by plan, next to the study file)."""
+def _rescore(study, bench, rows: list[dict], log) -> float:
+    """Quality of each row's plan on the FULL validation split, stored in the study (by trial)."""
     from slimformer.methods import Plan
 
-    from .latency import measure_latency
-    from .workbench import Workbench
-
-    path = _cache_path(cfg, name)
-    try:
-        cache = json.loads(path.read_text()) if path.is_file() else {}
-    except ValueError:
-        cache = {}
-    todo = [r for r in rows if _plan_key(r["plan"]) not in cache]
-    untimed = [r for r in rows if "retimed:" + _plan_key(r["plan"]) not in cache]
-    if todo or untimed:
-        bench = Workbench(cfg, log=log)
+    stored = dict(study.user_attrs.get(FULL_QUALITY_ATTR) or {"trials": {}})
+    trials = dict(stored["trials"])
+    todo = [r for r in rows if str(r["number"]) not in trials]
+    if todo or "baseline" not in stored:
         for r in todo:
             log(f"re-scoring trial {r['number']} on the full validation split ...")
-            cache[_plan_key(r["plan"])] = bench.quality(bench.build(Plan.from_dict(r["plan"])), full=True)["quality"]
-        if "baseline" not in cache:
-            cache["baseline"] = bench.quality(bench.model, full=True)["quality"]
-        if untimed:
-            log(f"re-timing {len(untimed)} front trial(s) against the uncompressed model ...")
-            runners = {"baseline": bench.runner(bench.model)}
-            for r in untimed:  # structure only: the same shapes and kernels, no recovery training
-                runners[str(r["number"])] = bench.runner(bench.build(Plan.from_dict(r["plan"]), structure_only=True))
-            dev = cfg.device
-            lat = measure_latency(runners, baseline="baseline", rounds=2 * dev.rounds, warmup=dev.warmup,
-                                  threads=dev.threads)
-            for r in untimed:
-                cache["retimed:" + _plan_key(r["plan"])] = lat[str(r["number"])].speedup
+            trials[str(r["number"])] = bench().quality(bench().build(Plan.from_dict(r["plan"])), full=True)["quality"]
+        if "baseline" not in stored:
+            stored["baseline"] = bench().quality(bench().model, full=True)["quality"]
+        stored["trials"] = trials
         try:
-            path.write_text(json.dumps(cache, indent=1))
-        except OSError:
-            pass  # read-only folder: the figures are still reported, just not cached
+            study.set_user_attr(FULL_QUALITY_ATTR, stored)
+        except Exception as exc:  # noqa: BLE001 - a read-only storage: still reported, not stored
+            from .storage import storage_fault
+
+            if not storage_fault(exc):
+                raise
+            log(f"note: the full-split scores could not be stored in the study ({storage_fault(exc)})")
     for r in rows:
-        r["quality_full"] = cache[_plan_key(r["plan"])]
-        r["speedup_retimed"] = cache["retimed:" + _plan_key(r["plan"])]
-    return cache.get("baseline")
-
-
-def holds_budget(budget: dict | None, baseline_ms: float, speedup: float) -> bool:
-    """Whether a plan running `speedup` times faster than the uncompressed model (which took
-    `baseline_ms` in the study) meets the latency side of the budget."""
-    budget = budget or {}
-    if budget.get("speedup") is not None and speedup < budget["speedup"]:
-        return False
-    return budget.get("latency_ms") is None or baseline_ms / speedup <= budget["latency_ms"]
+        r["quality_full"] = trials[str(r["number"])]
+    return stored["baseline"]
 
 
 def report_study(cfg: StudyConfig, storage: str | None = None, study_name: str | None = None,
@@ -115,23 +83,29 @@ def report_study(cfg: StudyConfig, storage: str | None = None, study_name: str |
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE and "quality" in t.user_attrs]
     rows = [_row(t) for t in complete]
+    by_number = {r["number"]: r for r in rows}
     keys = ("quality", "latency_ms", "size_mb") if "size" in study.user_attrs.get("objectives", []) else ("quality", "latency_ms")
     front = pareto_front([r for r in rows if r["feasible"]], keys)
     baseline = dict(study.user_attrs["baseline"])
-    if rescore and front:
-        full = _rescore(cfg, handle.name, front, log)
-        if full is not None:
-            baseline["quality_full"] = full
-    best = best_feasible(study)
-    best_row = next((r for r in front if best is not None and r["number"] == best.number), None)
-    if best is not None and best_row is None:
-        best_row = _row(best)
-    budget = study.user_attrs.get("budget")
-    for r in front:
-        if "speedup_retimed" in r:
-            r["holds_retimed"] = holds_budget(budget, baseline["latency_ms"], r["speedup_retimed"])
-    holding = [r for r in front if r.get("holds_retimed")]
-    fallback = max(holding, key=lambda r: r["quality"]) if holding else None
+    benches = []
+
+    def bench():  # the Workbench, loaded only when something must be measured
+        if not benches:
+            from .workbench import Workbench
+
+            benches.append(Workbench(cfg, log=log))
+        return benches[0]
+
+    if rescore and not is_current(study):
+        retime(study, bench(), log)
+    again = retimed(study)
+    timed = [by_number[n] for n in sorted(again, key=lambda n: -by_number[n]["quality"]) if n in by_number]
+    for r in timed:
+        a = again[r["number"]]
+        r.update(speedup_retimed=a.speedup, retimed_low=a.low, retimed_high=a.high, holds_retimed=a.holds)
+    if rescore and (front or timed):
+        baseline["quality_full"] = _rescore(study, bench, list({id(r): r for r in front + timed}.values()), log)
+    best, searched = best_holding(study), best_feasible(study)
     failed = [t for t in trials if t.state == TrialState.FAIL]
     return {
         "study": handle.name, "storage": handle.url, "metric": study.user_attrs.get("metric"),
@@ -141,9 +115,13 @@ def report_study(cfg: StudyConfig, storage: str | None = None, study_name: str |
         "n_running": sum(t.state == TrialState.RUNNING for t in trials),
         "n_feasible": sum(r["feasible"] for r in rows),
         "failures": [{"number": t.number, "reason": t.user_attrs.get("fail_reason")} for t in failed],
-        "pareto": front, "best": best_row, "trials": rows,
-        # the best front trial that still holds the budget when re-timed (None: not re-timed, or none holds)
-        "best_retimed": fallback,
+        "pareto": front, "trials": rows,
+        # the final re-timing: the best feasible trials, one fresh measurement (searcher/retime.py)
+        "retimed": timed, "retimed_current": is_current(study),
+        "retiming": {k: v for k, v in (study.user_attrs.get(RETIMED_ATTR) or {}).items() if k != "trials"},
+        # best under the budget: the best re-timed trial that holds (None: not re-timed, or none holds)
+        "best": None if best is None else by_number.get(best.number),
+        "best_search": None if searched is None else by_number.get(searched.number),
         "cost_model": _cost_model_accuracy(rows),
     }
 
@@ -160,38 +138,62 @@ def _cost_model_accuracy(rows: list[dict]) -> dict:
     return {"mape": mape, "spearman": float(spearmanr(pred, meas).statistic), "n": len(pairs)}
 
 
+def _bounds(low, high) -> str:
+    return "-" if low is None else f"[{low:.2f}, {high:.2f}]"
+
+
+def _full(r) -> str:
+    return "-" if r.get("quality_full") is None else f"{r['quality_full']:.2f}"
+
+
 def render_text(rep: dict) -> str:
-    b = rep["baseline"]
-    metric = rep["metric"]
+    b, metric = rep["baseline"], rep["metric"]
+    conf = (rep.get("budget") or {}).get("confidence", 0.9)
     lines = [f"study {rep['study']} ({rep['storage']}): {rep['n_complete']} complete, {rep['n_failed']} failed, "
              f"{rep['n_rejected']} skipped by the cost model, {rep['n_running']} running, {rep['n_feasible']} within budget {_budget_text(rep['budget'])}",
              _device_text(rep.get("device")),
              f"baseline: {metric} {b['quality']:.2f} (search split)"
              + (f", {b['quality_full']:.2f} (full split)" if "quality_full" in b else "")
              + f", {b['latency_ms']:.1f} ms, {b['size_mb']:.1f} MB",
-             "", "feasible Pareto front:",
-             f"{'trial':>5} {metric:>9} {'full':>7} {'latency':>9} {'speedup':>8} {'re-timed':>8} {'size MB':>8}"]
+             "", f"feasible Pareto front (speedup interval: one-sided {conf:.0%} bounds from the trial's rounds):",
+             f"{'trial':>5} {metric:>9} {'full':>7} {'latency':>9} {'speedup':>8} {'interval':>14} {'rounds':>6} "
+             f"{'re-timed':>8} {'size MB':>8}"]
     for r in rep["pareto"]:
-        full, again = r.get("quality_full"), r.get("speedup_retimed")
-        lines.append(f"{r['number']:>5} {r['quality']:>9.2f} {full if full is None else round(full, 2)!s:>7} "
-                     f"{r['latency_ms']:>7.1f}ms {r['speedup']:>7.2f}x "
+        again = r.get("speedup_retimed")
+        lines.append(f"{r['number']:>5} {r['quality']:>9.2f} {_full(r):>7} {r['latency_ms']:>7.1f}ms {r['speedup']:>7.2f}x "
+                     f"{_bounds(r.get('speedup_low'), r.get('speedup_high')):>14} {r.get('rounds') or '-'!s:>6} "
                      f"{'-' if again is None else f'{again:.2f}x':>8} {r['size_mb']:>8.1f}"
                      + ("  over budget when re-timed" if r.get("holds_retimed") is False else "")
                      + ("  simulated bits" if r["simulated"] else "")
                      + ("  latency predicted" if r["latency_source"] == "predicted" else ""))
     if not rep["pareto"]:
         lines.append("  (no trial meets the budget yet)")
-    best = rep["best"]
+    timing = rep.get("retiming") or {}
+    if rep.get("retimed"):
+        target = timing.get("target")
+        lines += ["", f"re-timed: the {len(rep['retimed'])} best feasible trials in one fresh interleaved measurement "
+                  f"({timing.get('rounds')} rounds); holds = one-sided {conf:.0%} lower bound"
+                  + (f" >= {target:.2f}x" if target else "")
+                  + ("" if rep.get("retimed_current", True) else " (measured before the latest trials finished)"),
+                  f"{'trial':>5} {metric:>9} {'full':>7} {'search':>8} {'re-timed':>8} {'interval':>14}  holds"]
+        for r in rep["retimed"]:
+            lines.append(f"{r['number']:>5} {r['quality']:>9.2f} {_full(r):>7} {r['speedup']:>7.2f}x "
+                         f"{r['speedup_retimed']:>7.2f}x {_bounds(r['retimed_low'], r['retimed_high']):>14}  "
+                         + ("yes" if r["holds_retimed"] else "no"))
+    best, searched = rep["best"], rep.get("best_search")
     if best:
         lines += ["", f"best under the budget: trial {best['number']} ({metric} {best['quality']:.2f}, "
-                  f"{best['speedup']:.2f}x, {best['size_mb']:.1f} MB)"]
-        if best.get("holds_retimed") is False:
-            alt = rep.get("best_retimed")
-            lines.append(f"  warning: re-timed at {best['speedup_retimed']:.2f}x it misses the budget; its margin in the "
-                         "search was measurement noise. "
-                         + (f"Best trial that holds when re-timed: {alt['number']} ({metric} {alt['quality']:.2f}, "
-                            f"{alt['speedup_retimed']:.2f}x re-timed): slimformer export --trial {alt['number']}"
-                            if alt else "No front trial holds the budget when re-timed."))
+                  f"{best['speedup_retimed']:.2f}x re-timed, lower bound {best['retimed_low']:.2f}x; "
+                  f"{best['size_mb']:.1f} MB)"]
+    elif searched:
+        lines += ["", "best under the budget: " + ("none holds the budget when re-timed; export one anyway with "
+                                                   f"slimformer export --trial {searched['number']}"
+                                                   if rep.get("retimed") else
+                                                   "not re-timed yet (run the report without --no-rescore)")]
+    if best and searched and searched["number"] != best["number"] and searched.get("holds_retimed") is False:
+        lines.append(f"  note: the best search trial {searched['number']} ({metric} {searched['quality']:.2f}, "
+                     f"{searched['speedup']:.2f}x in the search) re-timed at {searched['speedup_retimed']:.2f}x "
+                     f"misses the budget: its margin in the search was measurement noise")
     cm = rep["cost_model"]
     if cm["n"]:
         lines.append(f"cost model: MAPE {cm['mape']:.1f}%, Spearman {cm['spearman']:.3f} over {cm['n']} trials"

@@ -32,7 +32,7 @@ from .transfer import TRANSFER_ATTR, data_meta, transferable_trials
 from .trial import Rejected, predicted, propose, record
 from .workers import check_scale_out, is_worker, run_workers
 
-__all__ = ["run_search", "StudyHandle", "open_study", "best_feasible", "counted", "SCHEMA"]
+__all__ = ["run_search", "StudyHandle", "open_study", "best_feasible", "feasible_trials", "counted", "SCHEMA"]
 
 SCHEMA = 1  # version of what slimformer stores in a study
 DIRECTIONS = {"quality": "maximize", "latency": "minimize", "size": "minimize"}
@@ -88,10 +88,15 @@ def counted(trial) -> bool:
     return trial.state == TrialState.FAIL and not trial.user_attrs.get("retried")
 
 
+def feasible_trials(study: optuna.Study) -> list:
+    """Finished trials that met every budget constraint in the search."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if "plan" in t.user_attrs and all(v <= 0 for v in t.user_attrs.get("constraints", {}).values())]
+
+
 def best_feasible(study: optuna.Study):
     """The feasible trial of highest quality (ties: lower latency), or None."""
-    ok = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-          if all(v <= 0 for v in t.user_attrs.get("constraints", {}).values())]
+    ok = feasible_trials(study)
     if not ok:
         return None
     return max(ok, key=lambda t: (t.values[0], -t.user_attrs.get("latency_ms", 0)))
@@ -103,16 +108,31 @@ def taken(study: optuna.Study) -> int:
     return sum(counted(t) or t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))
 
 
-def _summary(study: optuna.Study, handle: StudyHandle, target: int, baseline: dict, predictor, log) -> dict:
-    best = best_feasible(study)
+def _summary(study: optuna.Study, handle: StudyHandle, target: int, baseline: dict, predictor, bench, log) -> dict:
+    """The search's final step: re-time the best feasible trials (searcher/retime.py); the best is
+    the best of them that holds the budget re-timed."""
+    from .retime import best_holding, retime
+
+    again = {} if is_worker() else retime(study, bench, log)  # a worker's summary is not shown
+    best = best_holding(study)
+    searched = best_feasible(study)
     if predictor is not None and predictor.n >= 3:
         err = predictor.error()
         log(f"cost model on this study: MAPE {err['mape'] * 100:.1f}%, Spearman {err['spearman']:.3f} "
             f"(leave-one-out, n={err['n']})")
     done = sum(counted(t) for t in study.get_trials(deepcopy=False))
     return {"study": handle.name, "storage": handle.url, "finished": done, "target": target,
-            "baseline": baseline, "best": None if best is None else
-            {"number": best.number, **{k: best.user_attrs.get(k) for k in ("quality", "latency_ms", "speedup", "size_mb", "plan")}}}
+            "baseline": baseline, "best": _brief(best, again), "best_search": _brief(searched, again)}
+
+
+def _brief(trial, again: dict) -> dict | None:
+    if trial is None:
+        return None
+    keys = ("quality", "latency_ms", "speedup", "speedup_low", "speedup_high", "size_mb", "plan")
+    r = again.get(trial.number)
+    return {"number": trial.number, **{k: trial.user_attrs.get(k) for k in keys},
+            "retimed": None if r is None else {"speedup": r.speedup, "low": r.low, "high": r.high,
+                                               "confidence": r.confidence, "holds": r.holds}}
 
 
 def _study_meta(cfg: StudyConfig, space, bench) -> dict:
@@ -362,10 +382,10 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
         from .raytune import run_ray
 
         run_ray(cfg, study, handle, space, baseline, predictor, target, timeout, log)
-        return _summary(study, handle, target, baseline, predictor, log)
+        return _summary(study, handle, target, baseline, predictor, bench, log)
     if cfg.search.workers > 1 and not is_worker():  # K processes on this storage (searcher/workers.py)
         run_workers(cfg, study, handle, target, timeout, seed, log)
-        return _summary(study, handle, target, baseline, None, log)
+        return _summary(study, handle, target, baseline, None, bench, log)
     rejected_in_a_row = 0
     started = time.monotonic()
     bar = SearchProgress(target, done, baseline, enabled=progress, log=log)
@@ -380,4 +400,4 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
                 done += outcome != "rejected"
         finally:
             runner.close()
-    return _summary(study, handle, target, baseline, predictor, log)
+    return _summary(study, handle, target, baseline, predictor, bench, log)

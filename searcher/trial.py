@@ -15,6 +15,7 @@ import time
 
 from slimformer.methods import Plan, model_size
 
+from .adaptive import time_candidate
 from .config import StudyConfig
 
 __all__ = ["TrialFailed", "Rejected", "propose", "evaluate", "predicted", "record", "constraints_of", "latency_limit"]
@@ -80,15 +81,15 @@ def evaluate(bench, plan: Plan, baseline: dict, quality: float | None = None) ->
     q = bench.quality(model)["quality"] if quality is None else quality
     if not math.isfinite(q):
         raise TrialFailed("quality is not a finite number (the compressed model diverged)")
-    lat = bench.latency({"candidate": model})["candidate"]
+    est = time_candidate(bench, model, baseline)  # adaptive rounds, with the speedup's interval
     t2 = time.perf_counter()
     size = model_size(model, plan.group_size)
     return {
         "quality": q,
-        "latency_ms": baseline["latency_ms"] / lat.speedup,  # drift-free: study baseline over paired ratio
-        "latency_raw_ms": lat.median_ms,
-        "latency_spread_ms": lat.p90_ms - lat.p10_ms,
-        "speedup": lat.speedup, "size_mb": size["size_mb"], "params": size["params"],
+        "latency_ms": baseline["latency_ms"] / est.speedup,  # drift-free: study baseline over paired ratio
+        "latency_raw_ms": est.candidate_ms,
+        "latency_spread_ms": est.spread_ms,
+        "speedup": est.speedup, **est.attrs(), "size_mb": size["size_mb"], "params": size["params"],
         "simulated": size["simulated"], "build_s": t1 - t0, "eval_s": t2 - t1, "latency_source": "measured",
     }
 
@@ -110,8 +111,9 @@ def predicted(predictor, plan: Plan, baseline: dict, quality: float) -> dict:
 
 def record(trial, cfg: StudyConfig, baseline: dict, plan: Plan, result: dict, predictor=None) -> list[float]:
     """Store constraints and measurements on the trial; return the objective values."""
-    cons = constraints_of(cfg, baseline["quality"], result["quality"], result["latency_ms"],
-                          result["speedup"], result["size_mb"])
+    held = result.get("speedup_low") or result["speedup"]  # the budget must hold at budget.confidence
+    cons = constraints_of(cfg, baseline["quality"], result["quality"], baseline["latency_ms"] / held,
+                          held, result["size_mb"])
     for key, value in cons.items():
         trial.set_constraint(key, value)
     trial.set_user_attr("constraints", cons)

@@ -110,6 +110,22 @@ class Workbench:
         return measure_latency(runners, baseline="baseline", rounds=rounds or d.rounds, warmup=d.warmup,
                                threads=d.threads)
 
+    def paired_rounds(self, models: dict[str, torch.nn.Module]):
+        """A function timing n more interleaved rounds of the baseline and the named models (their
+        runners are built once; the first call warms up); returns each one's per-round ms."""
+        d = self.cfg.device
+        runners = {"baseline": self._baseline_runner}
+        runners.update({name: self.runner(m) for name, m in models.items()})
+        calls = [0]
+
+        def more(n: int) -> dict[str, list[float]]:
+            lat = measure_latency(runners, baseline="baseline", rounds=n, warmup=0 if calls[0] else d.warmup,
+                                  threads=d.threads)
+            calls[0] += 1
+            return {name: res.samples_ms for name, res in lat.items()}
+
+        return more
+
     def facts(self) -> dict:
         d = self.cfg.device
         facts = {**device_facts(d.threads, d.runtime), "batch_size": d.batch_size, "seq_len": d.seq_len}

@@ -47,8 +47,14 @@ def test_search_report_export(tmp_path, make_study, cli, expect_user_error):
     first = complete[0]
     assert first.user_attrs["seeded"] and first.params["depth"] == 4  # the baseline plan goes first
     for t in complete:
-        assert {"quality", "latency_ms", "speedup", "size_mb", "plan", "constraints"} <= set(t.user_attrs)
-        assert t.constraints["speedup"] == 1.05 - t.user_attrs["speedup"]
+        assert {"quality", "latency_ms", "speedup", "size_mb", "plan", "constraints", "speedup_low", "speedup_high",
+                "confidence", "rounds"} <= set(t.user_attrs)
+        assert t.user_attrs["speedup_low"] <= t.user_attrs["speedup"] <= t.user_attrs["speedup_high"]
+        assert t.constraints["speedup"] == 1.05 - t.user_attrs["speedup_low"]  # holds at budget.confidence
+    stored = study.user_attrs["retimed"]  # the search's final step re-timed the best feasible trials
+    feasible = {t.number for t in complete if t.user_attrs["feasible"]}
+    assert len(stored["candidates"]) == min(5, len(feasible)) and set(stored["candidates"]) <= feasible
+    assert sorted(map(int, stored["trials"])) == sorted(stored["candidates"]) and stored["rounds"] == 60
 
     rep = cli("report", path, "--json", "--no-rescore")
     assert rep.returncode == 0, rep.stderr
@@ -57,11 +63,18 @@ def test_search_report_export(tmp_path, make_study, cli, expect_user_error):
     for row in data["pareto"]:
         assert {"number", "quality", "latency_ms", "speedup", "size_mb", "feasible", "plan"} <= set(row)
         assert row["feasible"]
-    full = cli("report", path, "--json")  # re-scored on the full split and re-timed
+    full = cli("report", path, "--json")  # re-scored on the full split; reads the search's re-timing
     assert full.returncode == 0, full.stderr
-    for row in json.loads(full.stdout)["pareto"]:
-        assert row["quality_full"] is not None and row["speedup_retimed"] > 0
-        assert row["holds_retimed"] == (row["speedup_retimed"] >= 1.05)
+    rescored = json.loads(full.stdout)
+    assert rescored["retimed_current"] and "re-timing" not in full.stderr
+    for row in rescored["pareto"] + rescored["retimed"]:
+        assert row["quality_full"] is not None
+    for row in rescored["retimed"]:
+        assert row["retimed_low"] <= row["speedup_retimed"] <= row["retimed_high"]
+        assert row["holds_retimed"] == (row["retimed_low"] >= 1.05)
+    text = cli("report", path)
+    for row in rescored["pareto"]:
+        assert f"[{row['speedup_low']:.2f}, {row['speedup_high']:.2f}]" in text.stdout  # the interval is shown
     if data["best"] is not None:
         out = tmp_path / "best"
         exp = cli("export", path, "--best", "--out", out)
