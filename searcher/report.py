@@ -238,7 +238,9 @@ def write_html(rep: dict, path: Path) -> list[Path]:
             hovertemplate="%{text}<br>%{y:.2f} @ %{x:.1f} ms<extra></extra>"))
     front = rep["pareto"]
     fig.add_trace(go.Scatter(x=[r["latency_ms"] for r in front], y=[r["quality"] for r in front],
-                             mode="lines", name="Pareto front", line={"color": "#d62728"}))
+                             mode="lines+markers", name="Pareto front", line={"color": "#d62728"},
+                             text=[f"trial {r['number']}" for r in front],
+                             hovertemplate="front: %{text}<br>%{y:.2f} @ %{x:.1f} ms<extra></extra>"))
     b = rep["baseline"]
     fig.add_trace(go.Scatter(x=[b["latency_ms"]], y=[b["quality"]], mode="markers", name="uncompressed",
                              marker={"symbol": "star", "size": 14, "color": "#2ca02c"}))

@@ -156,3 +156,19 @@ def postgres_url(_postgres_server, request) -> str:
 def study_writer(tiny_model_dir):
     """write_study for any folder (for module-scoped fixtures that run a search once)."""
     return lambda folder, **overrides: write_study(Path(folder), tiny_model_dir, **overrides)
+
+
+def run_in_process(*args):
+    """`slimformer ARGS` through the CLI's main() in this process (no interpreter start-up or
+    imports to pay again); the result looks like run_cli's (returncode, stdout, stderr). The
+    torch thread count a study sets is put back afterwards."""
+    import contextlib
+    import io
+
+    from slimformer.searcher.cli import main
+    from slimformer.searcher.latency import fixed_threads
+
+    out, err = io.StringIO(), io.StringIO()
+    with fixed_threads(None), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return subprocess.CompletedProcess(["slimformer", *map(str, args)], code, out.getvalue(), err.getvalue())
