@@ -123,7 +123,7 @@ def write_study(folder: Path, model_dir: Path, **overrides) -> Path:
 
 
 @pytest.fixture(scope="session")
-def _postgres_server():
+def _postgres_server(requires):
     """One throwaway PostgreSQL server for the session (see pgserver.py), or None when
     SLIMFORMER_TEST_POSTGRES_URL names an existing one."""
     import os
@@ -134,8 +134,7 @@ def _postgres_server():
         yield None
         return
     reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
+    requires(reason is None, reason)
     with PostgresServer() as server:
         yield server
 

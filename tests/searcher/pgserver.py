@@ -3,7 +3,8 @@ Unix socket only (no TCP), trust authentication, removed on stop.
 
 PostgreSQL refuses to run as root, so as root the server runs as the `postgres` user that
 Debian's package creates (`runuser -u postgres`). `.ci/run` installs the package
-(`apt-get install postgresql`); without it, `find_bindir()` returns None and tests skip.
+(`apt-get install postgresql`); without it, `find_bindir()` returns None and the tests skip on a
+developer's machine (they fail in CI: the `requires` fixture in tests/conftest.py).
 """
 
 from __future__ import annotations

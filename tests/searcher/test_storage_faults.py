@@ -103,10 +103,10 @@ def _unshare_works() -> bool:
     return res.returncode == 0
 
 
-@pytest.mark.skipif(not _unshare_works(), reason="needs unshare -rm (user + mount namespaces) for a read-only bind")
-def test_read_only_storage_folder(study_dir, expect_user_error):
+def test_read_only_storage_folder(study_dir, expect_user_error, requires):
     """A real read-only file system (a read-only bind mount in a private mount namespace:
     chmod does not stop root)."""
+    requires(_unshare_works(), "needs unshare -rm (user + mount namespaces) for a read-only bind")
     db = study_dir / "study.db"
     before = _digest(db)
     d = str(study_dir)
