@@ -251,7 +251,7 @@ class Adapter:
 
 
 class BertAdapter(Adapter):
-    model_types = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "mpnet_bert")
+    model_types = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
     layers_path = "encoder.layer"
     q, k, v = "attention.self.query", "attention.self.key", "attention.self.value"
     o = "attention.output.dense"

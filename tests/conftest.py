@@ -17,7 +17,9 @@ import pytest
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STS_DEV = PROJECT_ROOT / "studies" / "data" / "sts-dev.tsv"  # source and licence: studies/data/README.md
 
-# Tiny shapes: hidden 32, 3 layers, 4 heads (head_dim 8), FFN 64, vocab 100.
+# Tiny shapes: hidden 32, 3 layers, 4 heads (head_dim 8), FFN 64, vocab 100. The Mistral/Qwen
+# decoders use 4 KV groups of 2 query heads (Qwen3 3 groups, with head_dim 8 decoupled from
+# hidden/heads as in real Qwen3), so that a kept set of groups can be neither a prefix nor a suffix.
 HIDDEN, LAYERS, HEADS, FFN, VOCAB, LABELS = 32, 3, 4, 64, 100, 3
 BATCH, SEQ = 2, 8
 
@@ -34,19 +36,31 @@ class Tiny:
     heads: int = HEADS
     ffn: int = FFN
     kv_heads: int = HEADS
+    head_size: int | None = None  # head_dim when it is not hidden // heads (Qwen3)
     qkv_bias: bool = True
     ffn_bias: bool = True
     ffn_inputs: int = 1
     causal_lm: bool = False
     vision: bool = False
+    post_norm: bool = False  # LayerNorm after the residual add (BERT family, DistilBERT)
+    qk_norm: bool = False  # an RMSNorm on each query and key head (Qwen3), removed with the attention
 
     def config(self):
         import transformers as T
 
         bert_like = dict(hidden_size=self.hidden, num_hidden_layers=self.layers, num_attention_heads=self.heads,
                          intermediate_size=self.ffn)
+        encoder = dict(bert_like, vocab_size=VOCAB, max_position_embeddings=64, num_labels=LABELS)
+        decoder = dict(bert_like, num_key_value_heads=self.kv_heads, vocab_size=VOCAB, max_position_embeddings=64,
+                       bos_token_id=0, eos_token_id=0, pad_token_id=0)
         if self.name == "bert":
-            return T.BertConfig(**bert_like, vocab_size=VOCAB, max_position_embeddings=64, num_labels=LABELS)
+            return T.BertConfig(**encoder)
+        if self.name == "roberta":
+            return T.RobertaConfig(**encoder)
+        if self.name == "xlm-roberta":
+            return T.XLMRobertaConfig(**encoder)
+        if self.name == "electra":  # embeddings narrower than the layers, projected up as in ELECTRA-small
+            return T.ElectraConfig(**encoder, embedding_size=16)
         if self.name == "distilbert":
             return T.DistilBertConfig(dim=self.hidden, n_layers=self.layers, n_heads=self.heads, hidden_dim=self.ffn,
                                       vocab_size=VOCAB, max_position_embeddings=64, num_labels=LABELS)
@@ -54,8 +68,13 @@ class Tiny:
             return T.GPT2Config(n_embd=self.hidden, n_layer=self.layers, n_head=self.heads, n_inner=self.ffn,
                                 vocab_size=VOCAB, n_positions=64, bos_token_id=0, eos_token_id=0)
         if self.name == "llama":
-            return T.LlamaConfig(**bert_like, num_key_value_heads=self.kv_heads, vocab_size=VOCAB,
-                                 max_position_embeddings=64, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+            return T.LlamaConfig(**decoder)
+        if self.name == "mistral":
+            return T.MistralConfig(**decoder, sliding_window=4)
+        if self.name == "qwen2":  # q/k/v carry a bias, o does not
+            return T.Qwen2Config(**decoder)
+        if self.name == "qwen3":  # RMSNorm on each query and key head
+            return T.Qwen3Config(**decoder, head_dim=self.head_size)
         if self.name == "vit":
             return T.ViTConfig(**bert_like, image_size=16, patch_size=4, num_channels=3, num_labels=LABELS)
         raise KeyError(self.name)
@@ -88,7 +107,7 @@ class Tiny:
 
     @property
     def head_dim(self) -> int:
-        return self.hidden // self.heads
+        return self.head_size or self.hidden // self.heads
 
     def calibration(self, n_batches: int = 2):
         """Batches with labels (so the model returns its own task loss)."""
@@ -100,10 +119,18 @@ class Tiny:
 TINY = {
     t.name: t
     for t in (
-        Tiny("bert", "BertForSequenceClassification"),
-        Tiny("distilbert", "DistilBertForSequenceClassification"),
+        Tiny("bert", "BertForSequenceClassification", post_norm=True),
+        Tiny("distilbert", "DistilBertForSequenceClassification", post_norm=True),
         Tiny("gpt2", "GPT2LMHeadModel", causal_lm=True),
+        Tiny("roberta", "RobertaForSequenceClassification", post_norm=True),
+        Tiny("xlm-roberta", "XLMRobertaForSequenceClassification", post_norm=True),
+        Tiny("electra", "ElectraForSequenceClassification", post_norm=True),
         Tiny("llama", "LlamaForCausalLM", kv_heads=2, qkv_bias=False, ffn_bias=False, ffn_inputs=2, causal_lm=True),
+        Tiny("mistral", "MistralForCausalLM", heads=8, kv_heads=4, qkv_bias=False, ffn_bias=False, ffn_inputs=2,
+             causal_lm=True),
+        Tiny("qwen2", "Qwen2ForCausalLM", heads=8, kv_heads=4, ffn_bias=False, ffn_inputs=2, causal_lm=True),
+        Tiny("qwen3", "Qwen3ForCausalLM", heads=6, kv_heads=3, head_size=8, qkv_bias=False, ffn_bias=False,
+             ffn_inputs=2, causal_lm=True, qk_norm=True),
         Tiny("vit", "ViTForImageClassification", vision=True),
     )
 }

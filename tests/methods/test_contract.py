@@ -64,6 +64,8 @@ def expected_params(tiny, base, plan: Plan) -> int:
             continue
         removed = tiny.heads - plan.heads[i]
         total -= removed * per_q_head + (removed // g) * per_kv_group
+        if plan.heads[i] == 0 and tiny.qk_norm:
+            total -= 2 * d  # the q and k norms go with the attention block
         f = plan.ffn[i]
         total -= (tiny.ffn - f) * per_neuron
         if plan.rank[i] and f:

@@ -122,7 +122,7 @@ def test_smoothing_preserves_float32_outputs(tiny):
         want, got = base(**inputs).logits, model(**inputs).logits
     assert (got - want).abs().max().item() < 1e-4
     wrapped = [m for m in model.modules() if isinstance(m, InputScale)]
-    if tiny.name in ("bert", "distilbert"):  # post-norm: the LayerNorm output is also the residual
+    if tiny.post_norm:  # post-norm: the LayerNorm output is also the residual
         assert len(wrapped) == 3 * (3 + 1) and any("post-norm" in m for m in logs)
     else:  # pre-norm: folded into the norm, nothing added
         assert not wrapped
