@@ -51,7 +51,7 @@ class SearchProgress:
         flag = "feasible" if a.get("feasible") else "over budget"
         sim = " [simulated bits]" if a.get("simulated") else ""
         self._print(f"trial {trial.number:>3}: quality {a['quality']:.2f} ({a['quality'] - q0:+.2f}) "
-                    f"speedup {a['speedup']:.2f}x latency {a['latency_ms']:.1f} ms size {a['size_mb']:.1f} MB "
+                    f"speedup {a['speedup']:.2f}x{_bounds(a)} latency {a['latency_ms']:.1f} ms size {a['size_mb']:.1f} MB "
                     f"{flag}{sim} ({a['build_s'] + a['eval_s']:.0f} s)")
         best_text = None
         if best is not None:
@@ -65,3 +65,10 @@ class SearchProgress:
     def trial_failed(self, number: int, reason: str) -> None:
         self._print(f"trial {number:>3}: FAILED {reason}")
         self._advance()
+
+
+def _bounds(attrs: dict) -> str:
+    """The speedup's interval and rounds (searcher/adaptive.py), when the latency was measured."""
+    if attrs.get("speedup_low") is None:
+        return ""
+    return f" [{attrs['speedup_low']:.2f}, {attrs['speedup_high']:.2f}] ({attrs['rounds']} rounds)"
