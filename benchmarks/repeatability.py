@@ -164,7 +164,9 @@ def main() -> None:
         if str(seed) in results:
             print(f"seed {seed}: already in {path.name}, skipped")
             continue
-        results[str(seed)] = run_seed(seed, args.rounds)
+        row = run_seed(seed, args.rounds)
+        # re-read before writing: another instance may have added its seeds meanwhile
+        results = {**(json.loads(path.read_text()) if path.is_file() else {}), str(seed): row}
         path.write_text(json.dumps(results, indent=1, sort_keys=True))
         report(results, args.note)
     report(results, args.note)

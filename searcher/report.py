@@ -103,7 +103,11 @@ def report_study(cfg: StudyConfig, storage: str | None = None, study_name: str |
     for r in timed:
         a = again[r["number"]]
         r.update(speedup_retimed=a.speedup, retimed_low=a.low, retimed_high=a.high, holds_retimed=a.holds)
-    if rescore and (front or timed):
+    if cfg.data.validation_size is None:  # the search scored the whole split already
+        for r in front + timed:
+            r["quality_full"] = r["quality"]
+        baseline["quality_full"] = baseline["quality"]
+    elif rescore and (front or timed):
         baseline["quality_full"] = _rescore(study, bench, list({id(r): r for r in front + timed}.values()), log)
     best, searched = best_holding(study), best_feasible(study)
     failed = [t for t in trials if t.state == TrialState.FAIL]
