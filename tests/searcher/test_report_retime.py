@@ -117,3 +117,21 @@ def test_export_best_re_times_when_trials_finished_since(retimed_study, tmp_path
     assert "re-timing the 2 best feasible trial(s)" in capsys.readouterr().err
     fresh = optuna.load_study(study_name="study", storage=f"sqlite:///{path.parent / 'study.db'}")
     assert is_current(fresh) and set(retimed(fresh)) == {0, 1}
+
+
+def test_report_reads_the_stored_re_timing_and_scores_a_whole_split_once(retimed_study, make_study):
+    """The report's best follows the stored re-timing; with no validation_size the search split
+    is the whole file, so the front is not rebuilt to score it again."""
+    from slimformer.searcher.config import load_study_config
+    from slimformer.searcher.report import report_study
+
+    path, _ = retimed_study
+    make_study(budget={"speedup": 1.05}, data={"validation_size": None})
+    lines = []
+    rep = report_study(load_study_config(path), log=lines.append)
+    assert not lines  # nothing measured: the re-timing is current and the split was scored in full
+    assert rep["best"]["number"] == 1 and rep["best_search"]["number"] == 0
+    assert [r["number"] for r in rep["retimed"]] == [0, 1] and rep["retimed"][0]["holds_retimed"] is False
+    assert all(r["quality_full"] == r["quality"] for r in rep["pareto"] + rep["retimed"])
+    text = render_text(rep)
+    assert "best under the budget: trial 1" in text and "[1.01, 1.05]" in text
