@@ -22,7 +22,8 @@ from .plan import Plan
 from .registry import CONFIG_KEY, apply_plan, plan_of
 from .size import _dynamic_int8
 
-__all__ = ["save_compressed", "load_compressed", "ExportError", "FORMAT_VERSION"]
+__all__ = ["save_compressed", "load_compressed", "ExportError", "FORMAT_VERSION", "MANIFEST", "sha256_file", "move_into",
+           "verified_files"]
 
 FORMAT_VERSION = 1
 WEIGHTS, META, MANIFEST = "model.safetensors", "slimformer.json", "manifest.json"
@@ -32,7 +33,7 @@ class ExportError(ValueError):
     """An export directory that cannot be written or trusted."""
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -88,7 +89,7 @@ def save_compressed(model: nn.Module, plan: Plan | None, out_dir, tokenizer=None
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         _write_export(model, stage, tokenizer, metrics)
-        _move_into(stage, out)
+        move_into(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return out
@@ -119,11 +120,11 @@ def _write_export(model: nn.Module, stage: Path, tokenizer, metrics) -> None:
         if p.is_symlink() or not (p.is_file() and p.parent == stage):
             raise ExportError(f"the export would contain {p.relative_to(stage)}, which is not a plain file")
     files = sorted(p.name for p in stage.iterdir() if p.name != MANIFEST)
-    manifest = {"format_version": FORMAT_VERSION, "files": {name: _sha256(stage / name) for name in files}}
+    manifest = {"format_version": FORMAT_VERSION, "files": {name: sha256_file(stage / name) for name in files}}
     (stage / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
 
 
-def _move_into(stage: Path, out: Path) -> None:
+def move_into(stage: Path, out: Path) -> None:
     """An absent or empty `out` is replaced by the finished folder in one rename. Into a
     non-empty one (force), each file is renamed over its old entry (a symlink there is replaced,
     never followed), the old manifest is removed first and the new one moved in last, so an
@@ -149,8 +150,12 @@ def _plain_name(name) -> bool:
 
 
 def _verified(root: Path) -> dict[str, bytes]:
-    """The bytes of every file listed in the manifest, each checked against its sha256. Only
-    these bytes are used to load the model: files not listed are never read."""
+    return verified_files(root, (WEIGHTS, META))[1]
+
+
+def verified_files(root: Path, required: tuple[str, ...]) -> tuple[dict, dict[str, bytes]]:
+    """(manifest, the bytes of every file it lists), each file checked against its sha256, and
+    every `required` name listed. Only these bytes are used to load: files not listed are never read."""
     if not root.is_dir():
         raise ExportError(f"export directory not found: {root}")
     try:
@@ -163,7 +168,7 @@ def _verified(root: Path) -> dict[str, bytes]:
     version = manifest.get("format_version", 0)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ExportError(f"{root} was written by a newer slimformer (format {version!r})")
-    for name in (WEIGHTS, META):
+    for name in required:
         if name not in files:
             raise ExportError(f"{root}/{MANIFEST} does not list {name}")
     data = {}
@@ -176,7 +181,7 @@ def _verified(root: Path) -> dict[str, bytes]:
         if hashlib.sha256(raw).hexdigest() != digest:
             raise ExportError(f"{root}: {name} does not match its sha256 in the manifest (corrupted or tampered)")
         data[name] = raw
-    return data
+    return manifest, data
 
 
 def _verify(root: Path) -> dict:

@@ -11,6 +11,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from .artifacts import EXPORT_FORMATS
 from .errors import UserError
 
 __all__ = ["main", "build_parser"]
@@ -101,9 +102,13 @@ def cmd_evaluate(args) -> int:
 
         data = args.data if is_builtin_source(args.data) else str(Path(args.data).resolve())
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"validation": data})})
+    from .artifacts import is_artifact
+
+    target = Path(args.model)
+    if is_artifact(target):
+        return _evaluate_artifact(args, cfg, target)
     try:
         bench = Workbench(cfg, log=_log)
-        target = Path(args.model)
         if (target / MANIFEST).is_file() or (target.is_dir() and not (target / "config.json").is_file()):
             model, _, plan = load_compressed(target)
         else:
@@ -118,16 +123,41 @@ def cmd_evaluate(args) -> int:
     result["baseline_quality"] = bench.quality(bench.model, full=True)["quality"]
     result["device"] = bench.facts()
     result["plan"] = plan.to_dict() if plan else None
-    if args.json:
-        _print_json(result)
-    else:
-        print(f"{result['metric']}: {result['quality']:.2f} (uncompressed {result['baseline_quality']:.2f})")
-        print(f"latency: {result['latency_ms']:.2f} ms median [p10 {result['latency_p10_ms']:.2f}, p90 "
-              f"{result['latency_p90_ms']:.2f}] vs {result['baseline_latency_ms']:.2f} ms -> "
-              f"speedup {result['speedup']:.2f}x ({result['runtime']})")
-        print(f"size: {result['params']:,} params, {result['size_mb']:.1f} MB"
-              + (" (low-bit weights are SIMULATED: size is real, speed is float32)" if result["simulated"] else ""))
+    _print_result(result, args.json)
     return 0
+
+
+def _evaluate_artifact(args, cfg, target: Path) -> int:
+    """`evaluate` of an onnx/openvino artifact: every file checked against its sha256, then quality
+    and latency measured on the artifact itself."""
+    from slimformer.methods.export import ExportError
+
+    from .artifacts import evaluate_artifact
+    from .workbench import Workbench
+
+    bench = Workbench(cfg, log=_log)
+    _log(f"evaluating the artifact {target} on {cfg.data.validation} ({cfg.task.type}) ...")
+    try:
+        result = evaluate_artifact(bench, target, rounds=args.rounds)
+    except ExportError as exc:
+        raise UserError(str(exc)) from None
+    result["baseline_quality"] = bench.quality(bench.model, full=True)["quality"]
+    result["device"] = bench.facts()
+    _print_result(result, args.json)
+    return 0
+
+
+def _print_result(result: dict, as_json: bool) -> None:
+    if as_json:
+        _print_json(result)
+        return
+    print(f"{result['metric']}: {result['quality']:.2f} (uncompressed {result['baseline_quality']:.2f})")
+    print(f"latency: {result['latency_ms']:.2f} ms median [p10 {result['latency_p10_ms']:.2f}, p90 "
+          f"{result['latency_p90_ms']:.2f}] vs {result['baseline_latency_ms']:.2f} ms -> "
+          f"speedup {result['speedup']:.2f}x ({result['runtime']})")
+    params = f"{result['params']:,} params, " if result.get("params") else ""
+    print(f"size: {params}{result['size_mb']:.1f} MB"
+          + (" (low-bit weights are SIMULATED: size is real, speed is float32)" if result["simulated"] else ""))
 
 
 def cmd_search(args) -> int:
@@ -198,10 +228,11 @@ def cmd_report(args) -> int:
 
 def cmd_export(args) -> int:
     from optuna.trial import TrialState
-    from slimformer.methods import Plan, save_compressed
+    from slimformer.methods import Plan
     from slimformer.methods.export import ExportError
 
     from .adaptive import INTERVAL_KEYS
+    from .artifacts import default_format, export_model, require_format
     from .retime import choose_best, miss_warning, retimed
     from .study import feasible_trials, handle_for, open_study
     from .workbench import Workbench
@@ -215,6 +246,8 @@ def cmd_export(args) -> int:
         if not feasible_trials(study):
             raise UserError("no finished trial meets the budget yet; use --trial N to export another one")
         _check_out_dir(out, args.force)
+        if args.format:
+            require_format(args.format)
         bench = Workbench(cfg, log=_log)
         trial = choose_best(study, bench, _log)  # the best that holds re-timed (searcher/retime.py)
     else:
@@ -226,6 +259,9 @@ def cmd_export(args) -> int:
         warning = miss_warning(study, trial)
         if warning:
             _log(f"warning: {warning}; exporting it as asked")
+    fmt = args.format or default_format(trial.user_attrs.get("runtime", cfg.device.runtime))
+    require_format(fmt)  # not installed: one line before anything is built
+    if not args.best:
         bench = Workbench(cfg, log=_log)
     plan = Plan.from_dict(trial.user_attrs["plan"])
     _log(f"rebuilding trial {trial.number} from its plan ...")
@@ -238,12 +274,12 @@ def cmd_export(args) -> int:
                               "confidence": again.confidence, "rounds": again.rounds, "holds": again.holds}
     metrics.update({"trial": trial.number, "study": study.study_name, "metric": bench.task.metric})
     try:
-        save_compressed(model, plan, out, tokenizer=bench.tokenizer, metrics=metrics, force=args.force)
+        export_model(fmt, bench, model, plan, out, metrics, force=args.force, log=_log)
     except ExportError as exc:
         raise UserError(str(exc)) from None
     timed = (f"{again.speedup:.2f}x re-timed (lower bound {again.low:.2f}x)" if again is not None
              else f"{metrics['speedup']:.2f}x in the search")
-    print(f"exported trial {trial.number} to {out} ({metrics['metric']} {metrics['quality']:.2f}, "
+    print(f"exported trial {trial.number} to {out} as {fmt} ({metrics['metric']} {metrics['quality']:.2f}, "
           f"{timed}, {metrics['size_mb']:.1f} MB)")
     print(f"check it: slimformer evaluate {out} --study {args.study or DEFAULT_STUDY}")
     return 0
@@ -394,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--best", action="store_true", help="the best trial under the budget")
     x.add_argument("--trial", type=int, help="trial number")
     x.add_argument("--out", required=True, help="empty output directory")
+    x.add_argument("--format", choices=EXPORT_FORMATS,
+                   help="pytorch (safetensors, loads with slimformer), onnx or openvino (load without slimformer); "
+                        "default: the format of the runtime the trial was timed in")
     x.add_argument("--force", action="store_true", help="write into a non-empty --out")
     _storage_flags(x)
     x.set_defaults(func=cmd_export)

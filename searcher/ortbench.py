@@ -136,7 +136,7 @@ def overhead_job(hidden: int, head_dims, dtypes, tokens, threads: int):
         with tempfile.TemporaryDirectory(prefix="slimformer-ortbench-") as tmp:
             for i, (what, plan) in enumerate(plans.items()):
                 fm, int8 = float_copy(apply_plan(base, plan))
-                path = export_onnx(fm, example, Path(tmp) / f"m{i}.onnx", int8, dynamic_seq=True)
+                path = export_onnx(fm, example, Path(tmp) / f"m{i}.onnx", int8)
                 sessions[what] = ort_session(path.read_bytes(), threads)
         for t in tokens:
             ids = np.random.default_rng(t).integers(0, 512, (1, t), dtype=np.int64)

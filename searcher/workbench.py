@@ -104,11 +104,13 @@ class Workbench:
 
     def latency(self, models: dict[str, torch.nn.Module], rounds: int | None = None) -> dict:
         """Interleaved timing of the named models against the uncompressed baseline."""
+        return self.latency_of({name: self.runner(m) for name, m in models.items()}, rounds)
+
+    def latency_of(self, runners: dict, rounds: int | None = None) -> dict:
+        """Interleaved timing of zero-argument callables against the uncompressed baseline."""
         d = self.cfg.device
-        runners = {"baseline": self._baseline_runner}
-        runners.update({name: self.runner(m) for name, m in models.items()})
-        return measure_latency(runners, baseline="baseline", rounds=rounds or d.rounds, warmup=d.warmup,
-                               threads=d.threads)
+        return measure_latency({"baseline": self._baseline_runner, **runners}, baseline="baseline",
+                               rounds=rounds or d.rounds, warmup=d.warmup, threads=d.threads)
 
     def paired_rounds(self, models: dict[str, torch.nn.Module]):
         """A function timing n more interleaved rounds of the baseline and the named models (their

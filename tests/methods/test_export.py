@@ -226,7 +226,7 @@ def test_failed_export_leaves_nothing_behind(compressed, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(export, "_move_into", boom)
+    monkeypatch.setattr(export, "move_into", boom)
     with pytest.raises(OSError):
         save_compressed(compressed, PLAN, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no half-written folder, no staging left

@@ -1,0 +1,109 @@
+"""The OpenVINO runtime (`device.runtime: openvino`, `pip install 'slimformer[openvino]'`).
+
+A candidate's float32 copy is exported to ONNX exactly as for ONNX Runtime (Hugging Face names,
+dynamic batch and sequence axes), read by `openvino.convert_model`, and compiled for the CPU with
+`device.threads` inference threads, the LATENCY performance hint, float32 inference precision (no
+silent bf16 on CPUs that have it) and no CPU pinning (the other runners of an interleaved
+measurement share the cores). The static study shape timed no faster than the dynamic graph
+(107.5 vs 107.45 ms for MiniLM at 128 tokens, 2 threads, loaded machine), so the IR keeps the
+dynamic axes and the artifact that is timed is the one that is handed over.
+
+Layers a plan stores in int8 get int8 weights through NNCF weight compression (INT8_SYM,
+per-channel, only those layers' MatMuls; the embeddings stay float32): the MatMul reads int8
+weights and decompresses them in the kernel, activations stay float32. OpenVINO has no int8
+activations without calibration (NNCF PTQ), which this runtime does not do. bits 16 is refused
+(inference precision is pinned to float32); simulated 4/3/2 bits run in float32 as in eager.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+__all__ = ["INSTALL_HINT", "require_openvino", "openvino_version", "convert", "compile_ir", "ov_runner",
+           "save_ir", "IR_FILES"]
+
+INSTALL_HINT = "device.runtime openvino needs: pip install 'slimformer[openvino]'"
+IR_FILES = ("model.xml", "model.bin")
+
+
+def require_openvino():
+    """The `openvino` module, or UserError with the install line."""
+    try:
+        import openvino
+    except ImportError:
+        raise UserError(INSTALL_HINT) from None
+    return openvino
+
+
+def openvino_version() -> str | None:
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino.get_version()
+
+
+def _matmul_names(model) -> list[str]:
+    return [op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "MatMul"]
+
+
+def convert(onnx_path: str | Path, int8_modules: list[str] = ()):
+    """The OpenVINO model of a float32 ONNX export; the MatMuls of `int8_modules` get int8 weights."""
+    ov = require_openvino()
+    model = ov.convert_model(str(onnx_path))
+    if not int8_modules:
+        return model
+    import nncf
+
+    prefixes = [f"/m/{n}/".replace(".", "/") for n in int8_modules]
+    names = _matmul_names(model)
+    keep = [n for n in names if any(n.replace(".", "/").startswith(p) for p in prefixes)]
+    if not keep:
+        raise RuntimeError("no MatMul of the int8 layers was found in the OpenVINO model")
+    ignored = nncf.IgnoredScope(names=[n for n in names if n not in keep], types=["Gather"], validate=False)
+    nncf_log = logging.getLogger("nncf")
+    level = nncf_log.level
+    nncf_log.setLevel(logging.ERROR)  # NNCF prints a bit-width table for every call
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM, ignored_scope=ignored)
+    finally:
+        nncf_log.setLevel(level)
+
+
+def compile_ir(model, threads: int):
+    """Compiled for the CPU: `threads` threads, LATENCY hint, float32 precision, no pinning."""
+    ov = require_openvino()
+    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
+              "ENABLE_CPU_PINNING": False}
+    return ov.Core().compile_model(model, "CPU", config)
+
+
+def save_ir(model, folder: Path) -> list[str]:
+    """model.xml + model.bin in `folder` (weights kept in their precision: no float16 compression)."""
+    ov = require_openvino()
+    ov.save_model(model, str(folder / IR_FILES[0]), compress_to_fp16=False)
+    return list(IR_FILES)
+
+
+def ov_runner(model: nn.Module, inputs: dict[str, torch.Tensor], threads: int):
+    """(zero-argument callable running the candidate in OpenVINO, the compiled model)."""
+    from .runtimes import export_onnx, float_copy
+
+    fmodel, int8 = float_copy(model)
+    with tempfile.TemporaryDirectory(prefix="slimformer-openvino-") as tmp:
+        path = export_onnx(fmodel, inputs, Path(tmp) / "model.onnx")
+        compiled = compile_ir(convert(path, int8), threads)
+    request = compiled.create_infer_request()
+    used = {i.get_any_name() for i in compiled.inputs}
+    feed = {k: v.numpy() for k, v in inputs.items() if k in used}
+    return (lambda: request.infer(feed)), compiled
