@@ -4,7 +4,7 @@ and Spearman for the reference plans, magnitude vs fisher importance side by sid
     python benchmarks/compression_table.py            # writes benchmarks/compression_results.{md,json}
 
 Latency: batch 1, 128 tokens, 2 threads; every model timed in the same interleaved rounds
-(searcher.latency.measure_latency), median and p10-p90 spread; speedup is the median of
+(searcher.devices.latency.measure_latency), median and p10-p90 spread; speedup is the median of
 per-round ratios against the uncompressed model. Quality: Spearman x100 of mean-pooled cosine
 similarity on the full STS-B dev split (1,500 pairs), and on 1,500 pairs of STS-B train as a
 second split for the int8 rows (DESIGN.md §9 asks to check int8 on two splits).
@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from slimformer.methods import Plan, model_size
 from slimformer.searcher.config import load_study_config
-from slimformer.searcher.data import load_rows
-from slimformer.searcher.latency import device_facts, measure_latency
-from slimformer.searcher.workbench import Workbench
+from slimformer.searcher.devices.latency import device_facts, measure_latency
+from slimformer.searcher.problem.data import load_rows
+from slimformer.searcher.problem.workbench import Workbench
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "stsb"

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from slimformer.methods import Plan, apply_plan
-from slimformer.searcher.costfit import CalibratedPredictor, mape, spearman
-from slimformer.searcher.costmodel import CompiledProfile, predict
-from slimformer.searcher.latency import device_facts, measure_latency
-from slimformer.searcher.models import load_model
-from slimformer.searcher.profile import default_profile_path, load_profile, profile_device, save_profile
+from slimformer.searcher.cost.costfit import CalibratedPredictor, mape, spearman
+from slimformer.searcher.cost.costmodel import CompiledProfile, predict
+from slimformer.searcher.cost.profile import default_profile_path, load_profile, profile_device, save_profile
+from slimformer.searcher.devices.latency import device_facts, measure_latency
+from slimformer.searcher.problem.models import load_model
 
 HERE = Path(__file__).resolve().parent
 SEQ, BATCH = 128, 1

@@ -22,8 +22,8 @@ from scipy.stats import spearmanr
 from slimformer.methods import Plan, model_size
 from slimformer.methods.sensitivity import inverse_order, layer_sensitivity, sensitivity_plans, uniform_sizes
 from slimformer.searcher.config import load_study_config
-from slimformer.searcher.latency import device_facts
-from slimformer.searcher.workbench import Workbench
+from slimformer.searcher.devices.latency import device_facts
+from slimformer.searcher.problem.workbench import Workbench
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "stsb"

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from slimformer.methods import Plan, model_size
 from slimformer.searcher.config import load_study_config
-from slimformer.searcher.data import load_rows
-from slimformer.searcher.latency import device_facts, measure_latency
-from slimformer.searcher.workbench import Workbench
+from slimformer.searcher.devices.latency import device_facts, measure_latency
+from slimformer.searcher.problem.data import load_rows
+from slimformer.searcher.problem.workbench import Workbench
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

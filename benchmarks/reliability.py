@@ -76,7 +76,7 @@ def _orphans(tag: str) -> list[int]:
 
 def part_kill(model: Path, work: Path, runs: int, trials: int, seed: int) -> dict:
     from optuna.trial import TrialState
-    from slimformer.searcher.study import counted
+    from slimformer.searcher.study.records import counted
 
     rng = random.Random(seed)
     rows = []

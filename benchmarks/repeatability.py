@@ -48,7 +48,7 @@ def measure(artifact: str, study: str, rounds: int) -> dict:
     from slimformer.methods import load_compressed
     from slimformer.searcher.adaptive import speedup_interval, speedup_target
     from slimformer.searcher.config import load_study_config
-    from slimformer.searcher.workbench import Workbench
+    from slimformer.searcher.problem.workbench import Workbench
 
     cfg = load_study_config(study)
     bench = Workbench(cfg, log=lambda msg: None)

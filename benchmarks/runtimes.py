@@ -22,11 +22,11 @@ warnings.simplefilter("ignore")
 import torch  # noqa: E402
 from slimformer.methods import Plan  # noqa: E402
 from slimformer.searcher.config import load_study_config  # noqa: E402
-from slimformer.searcher.costmodel import predict  # noqa: E402
-from slimformer.searcher.latency import measure_latency  # noqa: E402
-from slimformer.searcher.profile import profile_device  # noqa: E402
-from slimformer.searcher.runtimes import ort_runner  # noqa: E402
-from slimformer.searcher.workbench import Workbench  # noqa: E402
+from slimformer.searcher.cost.costmodel import predict  # noqa: E402
+from slimformer.searcher.cost.profile import profile_device  # noqa: E402
+from slimformer.searcher.devices.latency import measure_latency  # noqa: E402
+from slimformer.searcher.devices.runtimes import ort_runner  # noqa: E402
+from slimformer.searcher.problem.workbench import Workbench  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 THREADS, ROUNDS, N_PLANS = 2, 20, int(os.environ.get("N_PLANS", 12))

@@ -7,7 +7,7 @@ The study: all-MiniLM-L6-v2 on STS-B dev, the default space restricted to magnit
 the samplers and not the machine's noise, and fits in minutes, every trial's objective is
 deterministic: quality = Spearman x100 on a fixed subset (--pairs, default 300) of STS-B dev, computed on
 the really compressed model and cached by plan (samplers that propose the same plan share the
-figure); latency = the device profile's prediction (searcher.costmodel) for this CPU, batch 1,
+figure); latency = the device profile's prediction (searcher.cost.costmodel) for this CPU, batch 1,
 128 tokens, 2 threads. Hypervolume of the feasible front in (quality, latency) with reference
 point (baseline quality - 20, baseline latency), after 15, 30 and 60 trials, 3 seeds each.
 """
@@ -25,9 +25,9 @@ import optuna
 from slimformer.methods import Plan
 from slimformer.methods.adapters import get_adapter
 from slimformer.searcher.config import load_study_config
-from slimformer.searcher.costmodel import compile_profile, predict
-from slimformer.searcher.profile import default_profile_path, find_profile, profile_device, save_profile
-from slimformer.searcher.workbench import Workbench
+from slimformer.searcher.cost.costmodel import compile_profile, predict
+from slimformer.searcher.cost.profile import default_profile_path, find_profile, profile_device, save_profile
+from slimformer.searcher.problem.workbench import Workbench
 from slimformer.spaces import Space
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -35,7 +35,7 @@ def cli(*args, **kw):
 
 def load(url: str, name: str = "study"):
     import optuna
-    from slimformer.searcher.storage import open_storage
+    from slimformer.searcher.study.storage import open_storage
 
     return optuna.load_study(study_name=name, storage=open_storage(url, read_only=True))
 

@@ -5,7 +5,7 @@ Heavy modules load lazily so `slimformer --help` starts fast.
 
 __all__ = ["load_study_config", "run_search", "report_study"]
 
-_LAZY = {"load_study_config": "config", "run_search": "study", "report_study": "report"}
+_LAZY = {"load_study_config": "config", "run_search": "search", "report_study": "report.collect"}
 
 
 def __getattr__(name):

@@ -1,6 +1,6 @@
 """Speedup intervals and adaptive timing: spend latency rounds where the budget decision is.
 
-A candidate is timed against the uncompressed model in interleaved rounds (searcher/latency.py);
+A candidate is timed against the uncompressed model in interleaved rounds (searcher/devices/latency.py);
 each round gives one paired ratio baseline_ms / candidate_ms. The speedup is the median of those
 ratios, and its interval is a percentile bootstrap of that median over the ratios (seeded, so the
 same rounds always give the same interval; Efron & Tibshirani 1993, ch. 13).

@@ -64,7 +64,7 @@ def cmd_compress(args) -> int:
     from slimformer.methods.adapters import UnsupportedModelError
 
     from .config import load_study_config
-    from .workbench import Workbench
+    from .problem.workbench import Workbench
 
     plan = _load_plan(args.plan)
     cfg = load_study_config(args.study) if args.study else load_study_config(data={})
@@ -94,11 +94,11 @@ def cmd_evaluate(args) -> int:
     from slimformer.methods.adapters import UnsupportedModelError
     from slimformer.methods.export import MANIFEST, ExportError
 
-    from .workbench import Workbench
+    from .problem.workbench import Workbench
 
     cfg = _study_or_default(args.study)
     if args.data:
-        from .data import is_builtin_source
+        from .problem.data import is_builtin_source
 
         data = args.data if is_builtin_source(args.data) else str(Path(args.data).resolve())
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"validation": data})})
@@ -112,7 +112,7 @@ def cmd_evaluate(args) -> int:
         if (target / MANIFEST).is_file() or (target.is_dir() and not (target / "config.json").is_file()):
             model, _, plan = load_compressed(target)
         else:
-            from .models import load_model
+            from .problem.models import load_model
 
             model, plan = load_model(args.model, bench.task.model_class), None
     except (ExportError, UnsupportedModelError) as exc:
@@ -133,7 +133,7 @@ def _evaluate_artifact(args, cfg, target: Path) -> int:
     from slimformer.methods.export import ExportError
 
     from .artifacts import evaluate_artifact
-    from .workbench import Workbench
+    from .problem.workbench import Workbench
 
     bench = Workbench(cfg, log=_log)
     _log(f"evaluating the artifact {target} on {cfg.data.validation} ({cfg.task.type}) ...")
@@ -161,9 +161,10 @@ def _print_result(result: dict, as_json: bool) -> None:
 
 
 def cmd_search(args) -> int:
-    from .signals import stop_guard
-    from .study import handle_for, run_search
-    from .workers import with_scale_out
+    from .backends.signals import stop_guard
+    from .backends.workers import with_scale_out
+    from .search import run_search
+    from .study.records import handle_for
 
     cfg = _study_or_default(args.study)
     source = args.transfer_from
@@ -175,7 +176,7 @@ def cmd_search(args) -> int:
     cfg = with_scale_out(cfg, args.workers, args.backend, args.address)
 
     try:
-        with stop_guard():  # 1st Ctrl-C/SIGTERM: stop cleanly; 2nd: exit at once (searcher/signals.py)
+        with stop_guard():  # 1st Ctrl-C/SIGTERM: stop cleanly; 2nd: exit at once (searcher/backends/signals.py)
             summary = run_search(cfg, trials=args.trials, timeout=args.timeout, storage=args.storage,
                                  study_name=args.study_name, seed=args.seed, log=_log)
     except KeyboardInterrupt:
@@ -211,7 +212,7 @@ def cmd_search(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import render_text, report_study, write_html
+    from .report.collect import render_text, report_study, write_html
 
     cfg = _study_or_default(args.study)
     rep = report_study(cfg, storage=args.storage, study_name=args.study_name, rescore=not args.no_rescore, log=_log)
@@ -233,9 +234,9 @@ def cmd_export(args) -> int:
 
     from .adaptive import INTERVAL_KEYS
     from .artifacts import default_format, export_model, require_format
+    from .problem.workbench import Workbench
     from .retime import choose_best, miss_warning, retimed
-    from .study import feasible_trials, handle_for, open_study
-    from .workbench import Workbench
+    from .study.records import feasible_trials, handle_for, open_study
 
     if args.best == (args.trial is not None):
         raise UserError("choose exactly one of --best or --trial N")
@@ -286,7 +287,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_profile(args) -> int:
-    from .profile import ProfileError, default_profile_path, profile_device, save_profile
+    from .cost.profile import ProfileError, default_profile_path, profile_device, save_profile
 
     try:
         profile = profile_device(args.threads, args.runtime, quick=args.quick, progress=True)
@@ -301,9 +302,9 @@ def cmd_profile(args) -> int:
 def cmd_predict(args) -> int:
     import transformers
 
-    from .costmodel import predict
-    from .models import resolve_model_path
-    from .profile import ProfileError, find_profile
+    from .cost.costmodel import predict
+    from .cost.profile import ProfileError, find_profile
+    from .problem.models import resolve_model_path
 
     plan = _load_plan(args.plan)
     try:
@@ -336,7 +337,7 @@ def cmd_sensitivity(args) -> int:
     from slimformer.methods import Plan
     from slimformer.methods.sensitivity import layer_sensitivity, sensitivity_plans, uniform_sizes
 
-    from .workbench import Workbench
+    from .problem.workbench import Workbench
 
     try:
         allowed = sorted({int(b) for b in args.bits.split(",")}, reverse=True)
@@ -493,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"slimformer {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
-        from .storage import storage_fault
+        from .study.storage import storage_fault
 
         fault = storage_fault(exc)
         if fault:  # a locked, read-only or full storage: one clear line, exit 2

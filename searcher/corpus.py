@@ -19,8 +19,8 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 
 from .config import StudyConfig
-from .data import LABEL_FIELDS, TASK_FIELDS, read_table
 from .errors import UserError
+from .problem.data import LABEL_FIELDS, TASK_FIELDS, read_table
 
 __all__ = ["CorpusRows", "load_corpus_rows", "normalise", "shared_rows", "check_no_overlap", "split_disjoint",
            "CORPUS_TASKS", "build_corpus"]
@@ -164,7 +164,7 @@ def split_disjoint(rows: list[tuple[str, ...]], size: int, seed: int,
 
 
 def build_corpus(rows: CorpusRows, task, batch_size: int, seed: int = 0):
-    """The DistillCorpus (methods/corpus.py) of these rows for `task` (a searcher.tasks.Task)."""
+    """The DistillCorpus (methods/corpus.py) of these rows for `task` (a searcher.problem.tasks.Task)."""
     from slimformer.methods.corpus import DistillCorpus
 
     texts, labels = rows.texts()

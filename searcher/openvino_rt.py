@@ -97,7 +97,7 @@ def save_ir(model, folder: Path) -> list[str]:
 
 def ov_runner(model: nn.Module, inputs: dict[str, torch.Tensor], threads: int):
     """(zero-argument callable running the candidate in OpenVINO, the compiled model)."""
-    from .runtimes import export_onnx, float_copy
+    from .devices.runtimes import export_onnx, float_copy
 
     fmodel, int8 = float_copy(model)
     with tempfile.TemporaryDirectory(prefix="slimformer-openvino-") as tmp:

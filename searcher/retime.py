@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 
 from .adaptive import speedup_interval, speedup_target
 from .errors import UserError
-from .study import feasible_trials
+from .study.records import feasible_trials
 
 __all__ = ["RETIMED_ATTR", "RETIME_TOP", "Retimed", "retimed", "candidates", "is_current", "retime",
            "best_holding", "choose_best", "miss_warning", "study_budget"]
@@ -72,8 +72,8 @@ def retime(study, bench, log=print, k: int = RETIME_TOP) -> dict[int, Retimed]:
     measurement (structure-only builds: the same shapes and kernels), store and return it."""
     from slimformer.methods import Plan
 
-    from .signals import protected
-    from .storage import storage_fault
+    from .backends.signals import protected
+    from .study.storage import storage_fault
 
     budget = study_budget(study)
     confidence = budget["confidence"]

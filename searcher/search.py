@@ -4,7 +4,6 @@ number of finished ones. Every finished trial is in the storage as soon as it en
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
@@ -12,13 +11,15 @@ from optuna.trial import TrialState
 from slimformer.methods import Plan, model_size
 from slimformer.methods.adapters import UnsupportedModelError, get_adapter
 
+from .backends.isolate import WorkerStartError, make_runner
+from .backends.progress import SearchProgress
+from .backends.signals import interruptible, protected
+from .backends.workers import check_scale_out, is_worker, run_workers
 from .config import StudyConfig
 from .errors import UserError
-from .isolate import WorkerStartError, make_runner
-from .progress import SearchProgress
-from .seeds import sensitivity_seeds
-from .signals import interruptible, protected
-from .storage import (
+from .study.records import DIRECTIONS, SCHEMA, StudyHandle, best_feasible, counted, handle_for, taken
+from .study.seeds import sensitivity_seeds
+from .study.storage import (
     check_storage,
     fail_stale_trials,
     open_storage,
@@ -26,36 +27,11 @@ from .storage import (
     register_owner,
     storage_fault,
     storage_file,
-    storage_url,
 )
-from .transfer import TRANSFER_ATTR, data_meta, transferable_trials
-from .trial import Rejected, predicted, propose, record
-from .workers import check_scale_out, is_worker, run_workers
+from .study.transfer import TRANSFER_ATTR, data_meta, transferable_trials
+from .study.trial import Rejected, predicted, propose, record
 
-__all__ = ["run_search", "StudyHandle", "open_study", "best_feasible", "feasible_trials", "counted", "SCHEMA"]
-
-SCHEMA = 1  # version of what slimformer stores in a study
-DIRECTIONS = {"quality": "maximize", "latency": "minimize", "size": "minimize"}
-
-
-@dataclass
-class StudyHandle:
-    url: str
-    name: str
-
-
-def handle_for(cfg: StudyConfig, storage: str | None = None, study_name: str | None = None) -> StudyHandle:
-    name = study_name or cfg.name
-    return StudyHandle(storage_url(storage or cfg.search.storage, cfg.path, name), name)
-
-
-def open_study(handle: StudyHandle, read_only: bool = True) -> optuna.Study:
-    storage = open_storage(handle.url, read_only=read_only)
-    try:
-        return optuna.load_study(study_name=handle.name, storage=storage)
-    except KeyError:
-        raise UserError(f"no study named {handle.name!r} in {handle.url}") from None
-
+__all__ = ["run_search"]
 
 def _study_exists(handle: StudyHandle) -> bool:
     """Whether the study is already stored, without creating a storage file."""
@@ -79,33 +55,6 @@ def _sampler(name: str, seed: int | None, workers: int) -> optuna.samplers.BaseS
         if name == "gp":
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=8)
         return optuna.samplers.RandomSampler(seed=seed)
-
-
-def counted(trial) -> bool:
-    """Finished trials that count toward --trials (a crashed trial queued again does not)."""
-    if trial.state == TrialState.COMPLETE:
-        return True
-    return trial.state == TrialState.FAIL and not trial.user_attrs.get("retried")
-
-
-def feasible_trials(study: optuna.Study) -> list:
-    """Finished trials that met every budget constraint in the search."""
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if "plan" in t.user_attrs and all(v <= 0 for v in t.user_attrs.get("constraints", {}).values())]
-
-
-def best_feasible(study: optuna.Study):
-    """The feasible trial of highest quality (ties: lower latency), or None."""
-    ok = feasible_trials(study)
-    if not ok:
-        return None
-    return max(ok, key=lambda t: (t.values[0], -t.user_attrs.get("latency_ms", 0)))
-
-
-def taken(study: optuna.Study) -> int:
-    """Finished trials plus those running now in any process: a driver starts a trial only while
-    this is below the target, so parallel workers stop at the total (see searcher/workers.py)."""
-    return sum(counted(t) or t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))
 
 
 def _summary(study: optuna.Study, handle: StudyHandle, target: int, baseline: dict, predictor, bench, log) -> dict:
@@ -198,8 +147,8 @@ MAX_REJECTIONS_IN_A_ROW = 50  # then measure anyway: the sampler must keep learn
 
 def _predictor(cfg: StudyConfig, bench, study, log):
     """The calibrated cost model for this device, re-fitted on the study's measured trials."""
-    from .costfit import CalibratedPredictor
-    from .profile import RUNTIMES, ProfileError, find_profile
+    from .cost.costfit import CalibratedPredictor
+    from .cost.profile import RUNTIMES, ProfileError, find_profile
 
     if cfg.device.runtime not in RUNTIMES:
         log(f"the cost model has no profiles for runtime {cfg.device.runtime!r} yet: every candidate is measured")
@@ -302,7 +251,7 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
     """Create or resume the study and run it to `trials` finished trials; returns a summary."""
     from slimformer.spaces import Space, SpaceError
 
-    from .workbench import Workbench
+    from .problem.workbench import Workbench
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     handle = handle_for(cfg, storage, study_name)
@@ -378,13 +327,13 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
     for line in space.describe():
         log(f"  {line}")
     predictor = _predictor(cfg, bench, study, log)
-    if cfg.search.backend == "ray":  # Ray Tune runs the trials (searcher/raytune.py)
-        from .raytune import run_ray
+    if cfg.search.backend == "ray":  # Ray Tune runs the trials (searcher/backends/raytune.py)
+        from .backends.raytune import run_ray
 
         run_ray(cfg, study, handle, space, baseline, predictor, target, timeout, log)
         return _summary(study, handle, target, baseline, predictor, bench, log)
-    if cfg.search.workers > 1 and not is_worker():  # K processes on this storage (searcher/workers.py)
-        run_workers(cfg, study, handle, target, timeout, seed, log)
+    if cfg.search.workers > 1 and not is_worker():  # K processes on this storage (searcher/backends/workers.py)
+        run_workers(cfg, study, handle, target, timeout, seed, log, run_search)
         return _summary(study, handle, target, baseline, None, bench, log)
     rejected_in_a_row = 0
     started = time.monotonic()

@@ -25,9 +25,9 @@ import time
 
 from slimformer.methods import Plan
 
-from .config import StudyConfig
+from ..config import StudyConfig
+from ..study.trial import evaluate
 from .faults import fault_for, inject
-from .trial import evaluate
 
 __all__ = ["InProcessRunner", "IsolatedRunner", "WorkerFailure", "WorkerStartError", "make_runner", "isolation_enabled",
            "DEFAULT_TRIAL_TIMEOUT", "AUTO_ISOLATE_TRIALS"]
@@ -94,7 +94,7 @@ def _worker_main(conn, cfg: StudyConfig, parent_pid: int) -> None:
     if os.getppid() != parent_pid:
         return
     try:
-        from .workbench import Workbench
+        from ..problem.workbench import Workbench
 
         bench = Workbench(cfg, log=lambda msg: None)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent

@@ -29,9 +29,9 @@ from optuna.storages._heartbeat import get_heartbeat_thread  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
-from .adaptive import INTERVAL_KEYS  # noqa: E402
-from .storage import owner_attrs, storage_file  # noqa: E402
-from .trial import Rejected, propose, record  # noqa: E402
+from ..adaptive import INTERVAL_KEYS  # noqa: E402
+from ..study.storage import owner_attrs, storage_file  # noqa: E402
+from ..study.trial import Rejected, propose, record  # noqa: E402
 from .workers import worker_threads  # noqa: E402
 
 __all__ = ["run_ray", "SlimformerSearch"]
@@ -45,8 +45,8 @@ def _evaluate_plan(config: dict, cfg=None, baseline=None) -> None:
     from ray import tune
     from slimformer.methods import Plan
 
-    from .trial import evaluate
-    from .workbench import Workbench
+    from ..problem.workbench import Workbench
+    from ..study.trial import evaluate
 
     key = cfg.model_dump_json()
     if key not in _BENCHES:
@@ -107,7 +107,7 @@ class SlimformerSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         from slimformer.methods import Plan
 
-        from .study import best_feasible
+        from ..study.records import best_feasible
 
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
@@ -176,8 +176,8 @@ def run_ray(cfg, study, handle, space, baseline, predictor, target: int, timeout
     import ray
     from ray import tune
 
+    from ..study.records import counted
     from .progress import SearchProgress
-    from .study import counted
 
     done = sum(counted(t) for t in study.get_trials(deepcopy=False))
     missing = target - done

@@ -22,8 +22,8 @@ import signal
 import sys
 import time
 
-from .errors import UserError
-from .storage import fail_stale_trials
+from ..errors import UserError
+from ..study.storage import fail_stale_trials
 
 __all__ = ["check_scale_out", "is_worker", "run_workers", "with_scale_out", "worker_threads"]
 
@@ -65,8 +65,10 @@ def check_scale_out(cfg, url: str) -> None:
 
 
 def _worker_main(index: int, cfg, url: str, name: str, target: int, timeout: float | None,
-                 seed: int | None) -> None:
-    """Entry of one worker process: the study's trial loop, quiet progress, tagged log lines."""
+                 seed: int | None, search) -> None:
+    """Entry of one worker process: the study's trial loop (`search`, which is
+    `searcher.search.run_search`: passed in, so this module does not import the search), quiet
+    progress, tagged log lines."""
     global _WORKER
     _WORKER = index
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -77,14 +79,13 @@ def _worker_main(index: int, cfg, url: str, name: str, target: int, timeout: flo
     from transformers.utils import logging as hf_logging
 
     from .signals import stop_guard
-    from .study import run_search
 
     hf_logging.set_verbosity_error()
     _ignore_stops()  # outside the guard below (start-up, exit) a stop has nothing to stop
     try:
         # the same two-stage stop as the parent: a storage write is never cut in half
         with stop_guard():
-            run_search(cfg, trials=target, timeout=timeout, storage=url, study_name=name, seed=seed,
+            search(cfg, trials=target, timeout=timeout, storage=url, study_name=name, seed=seed,
                        log=log, progress=False)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -101,9 +102,10 @@ def _ignore_stops() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def run_workers(cfg, study, handle, target: int, timeout: float | None, seed: int | None, log) -> None:
-    """Run the study to `target` counted trials with cfg.search.workers processes."""
-    from .study import counted
+def run_workers(cfg, study, handle, target: int, timeout: float | None, seed: int | None, log, search) -> None:
+    """Run the study to `target` counted trials with cfg.search.workers processes, each running
+    `search` (a module-level function: `spawn` sends it by name) on the existing study."""
+    from ..study.records import counted
 
     k = cfg.search.workers
     threads = worker_threads(cfg)
@@ -121,7 +123,7 @@ def run_workers(cfg, study, handle, target: int, timeout: float | None, seed: in
         left = None if deadline is None else max(1.0, deadline - time.monotonic())
         wseed = None if seed is None else seed + next_index
         p = ctx.Process(target=_worker_main, name=f"slimformer-worker-{next_index}",
-                        args=(next_index, wcfg, handle.url, handle.name, target, left, wseed))
+                        args=(next_index, wcfg, handle.url, handle.name, target, left, wseed, search))
         p.start()
         procs[next_index] = p
         next_index += 1

@@ -8,7 +8,7 @@ Latency = embeddings/pooler + for every kept layer (dropped layers cost nothing)
 Kernel times come from the profile's grids by piecewise-linear interpolation in every
 dimension (tokens, in, out; heads, seq); beyond the grid's last point they scale
 proportionally. kernel_scale, layer_ms and attn_ms were fitted on real (random) BERT layers
-when profiling (see `searcher.microbench`). bits 8 uses the int8 tables (its activation
+when profiling (see `searcher.cost.microbench`). bits 8 uses the int8 tables (its activation
 quantization is inside the int8 kernel), 16 the bfloat16 ones (cast hooks are in its
 layer_ms), 32 and the simulated 4/3/2 the float32 ones (`simulated` says so).
 Sizes are counted as `methods.size.model_size` counts a built model.

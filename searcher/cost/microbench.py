@@ -1,4 +1,4 @@
-"""The microbenchmarks behind a device profile (see `searcher.profile`).
+"""The microbenchmarks behind a device profile (see `searcher.cost.profile`).
 
 Every measurement is a "job" (a factory returning named no-argument callables). All jobs run
 in `passes` shuffled passes; a cell's figure is the best (minimum) of its repetitions over
@@ -21,13 +21,12 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .reference import OVERHEAD_LAYERS, layer_configs, reference_plans
+
 __all__ = [
-    "run_benchmarks", "grid", "layer_configs", "reference_plans", "linear_tables", "activation_tables",
-    "attention_tables", "overhead_table", "DTYPE_BITS",
+    "run_benchmarks", "grid", "linear_tables", "activation_tables", "attention_tables", "overhead_table",
 ]
 
-DTYPE_BITS = {"float32": 32, "bfloat16": 16, "int8": 8}
-OVERHEAD_LAYERS, OVERHEAD_FFN = 4, 32
 
 Job = Callable[[], list[tuple[tuple, Callable[[], object]]]]
 
@@ -127,39 +126,6 @@ def _attention_job(dt: str, d: int, h: int, seqs, device) -> Job:
     return make
 
 
-def layer_configs(hidden: int, head_dims) -> tuple[int, dict[str, tuple[int, int]]]:
-    """(head_dim, {name: (heads, ffn)}) of the reference layers timed at width `hidden`:
-    tiny (1 head, 32 neurons), bare (no attention), mid and full width."""
-    dims = [x for x in head_dims if hidden % x == 0] or [hidden]
-    d = min(dims, key=lambda x: (abs(hidden / 12 - x), x))
-    full = max(1, hidden // d)
-    return d, {"tiny": (1, OVERHEAD_FFN), "bare": (0, OVERHEAD_FFN), "mid": (max(1, full // 3), 2 * hidden),
-               "full": (full, 4 * hidden)}
-
-
-def reference_plans(hidden: int, head_dims, dtypes, tokens) -> tuple:
-    """The random BERT of width `hidden` (OVERHEAD_LAYERS full-width layers, seed 0) and the plans
-    of the reference models cut from it: no layers (embeddings + pooler), and per dtype each
-    reference shape (int8 without `bare`: its attention glue runs in float32 anyway)."""
-    import torch
-    import transformers
-    from slimformer.methods import Plan
-
-    _, configs = layer_configs(hidden, head_dims)
-    config = transformers.BertConfig(
-        vocab_size=512, hidden_size=hidden, num_attention_heads=configs["full"][0], intermediate_size=4 * hidden,
-        num_hidden_layers=OVERHEAD_LAYERS, max_position_embeddings=max(tokens) + 2, attn_implementation="sdpa",
-    )
-    torch.manual_seed(0)
-    base = transformers.BertModel(config).eval()
-    plans = {("embed",): Plan(layers=[])}
-    for dt in dtypes:
-        for name, (heads, ffn) in configs.items():
-            if not (dt == "int8" and name == "bare"):
-                plans[(name, dt)] = Plan(heads=heads, ffn=ffn, bits=DTYPE_BITS[dt])
-    return base, plans
-
-
 def _overhead_job(hidden: int, head_dims, dtypes, tokens, device) -> Job:
     """The reference models (`reference_plans`) built by `apply_plan` exactly as the product
     builds them."""
@@ -187,7 +153,7 @@ def run_benchmarks(
     threads: int = 1,
 ) -> dict:
     """All raw timings {key: ms}; `step(description, total)` drives a progress display.
-    `runtime` onnxruntime runs the same grid through ONNX Runtime (`searcher.ortbench`)."""
+    `runtime` onnxruntime runs the same grid through ONNX Runtime (`searcher.cost.ortbench`)."""
     import torch
 
     if runtime == "onnxruntime":

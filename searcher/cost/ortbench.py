@@ -1,4 +1,4 @@
-"""The microbenchmarks of `searcher.microbench`, run through ONNX Runtime (`slimformer profile
+"""The microbenchmarks of `searcher.cost.microbench`, run through ONNX Runtime (`slimformer profile
 --runtime onnxruntime`): the same grid and the same raw keys, so the same tables and cost model.
 
 Every kernel is a small ONNX graph built directly (no export) with a dynamic token axis, one
@@ -6,7 +6,7 @@ session per shape serving all token counts: Linear = MatMul + Add in float32, an
 int8 form as `quantize_dynamic` writes it (per-channel weights: DynamicQuantizeLinear +
 MatMulInteger + rescale, as a candidate's int8 layers get); GELU in its erf form (ORT fuses it); the attention core as
 the exporter writes it (reshape/transpose, QK^T, scale, softmax, xV, transpose back). The
-reference models of the overhead fit are `apply_plan` BERTs exported by `searcher.runtimes`
+reference models of the overhead fit are `apply_plan` BERTs exported by `searcher.devices.runtimes`
 with a dynamic sequence axis. There is no bfloat16 (the runtime refuses bits 16).
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .microbench import reference_plans
+from .reference import reference_plans
 
 __all__ = ["DTYPES", "linear_job", "activation_job", "attention_job", "overhead_job"]
 
@@ -27,7 +27,7 @@ DTYPES = ("float32", "int8")
 def _session(graph_nodes, inputs, outputs, inits, threads: int):
     from onnx import helper
 
-    from .runtimes import ort_session
+    from ..devices.runtimes import ort_session
 
     graph = helper.make_graph(graph_nodes, "g", inputs, outputs, initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -127,7 +127,7 @@ def overhead_job(hidden: int, head_dims, dtypes, tokens, threads: int):
         import torch
         from slimformer.methods import apply_plan
 
-        from .runtimes import export_onnx, float_copy, ort_session
+        from ..devices.runtimes import export_onnx, float_copy, ort_session
 
         base, plans = reference_plans(hidden, head_dims, dtypes, tokens)
         example = {"input_ids": torch.randint(0, 512, (1, min(tokens))), "attention_mask": torch.ones(1, min(tokens),

@@ -1,7 +1,7 @@
 """Device profiles: microbenchmarks of the kernels a compressed Transformer runs.
 
 A profile is versioned JSON. Its tables hold milliseconds (best of repeated timings, see
-`searcher.microbench`) on a grid, per dtype
+`searcher.cost.microbench`) on a grid, per dtype
 (`float32`, `bfloat16`, `int8` = PyTorch dynamic int8 Linear):
 
 - `linear[dtype]`: nn.Linear forward, grid tokens x in_features x out_features;
@@ -12,7 +12,7 @@ A profile is versioned JSON. Its tables hold milliseconds (best of repeated timi
   plus the embeddings + pooler; per hidden size x tokens.
 
 Tables are made monotone non-decreasing along every axis (noise must not make a smaller
-model look slower). `searcher.costmodel` interpolates them.
+model look slower). `searcher.cost.costmodel` interpolates them.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def _default_device() -> str:
 
 def fingerprint(threads: int, runtime: str = "eager", device: str | None = None) -> dict:
     """What a profile is valid for: device facts (CPU model, ISA flags, versions), threads, runtime."""
-    from .latency import device_facts
+    from ..devices.latency import device_facts
 
     _check_runtime(runtime)
     facts = device_facts(threads, runtime)
@@ -204,14 +204,14 @@ def profile_device(
     """
     import torch
 
-    from .latency import fixed_threads
+    from ..devices.latency import fixed_threads
     from .microbench import grid, run_benchmarks
 
     _check_runtime(runtime)
     if runtime == "onnxruntime":
-        from .errors import UserError
+        from ..devices.runtimes import require_onnxruntime
+        from ..errors import UserError
         from .ortbench import DTYPES as ORT_DTYPES
-        from .runtimes import require_onnxruntime
 
         try:
             require_onnxruntime()
@@ -255,7 +255,7 @@ def profile_device(
 
 def _build_profile(raw: dict, threads: int, runtime: str, device: str, *, hidden_sizes, tokens, widths, heads_grid,
                   head_dims, dtypes, quick: bool, passes: int, seconds: float) -> dict:
-    """The profile document from raw timings {key: ms} (see `searcher.microbench`)."""
+    """The profile document from raw timings {key: ms} (see `searcher.cost.microbench`)."""
     from .microbench import activation_tables, attention_tables, linear_tables, overhead_table
 
     tables = {

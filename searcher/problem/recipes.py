@@ -26,15 +26,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .config import TASKS, format_error
-from .errors import UserError
+from ..config import TASKS, format_error
+from ..errors import UserError
+from .models import load_tokenizer, resolve_model_path
 
 __all__ = ["Recipe", "load_recipe", "recipe_path", "ensure_trained", "cache_root", "RECIPE_CODE_VERSION",
-           "RECIPES_DIR"]
+           "RECIPES_DIR", "model_source"]
 
 # bump when the training code changes what a recipe produces (every cached model retrains)
 RECIPE_CODE_VERSION = 1
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "studies" / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "studies" / "recipes"
 
 
 class _Section(BaseModel):
@@ -202,8 +203,6 @@ def _texts_for_bpe(recipe: Recipe) -> list[str]:
 
 
 def _build_tokenizer(recipe: Recipe):
-    from .models import load_tokenizer
-
     t = recipe.tokenizer
     if t.image_processor is not None:
         import transformers
@@ -241,8 +240,6 @@ def _train_bpe(texts: list[str], vocab_size: int):
 
 def _build_model(recipe: Recipe, model_class: str, tokenizer):
     import transformers
-
-    from .models import resolve_model_path
 
     cls = getattr(transformers, model_class)
     m = recipe.model
@@ -347,13 +344,20 @@ def train(recipe: Recipe, out: Path, log) -> dict:
     return result
 
 
+def model_source(spec: str) -> Path:
+    """The folder of `model: recipe:<spec>` (registered in `searcher.problem`'s __init__)."""
+    if not spec:
+        raise UserError("model 'recipe:' needs a recipe name or file, e.g. recipe:vit-digits")
+    return ensure_trained(spec)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m slimformer.searcher.recipes NAME_OR_FILE...`: train (or find) each recipe's model
+    """`python -m slimformer.searcher.problem.recipes NAME_OR_FILE...`: train (or find) each recipe's model
     and print its folder and validation score."""
     import argparse
     import sys
 
-    p = argparse.ArgumentParser(prog="python -m slimformer.searcher.recipes", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m slimformer.searcher.problem.recipes", description=main.__doc__)
     p.add_argument("recipes", nargs="+", metavar="RECIPE", help="recipe name (studies/recipes/) or .yaml path")
     args = p.parse_args(argv)
     try:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from slimformer.methods.calibration import Calibration
 from slimformer.methods.distill import mean_pool
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["Task", "SentenceSimilarity", "TextClassification", "CausalLM", "ImageClassification", "get_task",
            "example_inputs"]

@@ -8,12 +8,12 @@ from functools import cached_property
 import torch
 from slimformer.methods import Plan, apply_plan, model_size
 
-from .config import StudyConfig
+from ..config import StudyConfig
+from ..devices.latency import device_facts, measure_latency
+from ..devices.runtimes import check_runtime
+from ..errors import UserError
 from .data import is_builtin_source, load_rows
-from .errors import UserError
-from .latency import device_facts, measure_latency
 from .models import load_model, load_preprocessor
-from .runtimes import check_runtime
 from .tasks import get_task
 
 __all__ = ["Workbench"]
@@ -87,7 +87,7 @@ class Workbench:
         """A zero-argument callable running `model` on `self.inputs` in `runtime` (default the study's)."""
         inputs, runtime = self.inputs, runtime or self.cfg.device.runtime
         if runtime == "onnxruntime":
-            from .runtimes import ort_runner
+            from ..devices.runtimes import ort_runner
 
             return ort_runner(model, inputs, self.cfg.device.threads)[0]
         if runtime == "compile":

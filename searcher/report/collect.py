@@ -14,10 +14,10 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-from .config import StudyConfig
-from .errors import UserError
-from .retime import RETIMED_ATTR, best_holding, is_current, retime, retimed
-from .study import best_feasible, handle_for, open_study
+from ..config import StudyConfig
+from ..errors import UserError
+from ..retime import RETIMED_ATTR, best_holding, is_current, retime, retimed
+from ..study.records import best_feasible, handle_for, open_study
 
 __all__ = ["report_study", "pareto_front", "render_text", "write_html", "FULL_QUALITY_ATTR"]
 
@@ -64,7 +64,7 @@ def _rescore(study, bench, rows: list[dict], log) -> float:
         try:
             study.set_user_attr(FULL_QUALITY_ATTR, stored)
         except Exception as exc:  # noqa: BLE001 - a read-only storage: still reported, not stored
-            from .storage import storage_fault
+            from ..study.storage import storage_fault
 
             if not storage_fault(exc):
                 raise
@@ -91,7 +91,7 @@ def report_study(cfg: StudyConfig, storage: str | None = None, study_name: str |
 
     def bench():  # the Workbench, loaded only when something must be measured
         if not benches:
-            from .workbench import Workbench
+            from ..problem.workbench import Workbench
 
             benches.append(Workbench(cfg, log=log))
         return benches[0]

@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["storage_url", "storage_file", "open_storage", "check_storage", "fail_stale_trials", "owner_attrs",
            "storage_fault", "repair_journal_tail", "sqlite_timeout", "register_owner"]

@@ -16,8 +16,8 @@ import hashlib
 import optuna
 from optuna.trial import TrialState
 
-from .config import StudyConfig
-from .errors import UserError
+from ..config import StudyConfig
+from ..errors import UserError
 from .storage import open_storage, storage_file
 
 __all__ = ["data_meta", "transferable_trials", "TRANSFER_ATTR"]

@@ -15,8 +15,8 @@ import time
 
 from slimformer.methods import Plan, model_size
 
-from .adaptive import time_candidate
-from .config import StudyConfig
+from ..adaptive import time_candidate
+from ..config import StudyConfig
 
 __all__ = ["TrialFailed", "Rejected", "propose", "evaluate", "predicted", "record", "constraints_of", "latency_limit"]
 

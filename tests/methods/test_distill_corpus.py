@@ -18,7 +18,7 @@ from slimformer.methods.distill import mean_pool
 @pytest.fixture(autouse=True)
 def _one_thread():
     """One torch thread: these models are tiny, and two threads on a busy machine only wait."""
-    from slimformer.searcher.latency import fixed_threads
+    from slimformer.searcher.devices.latency import fixed_threads
 
     with fixed_threads(1):
         yield

@@ -200,7 +200,7 @@ def test_symlinked_listed_file_is_refused(saved, tmp_path):
 
 
 def test_unlisted_files_are_never_read(compressed, tmp_path, tiny_models):
-    from slimformer.searcher.models import load_tokenizer
+    from slimformer.searcher.problem.models import load_tokenizer
 
     out = save_compressed(compressed, PLAN, tmp_path / "with-tok", tokenizer=load_tokenizer("minilm-l6"))
     # an unlisted file that would change the tokenizer if the folder were read as a whole

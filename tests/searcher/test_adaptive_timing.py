@@ -11,7 +11,7 @@ import optuna
 import pytest
 from slimformer.searcher.adaptive import adaptive_speedup, speedup_interval, speedup_target, time_candidate
 from slimformer.searcher.config import load_study_config
-from slimformer.searcher.trial import record
+from slimformer.searcher.study.trial import record
 
 
 class FakeTimer:

@@ -58,7 +58,7 @@ def _reference(study, manifest):
     """The trial's PyTorch model rebuilt here, and its inputs."""
     from slimformer.methods import Plan
     from slimformer.searcher.config import load_study_config
-    from slimformer.searcher.workbench import Workbench
+    from slimformer.searcher.problem.workbench import Workbench
 
     bench = Workbench(load_study_config(study), log=lambda *_: None)
     return bench.build(Plan.from_dict(manifest["plan"])), bench.inputs

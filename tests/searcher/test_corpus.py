@@ -15,8 +15,8 @@ from slimformer.searcher.corpus import (
     shared_rows,
     split_disjoint,
 )
-from slimformer.searcher.data import load_rows
 from slimformer.searcher.errors import UserError
+from slimformer.searcher.problem.data import load_rows
 
 PAIRS = [("A man plays a guitar.", "A man is playing guitar.", 4.2), ("Dogs run.", "A cat sleeps.", 0.4),
          ("The sky is blue.", "Blue is the sky.", 4.8)]

@@ -9,9 +9,9 @@ import warnings
 
 import pytest
 from slimformer.methods import Plan
-from slimformer.searcher.costfit import CalibratedPredictor
-from slimformer.searcher.costmodel import model_facts, predict
-from slimformer.searcher.profile import (
+from slimformer.searcher.cost.costfit import CalibratedPredictor
+from slimformer.searcher.cost.costmodel import model_facts, predict
+from slimformer.searcher.cost.profile import (
     PROFILE_VERSION,
     ProfileError,
     default_profile_path,

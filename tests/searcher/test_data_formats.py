@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from slimformer.searcher.data import load_rows
+from slimformer.searcher.problem.data import load_rows
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
 NAMES = ["genre", "file", "year", "id", "score", "sentence1", "sentence2"]

@@ -122,7 +122,7 @@ def test_export_trial_n(searched, tmp_path):
 
 
 def test_internal_error_is_exit_1_with_one_line(searched, monkeypatch):
-    import slimformer.searcher.report as report
+    import slimformer.searcher.report.collect as report
 
     def broken(*args, **kwargs):
         raise RuntimeError("planted bug")

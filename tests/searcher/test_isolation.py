@@ -10,9 +10,9 @@ import sys
 import optuna
 import pytest
 from optuna.trial import TrialState
+from slimformer.searcher.backends.faults import parse_faults
+from slimformer.searcher.backends.isolate import AUTO_ISOLATE_TRIALS, _died, isolation_enabled
 from slimformer.searcher.config import load_study_config
-from slimformer.searcher.faults import parse_faults
-from slimformer.searcher.isolate import AUTO_ISOLATE_TRIALS, _died, isolation_enabled
 
 
 def test_parse_faults():

@@ -3,7 +3,7 @@ trained here in a tiny variant: the shipped file with a smaller model, a few ste
 committed SST-2 slices in tests/data (the digits ship inside scikit-learn). So the shipped
 file's task, tokenizer or image processor, data columns and frozen parameters are the ones
 trained, in seconds, on a clone alone. The full-size models' scores are the README's recipe
-table (trained by `python -m slimformer.searcher.recipes NAME`, not by a test)."""
+table (trained by `python -m slimformer.searcher.problem.recipes NAME`, not by a test)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 from slimformer.searcher import recipes
-from slimformer.searcher.data import load_rows
-from slimformer.searcher.models import load_model, load_preprocessor
-from slimformer.searcher.tasks import get_task
+from slimformer.searcher.problem.data import load_rows
+from slimformer.searcher.problem.models import load_model, load_preprocessor
+from slimformer.searcher.problem.tasks import get_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,7 +10,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from slimformer.methods import Plan
 from slimformer.searcher.cli import main
-from slimformer.searcher.report import render_text
+from slimformer.searcher.report.collect import render_text
 from slimformer.searcher.retime import RETIMED_ATTR, best_holding, is_current, miss_warning, retimed
 
 
@@ -123,7 +123,7 @@ def test_report_reads_the_stored_re_timing_and_scores_a_whole_split_once(retimed
     """The report's best follows the stored re-timing; with no validation_size the search split
     is the whole file, so the front is not rebuilt to score it again."""
     from slimformer.searcher.config import load_study_config
-    from slimformer.searcher.report import report_study
+    from slimformer.searcher.report.collect import report_study
 
     path, _ = retimed_study
     make_study(budget={"speedup": 1.05}, data={"validation_size": None})

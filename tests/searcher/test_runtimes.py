@@ -24,7 +24,7 @@ def _tiny_bert(tiny_models):
 def test_pruned_bert_in_ort_equals_pytorch(tiny_models):
     import torch
     from slimformer.methods import Plan, apply_plan
-    from slimformer.searcher.runtimes import ort_runner
+    from slimformer.searcher.devices.runtimes import ort_runner
 
     t, base = _tiny_bert(tiny_models)
     # a dropped layer, a layer with no attention left (NoAttention), narrower FFNs
@@ -40,7 +40,7 @@ def test_pruned_bert_in_ort_equals_pytorch(tiny_models):
 
 def test_int8_layers_become_ort_int8(tiny_models, tmp_path):
     from slimformer.methods import Plan, apply_plan
-    from slimformer.searcher.runtimes import export_onnx, float_copy
+    from slimformer.searcher.devices.runtimes import export_onnx, float_copy
 
     t, base = _tiny_bert(tiny_models)
     model = apply_plan(base, Plan(bits=[8, 32, 8]))
@@ -56,8 +56,8 @@ def test_int8_layers_become_ort_int8(tiny_models, tmp_path):
 
 def test_bf16_layers_are_refused(tiny_models):
     from slimformer.methods import Plan, apply_plan
+    from slimformer.searcher.devices.runtimes import float_copy
     from slimformer.searcher.errors import UserError
-    from slimformer.searcher.runtimes import float_copy
 
     _, base = _tiny_bert(tiny_models)
     with pytest.raises(UserError, match="bits 16"):
@@ -71,7 +71,12 @@ def test_profile_and_search_with_onnxruntime(tmp_path, make_study, cli, monkeypa
 
     import optuna
     from optuna.trial import TrialState
-    from slimformer.searcher.profile import default_profile_path, load_profile, profile_device, save_profile
+    from slimformer.searcher.cost.profile import (
+        default_profile_path,
+        load_profile,
+        profile_device,
+        save_profile,
+    )
 
     monkeypatch.setenv("SLIMFORMER_CACHE", str(tmp_path / "cache"))
     profile = profile_device(1, "onnxruntime", hidden_sizes=(64,), quick=True, tokens=(32,), head_dims=(16,),

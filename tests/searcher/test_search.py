@@ -135,7 +135,7 @@ def test_changed_space_is_refused(tmp_path, make_study, cli, expect_user_error):
 def test_search_with_device_profile_records_predictions(tmp_path, make_study, cli, monkeypatch):
     """With a profile for this device, every trial stores its cost-model prediction (made
     before measuring) and the report scores the predictor against the measurements."""
-    from slimformer.searcher.profile import default_profile_path, profile_device, save_profile
+    from slimformer.searcher.cost.profile import default_profile_path, profile_device, save_profile
 
     monkeypatch.setenv("SLIMFORMER_CACHE", str(tmp_path / "cache"))
     profile = profile_device(1, hidden_sizes=(64,), quick=True, tokens=(32,), head_dims=(16,), progress=False)

@@ -7,7 +7,7 @@ import optuna
 from optuna.trial import TrialState
 from slimformer.searcher import load_study_config, run_search
 from slimformer.searcher.cli import main
-from slimformer.searcher.seeds import sensitivity_seeds
+from slimformer.searcher.study.seeds import sensitivity_seeds
 from slimformer.spaces import Space
 
 

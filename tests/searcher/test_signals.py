@@ -14,7 +14,7 @@ import time
 import optuna
 import pytest
 from optuna.trial import TrialState
-from slimformer.searcher.signals import StopGuard, stop_guard
+from slimformer.searcher.backends.signals import StopGuard, stop_guard
 
 
 def test_stop_waits_for_a_protected_section():
@@ -53,7 +53,7 @@ def test_handlers_are_restored():
 def test_second_signal_exits_at_once():
     code = textwrap.dedent("""
         import os, signal, time
-        from slimformer.searcher.signals import stop_guard
+        from slimformer.searcher.backends.signals import stop_guard
         with stop_guard() as g:
             with g.protected():
                 os.kill(os.getpid(), signal.SIGINT)

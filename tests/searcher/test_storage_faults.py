@@ -187,7 +187,7 @@ def test_not_a_database(study_dir, expect_user_error):
 
 
 def _open_new(url, results):
-    from slimformer.searcher.storage import open_storage
+    from slimformer.searcher.study.storage import open_storage
 
     try:
         open_storage(url)

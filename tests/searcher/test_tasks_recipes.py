@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from slimformer.searcher import recipes
-from slimformer.searcher.data import load_rows
 from slimformer.searcher.errors import UserError
-from slimformer.searcher.models import load_model, load_preprocessor, resolve_model_path
-from slimformer.searcher.tasks import get_task
+from slimformer.searcher.problem import recipes
+from slimformer.searcher.problem.data import load_rows
+from slimformer.searcher.problem.models import load_model, load_preprocessor, resolve_model_path
+from slimformer.searcher.problem.tasks import get_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -108,7 +108,7 @@ def test_causal_lm_perplexity_drops_with_training(tmp_path):
 def test_causal_lm_fisher_and_pruning_run(tmp_path, tiny_models):
     from slimformer.methods.adapters import get_adapter
     from slimformer.methods.importance import importance_scores
-    from slimformer.searcher.models import load_tokenizer
+    from slimformer.searcher.problem.models import load_tokenizer
 
     tok = load_tokenizer("minilm-l6")  # any tokenizer: the tiny llama's vocab is 100, ids are folded below
     task = get_task("causal-lm", tok, max_length=8, batch_size=4)
@@ -224,7 +224,7 @@ def test_image_study_search_and_evaluate_end_to_end(tmp_path, cli):
 def test_causal_lm_workbench_builds_scores_and_times(tmp_path):
     from slimformer.methods import Plan
     from slimformer.searcher.config import load_study_config
-    from slimformer.searcher.workbench import Workbench
+    from slimformer.searcher.problem.workbench import Workbench
 
     recipe = lm_recipe(tmp_path, steps=20)
     study = _write(tmp_path / "lm.yaml", {

@@ -75,7 +75,7 @@ def test_transfer_reuses_quality_and_measures_latency(tmp_path, source, cli):
 
 
 def test_transfer_with_predicted_latency_measures_only_anchors(tmp_path, source, cli, monkeypatch):
-    from slimformer.searcher.profile import default_profile_path, profile_device, save_profile
+    from slimformer.searcher.cost.profile import default_profile_path, profile_device, save_profile
 
     monkeypatch.setenv("SLIMFORMER_CACHE", str(tmp_path / "cache"))
     profile = profile_device(1, hidden_sizes=(64,), quick=True, tokens=(48,), head_dims=(16,), progress=False)

@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 from slimformer.methods import Plan
-from slimformer.searcher.storage import open_storage
+from slimformer.searcher.study.storage import open_storage
 
 
 def _study(url, name="study"):
@@ -74,9 +74,9 @@ def test_sqlite_refused_for_parallel_workers(make_study, cli, expect_user_error)
 def test_ray_missing_is_a_clear_error(make_study, monkeypatch):
     import importlib.util
 
+    from slimformer.searcher.backends.workers import check_scale_out, with_scale_out
     from slimformer.searcher.config import load_study_config
     from slimformer.searcher.errors import UserError
-    from slimformer.searcher.workers import check_scale_out, with_scale_out
 
     cfg = with_scale_out(load_study_config(make_study()), None, "ray", None)
     real = importlib.util.find_spec
@@ -149,7 +149,7 @@ def test_ctrl_c_stops_every_worker(make_study, cli, start):
 
 def test_ray_stays_optional():
     """Importing the search, the CLI and the workers module never imports Ray."""
-    code = ("import sys, slimformer.searcher.study, slimformer.searcher.cli, slimformer.searcher.workers; "
+    code = ("import sys, slimformer.searcher.search, slimformer.searcher.cli, slimformer.searcher.backends.workers; "
             "print('ray' in sys.modules)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "False", res.stderr[-2000:]

@@ -1,0 +1,9 @@
+"""Execution backends: who runs the trials of a prepared study.
+
+isolate (one trial per child process, limits, crash recovery), workers (K processes on one
+storage), raytune (Ray Tune), signals (two-stage Ctrl-C / SIGTERM), faults (injected faults for
+tests), progress (the progress display).
+
+Rules: backends import study, problem, config, errors and methods; never `searcher.search`,
+report or cli.
+"""
