@@ -1,4 +1,7 @@
-"""Compression methods: Plan (plain data, no torch), apply_plan and export (torch, loaded lazily)."""
+"""Compression methods: Plan (plain data, no torch), apply_plan and export (torch, loaded lazily).
+
+Imports: nothing of ours (methods know no searcher).
+"""
 
 from .plan import DistillSpec, ModelShape, Plan
 

@@ -1,5 +1,8 @@
 """The `slimformer` command line. Exit codes: 0 success, 2 bad input (one line on stderr),
-1 internal error, 130 interrupted."""
+1 internal error, 130 interrupted.
+
+Imports: everything.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Study files (YAML, DESIGN.md §5), validated with pydantic; every error names its key path."""
+"""Study files (YAML, DESIGN.md §5), validated with pydantic; every error names its key path.
+
+Imports: errors, spaces.
+"""
 
 from __future__ import annotations
 

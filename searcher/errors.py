@@ -1,4 +1,7 @@
-"""The one error type the CLI turns into exit code 2 with a single clear line."""
+"""The one error type the CLI turns into exit code 2 with a single clear line.
+
+Imports: nothing of ours.
+"""
 
 __all__ = ["UserError"]
 

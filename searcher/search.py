@@ -1,5 +1,8 @@
 """Create or resume a multi-objective Optuna study and run trials until it has the requested
-number of finished ones. Every finished trial is in the storage as soon as it ends."""
+number of finished ones. Every finished trial is in the storage as soon as it ends.
+
+Imports: config, errors, spaces, methods, devices, cost, problem, study, backends.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """Search spaces: the study file's `space:` section, Optuna sampling and Plan building.
 
 Torch-free by design: imports only optuna, pydantic and `slimformer.methods.plan`.
+
+Imports: methods. Never imports: torch.
 """
 
 from .config import (

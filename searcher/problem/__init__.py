@@ -5,8 +5,8 @@ tasks (task heads and metrics), data (rows from files and built-in sources), mod
 model comes from: folders, aliases, the hub, registered sources such as `recipe:`), recipes
 (small models trained here once and cached), workbench.
 
-Rules: problem imports devices, config, errors and methods; never Optuna, study, backends, cost,
-`searcher.search`, report or cli.
+Imports: devices, config, errors, methods. Never imports: optuna. (A problem knows nothing of
+studies or search.)
 """
 
 from .models import RECIPE_PREFIX, register_source

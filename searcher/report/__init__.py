@@ -1,4 +1,4 @@
 """Reports of a stored study: rows, Pareto front, the front re-timed, text and HTML.
 
-Rules: report may import everything except cli.
+Imports: config, errors, spaces, methods, devices, cost, problem, study.
 """

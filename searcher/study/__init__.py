@@ -4,6 +4,6 @@ records (handles, which trials count, the best feasible trial), storage (SQLite,
 PostgreSQL; owners and stale trials), trial (propose, evaluate, record), transfer (trials from
 another device's study), seeds (sensitivity-seeded plans).
 
-Rules: study imports config, errors, spaces, methods, problem and cost; never backends,
-`searcher.search`, report or cli.
+Imports: config, errors, spaces, methods, devices, problem, cost. (Never backends, search, report or
+cli: the backends import the study, and a study is read without running anything.)
 """
