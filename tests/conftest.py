@@ -141,6 +141,17 @@ def tiny(request) -> Tiny:
     return TINY[request.param]
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch intra-op thread for a module of tiny-model tests (`pytestmark =
+    pytest.mark.usefixtures("one_torch_thread")`): their forwards take milliseconds on one
+    thread, and measured 100x longer with two threads on the shared, loaded 2-core machine."""
+    from slimformer.searcher.latency import fixed_threads
+
+    with fixed_threads(1):
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_models() -> dict[str, Tiny]:
     return TINY

@@ -17,6 +17,8 @@ from slimformer.methods import (
 )
 from slimformer.methods.registry import plan_of
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # name -> (plan, methods it exercises). Head counts are multiples of 2 so that the GQA
 # model (4 query heads, 2 KV heads) accepts every plan.
 CASES = {

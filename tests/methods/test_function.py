@@ -32,14 +32,7 @@ from slimformer.methods.lowrank import LowRankLinear
 TOL = 1e-5  # relative to the largest output magnitude (float32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny forwards take milliseconds on one thread, but can take 100x longer with two
-    intra-op threads on a shared, loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # Where the tiny architectures keep their layers (from the model root), and, per layer, the
 # attention output projection and the FFN output projection (transformers 5 module names).

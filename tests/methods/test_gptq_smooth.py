@@ -13,6 +13,8 @@ from slimformer.methods.gptq import dequantize, gptq_quantize
 from slimformer.methods.quantize import BITS_ATTR, fake_quantize_weight
 from slimformer.methods.smooth import InputScale, smooth_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def _dynamic_int8(module) -> bool:
     from torch.ao.nn.quantized.dynamic import Linear

@@ -6,6 +6,8 @@ import pytest
 import torch
 from slimformer.methods import Calibration, Plan, apply_plan, load_compressed, model_size, save_compressed
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 VOCAB, SEQ = 100, 12
 
 
