@@ -146,7 +146,7 @@ def one_torch_thread():
     """One torch intra-op thread for a module of tiny-model tests (`pytestmark =
     pytest.mark.usefixtures("one_torch_thread")`): their forwards take milliseconds on one
     thread, and measured 100x longer with two threads on the shared, loaded 2-core machine."""
-    from slimformer.searcher.latency import fixed_threads
+    from slimformer.searcher.devices.latency import fixed_threads
 
     with fixed_threads(1):
         yield
