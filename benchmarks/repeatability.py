@@ -4,7 +4,7 @@ For each seed: a fresh copy of studies/ (and an empty SLIMFORMER_CACHE: no devic
 for a new user), `slimformer search studies/quickstart.yaml --seed N` as shipped (wall time),
 `slimformer export --best`, then in a FRESH process the exported artifact is loaded and timed
 against the uncompressed model in the study's runtime (60 interleaved rounds; speedup = median of
-the paired ratios, one-sided bootstrap bounds at budget.confidence, searcher/adaptive.py) and
+the paired ratios, one-sided bootstrap bounds at budget.confidence, searcher/devices/adaptive.py) and
 scored on the full validation split (and on data.test when the study has one).
 
 Resumable: results are kept in repeatability_results.json by seed; a seed already there is
@@ -46,8 +46,8 @@ def _cli(*args, cwd: Path, env: dict, log: Path) -> tuple[int, str]:
 def measure(artifact: str, study: str, rounds: int) -> dict:
     """In this (fresh) process: the exported artifact against the uncompressed model."""
     from slimformer.methods import load_compressed
-    from slimformer.searcher.adaptive import speedup_interval, speedup_target
     from slimformer.searcher.config import load_study_config
+    from slimformer.searcher.devices.adaptive import speedup_interval, speedup_target
     from slimformer.searcher.problem.workbench import Workbench
 
     cfg = load_study_config(study)

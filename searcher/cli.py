@@ -235,10 +235,10 @@ def cmd_export(args) -> int:
     from slimformer.methods import Plan
     from slimformer.methods.export import ExportError
 
-    from .adaptive import INTERVAL_KEYS
     from .artifacts import default_format, export_model, require_format
+    from .devices.adaptive import INTERVAL_KEYS
     from .problem.workbench import Workbench
-    from .retime import choose_best, miss_warning, retimed
+    from .report.retime import choose_best, miss_warning, retimed
     from .study.records import feasible_trials, handle_for, open_study
 
     if args.best == (args.trial is not None):
@@ -253,7 +253,7 @@ def cmd_export(args) -> int:
         if args.format:
             require_format(args.format)
         bench = Workbench(cfg, log=_log)
-        trial = choose_best(study, bench, _log)  # the best that holds re-timed (searcher/retime.py)
+        trial = choose_best(study, bench, _log)  # the best that holds re-timed (searcher/report/retime.py)
     else:
         matches = [t for t in study.get_trials(deepcopy=False) if t.number == args.trial]
         if not matches or matches[0].state != TrialState.COMPLETE or "plan" not in matches[0].user_attrs:

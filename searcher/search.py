@@ -61,9 +61,9 @@ def _sampler(name: str, seed: int | None, workers: int) -> optuna.samplers.BaseS
 
 
 def _summary(study: optuna.Study, handle: StudyHandle, target: int, baseline: dict, predictor, bench, log) -> dict:
-    """The search's final step: re-time the best feasible trials (searcher/retime.py); the best is
+    """The search's final step: re-time the best feasible trials (searcher/report/retime.py); the best is
     the best of them that holds the budget re-timed."""
-    from .retime import best_holding, retime
+    from .report.retime import best_holding, retime
 
     again = {} if is_worker() else retime(study, bench, log)  # a worker's summary is not shown
     best = best_holding(study)

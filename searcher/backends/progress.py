@@ -68,7 +68,7 @@ class SearchProgress:
 
 
 def _bounds(attrs: dict) -> str:
-    """The speedup's interval and rounds (searcher/adaptive.py), when the latency was measured."""
+    """The speedup's interval and rounds (searcher/devices/adaptive.py), when the latency was measured."""
     if attrs.get("speedup_low") is None:
         return ""
     return f" [{attrs['speedup_low']:.2f}, {attrs['speedup_high']:.2f}] ({attrs['rounds']} rounds)"

@@ -29,9 +29,8 @@ from optuna.storages._heartbeat import get_heartbeat_thread  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
-from ..adaptive import INTERVAL_KEYS  # noqa: E402
 from ..study.storage import owner_attrs, storage_file  # noqa: E402
-from ..study.trial import Rejected, propose, record  # noqa: E402
+from ..study.trial import RESULT_KEYS, Rejected, propose, record  # noqa: E402
 from .workers import worker_threads  # noqa: E402
 
 __all__ = ["run_ray", "SlimformerSearch"]
@@ -119,7 +118,7 @@ class SlimformerSearch(OptunaSearch):
         self.rejected_in_a_row = 0
         if result and "quality" in result and "error" not in result and not error:
             plan = Plan.from_dict(self.plans[trial_id])
-            measured = {k: result[k] for k in _RESULT_KEYS if k in result}
+            measured = {k: result[k] for k in RESULT_KEYS if k in result}  # Tune adds its own keys: keep ours
             values = record(ot_trial, self.cfg, self.baseline, plan, measured, self.predictor)
             frozen = self._ot_study.tell(ot_trial, values)
             self.progress.trial_done(frozen, best_feasible(self._ot_study))
@@ -157,9 +156,6 @@ class SlimformerSearch(OptunaSearch):
         pass
 
 
-# what `trial.evaluate` returns (Tune adds its own keys to a result: keep only these)
-_RESULT_KEYS = ("quality", "latency_ms", "latency_raw_ms", "latency_spread_ms", "speedup", "size_mb", "params",
-                "simulated", "build_s", "eval_s") + INTERVAL_KEYS
 
 
 def ray_folder(cfg, handle) -> Path:

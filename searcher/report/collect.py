@@ -1,5 +1,5 @@
 """Study reports: baseline, feasible Pareto front (re-scored on the full validation split), the
-final re-timing (searcher/retime.py) and the best trial that holds the budget re-timed,
+final re-timing (searcher/report/retime.py) and the best trial that holds the budget re-timed,
 cost-model accuracy; as text, JSON and an HTML plot. Works while the study is still running.
 
 Why re-time: a search keeps the best plan that measured within the budget, and among many
@@ -16,8 +16,8 @@ from optuna.trial import TrialState
 
 from ..config import StudyConfig
 from ..errors import UserError
-from ..retime import RETIMED_ATTR, best_holding, is_current, retime, retimed
 from ..study.records import best_feasible, handle_for, open_study
+from .retime import RETIMED_ATTR, best_holding, is_current, retime, retimed
 
 __all__ = ["report_study", "pareto_front", "render_text", "write_html", "FULL_QUALITY_ATTR"]
 
@@ -120,7 +120,7 @@ def report_study(cfg: StudyConfig, storage: str | None = None, study_name: str |
         "n_feasible": sum(r["feasible"] for r in rows),
         "failures": [{"number": t.number, "reason": t.user_attrs.get("fail_reason")} for t in failed],
         "pareto": front, "trials": rows,
-        # the final re-timing: the best feasible trials, one fresh measurement (searcher/retime.py)
+        # the final re-timing: the best feasible trials, one fresh measurement (searcher/report/retime.py)
         "retimed": timed, "retimed_current": is_current(study),
         "retiming": {k: v for k, v in (study.user_attrs.get(RETIMED_ATTR) or {}).items() if k != "trials"},
         # best under the budget: the best re-timed trial that holds (None: not re-timed, or none holds)

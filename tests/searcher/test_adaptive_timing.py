@@ -9,8 +9,13 @@ from types import SimpleNamespace
 import numpy as np
 import optuna
 import pytest
-from slimformer.searcher.adaptive import adaptive_speedup, speedup_interval, speedup_target, time_candidate
 from slimformer.searcher.config import load_study_config
+from slimformer.searcher.devices.adaptive import (
+    adaptive_speedup,
+    speedup_interval,
+    speedup_target,
+    time_candidate,
+)
 from slimformer.searcher.study.trial import record
 
 

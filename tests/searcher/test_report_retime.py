@@ -11,7 +11,7 @@ from optuna.distributions import FloatDistribution
 from slimformer.methods import Plan
 from slimformer.searcher.cli import main
 from slimformer.searcher.report.collect import render_text
-from slimformer.searcher.retime import RETIMED_ATTR, best_holding, is_current, miss_warning, retimed
+from slimformer.searcher.report.retime import RETIMED_ATTR, best_holding, is_current, miss_warning, retimed
 
 
 def _row(number, quality, speedup, again, holds):

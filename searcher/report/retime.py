@@ -4,7 +4,7 @@ A search keeps the plans whose measurement held the budget, and among many plans
 that is partly the ones whose measurement came out fast. So the search's last step (and
 `report`, and `export --best` when trials finished since) times the RETIME_TOP best feasible
 trials again, all of them against the uncompressed model in ONE fresh interleaved measurement of
-device.max_rounds rounds, and bounds each speedup with the bootstrap of searcher/adaptive.py. A
+device.max_rounds rounds, and bounds each speedup with the bootstrap of searcher/devices/adaptive.py. A
 trial holds re-timed when that lower bound meets the budget at budget.confidence.
 
 The result is stored in the study itself (study user attr RETIMED_ATTR), so every command that
@@ -22,9 +22,9 @@ from __future__ import annotations
 import statistics
 from dataclasses import asdict, dataclass
 
-from .adaptive import speedup_interval, speedup_target
-from .errors import UserError
-from .study.records import feasible_trials
+from ..devices.adaptive import speedup_interval, speedup_target
+from ..errors import UserError
+from ..study.records import feasible_trials
 
 __all__ = ["RETIMED_ATTR", "RETIME_TOP", "Retimed", "retimed", "candidates", "is_current", "retime",
            "best_holding", "choose_best", "miss_warning", "study_budget"]
@@ -72,8 +72,7 @@ def retime(study, bench, log=print, k: int = RETIME_TOP) -> dict[int, Retimed]:
     measurement (structure-only builds: the same shapes and kernels), store and return it."""
     from slimformer.methods import Plan
 
-    from .backends.signals import protected
-    from .study.storage import storage_fault
+    from ..study.storage import storage_fault
 
     budget = study_budget(study)
     confidence = budget["confidence"]
@@ -99,8 +98,7 @@ def retime(study, bench, log=print, k: int = RETIME_TOP) -> dict[int, Retimed]:
               "target": target, "baseline_ms": baseline_ms,
               "trials": {str(n): {k: v for k, v in asdict(r).items() if k != "number"} for n, r in out.items()}}
     try:
-        with protected():  # a Ctrl-C waits for the write
-            study.set_user_attr(RETIMED_ATTR, record)
+        study.set_user_attr(RETIMED_ATTR, record)  # one write: a storage transaction, never cut in half
     except Exception as exc:  # noqa: BLE001 - a read-only or locked storage: the figures are still used
         fault = storage_fault(exc)
         if not fault:
