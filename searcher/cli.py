@@ -292,8 +292,10 @@ def cmd_export(args) -> int:
 def cmd_profile(args) -> int:
     from .cost.profile import ProfileError, default_profile_path, profile_device, save_profile
 
+    grid = {k: v for k, v in (("hidden_sizes", args.hidden_sizes), ("head_dims", args.head_dims),
+                              ("tokens", args.tokens)) if v is not None}
     try:
-        profile = profile_device(args.threads, args.runtime, quick=args.quick, progress=True)
+        profile = profile_device(args.threads, args.runtime, quick=args.quick, progress=True, **grid)
     except ProfileError as exc:
         raise UserError(str(exc)) from None
     out = Path(args.out) if args.out else default_profile_path(args.threads, args.runtime)
@@ -447,6 +449,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     pr.add_argument("--runtime", default="eager", help="eager (default) or onnxruntime")
     pr.add_argument("--quick", action="store_true", help="a small grid (seconds; less accurate)")
+    pr.add_argument("--hidden-sizes", type=_int_list, metavar="H,...",
+                    help="hidden sizes to centre the width grid on (default 384, all-MiniLM-L6-v2's)")
+    pr.add_argument("--head-dims", type=_int_list, metavar="D,...", help="attention head sizes (default 32,64)")
+    pr.add_argument("--tokens", type=_int_list, metavar="T,...",
+                    help="batch x sequence-length points (default 8,32,128,512; with --quick 32,128)")
     pr.set_defaults(func=cmd_profile)
 
     pd = sub.add_parser("predict", help="predicted latency, size and memory of a plan, without building it",
@@ -472,6 +479,17 @@ def build_parser() -> argparse.ArgumentParser:
     sn.set_defaults(func=cmd_sensitivity)
 
     return p
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    """'64,128' -> (64, 128): positive integers, comma-separated (an argparse type)."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return values
 
 
 def _storage_flags(p) -> None:

@@ -323,8 +323,6 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
     baseline = study.user_attrs["baseline"]
     fail_stale_trials(study, log)
     register_owner(study)
-    if is_heartbeat_enabled(study._storage):
-        optuna.storages.fail_stale_trials(study)
     done = sum(counted(t) for t in study.get_trials(deepcopy=False))
     log(f"study {handle.name!r} in {handle.url}: {done} finished trial(s), running to {target}")
     for line in space.describe():
@@ -345,6 +343,8 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
     with bar:
         try:
             while taken(study) < target and (timeout is None or time.monotonic() - started < timeout):
+                if is_heartbeat_enabled(study._storage):  # another host's crashed trial must not hold a slot
+                    fail_stale_trials(study, log)
                 with protected():  # a stop request waits for storage writes, abandons a running candidate
                     outcome = _run_one(study, cfg, space, baseline, predictor, runner, bar,
                                        cfg.search.prescreen and rejected_in_a_row < MAX_REJECTIONS_IN_A_ROW)

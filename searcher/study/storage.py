@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from ..errors import UserError
 
 __all__ = ["storage_url", "storage_file", "open_storage", "check_storage", "fail_stale_trials", "owner_attrs",
-           "storage_fault", "repair_journal_tail", "sqlite_timeout", "register_owner"]
+           "storage_fault", "repair_journal_tail", "sqlite_timeout", "register_owner", "heartbeat_interval"]
 
 
 def storage_url(value: str | None, study_path: Path | None, name: str) -> str:
@@ -59,9 +59,9 @@ def open_storage(url: str, read_only: bool = False) -> optuna.storages.BaseStora
             raise UserError(f"cannot read journal storage {journal}: {str(exc).splitlines()[0]}") from None
     heartbeat = {}
     if not url.startswith("sqlite"):
-        # other hosts' crashed trials: Optuna's heartbeat marks them failed and queues a retry
-        heartbeat = {"heartbeat_interval": 30, "grace_period": 120,
-                     "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)}
+        # running trials beat; fail_stale_trials finds other hosts' crashed ones by a stopped heartbeat
+        interval = heartbeat_interval()
+        heartbeat = {"heartbeat_interval": interval, "grace_period": HEARTBEAT_GRACE_BEATS * interval}
     for attempt in range(1, INIT_ATTEMPTS + 1):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **heartbeat)
@@ -111,6 +111,18 @@ def sqlite_timeout() -> float:
         return max(0.0, float(os.environ.get("SLIMFORMER_SQLITE_TIMEOUT", 30)))
     except ValueError:
         return 30.0
+
+
+HEARTBEAT_GRACE_BEATS = 4  # a running trial with no heartbeat for this many intervals is stale
+
+
+def heartbeat_interval() -> int:
+    """Seconds between a running trial's heartbeats on a database server
+    ($SLIMFORMER_HEARTBEAT_INTERVAL, default 30); it is stale after HEARTBEAT_GRACE_BEATS of them."""
+    try:
+        return max(1, int(os.environ.get("SLIMFORMER_HEARTBEAT_INTERVAL", 30)))
+    except ValueError:
+        return 30
 
 
 def _engine_kwargs(url: str) -> dict:
@@ -180,18 +192,32 @@ def _owners(study: optuna.Study) -> list[tuple[str, int]]:
     return out
 
 
+def _heartbeat_stale(study: optuna.Study) -> set[int]:
+    """Ids of the RUNNING trials whose heartbeat stopped (a database server's storage only)."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    storage = study._storage
+    if not is_heartbeat_enabled(storage):
+        return set()
+    return set(storage._get_stale_trial_ids(study._study_id))
+
+
 def fail_stale_trials(study: optuna.Study, log=print) -> list[int]:
-    """Mark RUNNING trials whose process on this host is gone as FAIL and queue their
-    parameters again, so a killed trial is retried with the same plan. Returns their numbers.
+    """Mark RUNNING trials whose process on this host is gone, or whose heartbeat stopped on a
+    database server (any host: its machine crashed), as FAIL and queue their parameters again,
+    so a killed trial is retried with the same plan. Returns their numbers.
 
     A RUNNING trial without owner attributes was created by a process killed right after
     `ask`: it is stale when every process that ever ran this study is on this host and dead."""
     host = socket.gethostname()
     retried = []
     unlabelled_stale = None
+    silent = _heartbeat_stale(study)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner_host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
-        if owner_host is None and pid is None:
+        if t._trial_id in silent:
+            pass
+        elif owner_host is None and pid is None:
             if unlabelled_stale is None:
                 unlabelled_stale = all(h == host and (not _alive(p) or p == os.getpid()) for h, p in _owners(study))
             if not unlabelled_stale:
@@ -199,14 +225,21 @@ def fail_stale_trials(study: optuna.Study, log=print) -> list[int]:
         elif owner_host != host or pid is None or (_alive(pid) and pid != os.getpid()):
             continue
         params = t.system_attrs.get("fixed_params") or t.params  # a queued plan is queued again whole
-        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "stale: its process died (killed or crashed)")
-        study._storage.set_trial_user_attr(t._trial_id, "retried", bool(params))
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        reason = (f"stale: no heartbeat from {owner_host or 'its host'} for {HEARTBEAT_GRACE_BEATS} intervals "
+                  "(its machine crashed or lost the database)" if t._trial_id in silent
+                  else "stale: its process died (killed or crashed)")
+        try:
+            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+            study._storage.set_trial_user_attr(t._trial_id, "retried", bool(params))
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another process failed it (or it finished) first
         if params:
             keep = {k: v for k, v in t.user_attrs.items() if k == "seeded"}
             study.enqueue_trial(params, user_attrs={**keep, "retry_of": t.number})
         retried.append(t.number)
-        log(f"trial {t.number} was left running by a process that died; marked failed and queued again")
+        log(f"trial {t.number} was left running by a process that died"
+            + (f" on {owner_host} (no heartbeat)" if t._trial_id in silent else "") + "; marked failed and queued again")
     return retried
 
 

@@ -169,5 +169,8 @@ def run_in_process(*args):
 
     out, err = io.StringIO(), io.StringIO()
     with fixed_threads(None), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in args])
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse's own errors and --help
+            code = exc.code
     return subprocess.CompletedProcess(["slimformer", *map(str, args)], code, out.getvalue(), err.getvalue())
