@@ -14,7 +14,7 @@ import time
 import optuna
 from conftest import run_in_process
 from optuna.trial import TrialState
-from slimformer.searcher.storage import HEARTBEAT_GRACE_BEATS, open_storage
+from slimformer.searcher.study.storage import HEARTBEAT_GRACE_BEATS, open_storage
 
 INTERVAL = 1  # seconds between heartbeats; stale after HEARTBEAT_GRACE_BEATS of them
 OTHER_HOST = "import socket, sys; socket.gethostname = lambda: 'host-b'; from slimformer.searcher.cli import main; " \

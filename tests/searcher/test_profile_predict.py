@@ -23,7 +23,7 @@ def profile_file(tmp_path_factory):
 
 
 def test_profile_on_the_smallest_grid(profile_file):
-    from slimformer.searcher.profile import load_profile
+    from slimformer.searcher.cost.profile import load_profile
 
     profile = load_profile(profile_file)
     assert profile["fingerprint"]["threads"] == 1 and profile["fingerprint"]["runtime"] == "eager"
