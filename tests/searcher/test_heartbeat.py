@@ -43,7 +43,8 @@ def test_heartbeat_finds_a_crashed_trial_on_another_host(make_study, postgres_ur
                 trials = _trials(postgres_url, name)
             except Exception:  # noqa: BLE001 - not created yet
                 continue
-            running = next((t for t in trials if t.number == 1 and t.state == TrialState.RUNNING and t.params), None)
+            running = next((t for t in trials if t.number == 1 and t.state == TrialState.RUNNING
+                            and "plan" in t.user_attrs), None)  # its plan fully drawn
         assert running is not None, "trial 1 never started on host-b"
         assert running.user_attrs["host"] == "host-b"
     finally:
@@ -60,6 +61,6 @@ def test_heartbeat_finds_a_crashed_trial_on_another_host(make_study, postgres_ur
     retries = [t for t in trials if t.user_attrs.get("retry_of") == 1]
     assert len(retries) == 1
     retry = retries[0]
-    assert retry.state == TrialState.COMPLETE and retry.params == running.params
+    assert retry.state == TrialState.COMPLETE and retry.params == crashed.params == running.params
     assert retry.user_attrs["host"] != "host-b"  # run again here
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3  # the crashed trial does not count
