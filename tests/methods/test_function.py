@@ -328,6 +328,8 @@ def plant(monkeypatch, bug: str, tiny) -> None:
     elif bug == "last_channels":  # ... or their last ones
         monkeypatch.setattr(adapter_module, "slice_in", lambda m, keep: slice_in(
             m, torch.arange(in_width(m) - len(keep), in_width(m))))
+    elif bug == "first_rows":  # q/k/v and FFN input projections keep their first output channels
+        monkeypatch.setattr(adapter_module, "slice_out", lambda m, keep: slice_out(m, torch.arange(len(keep))))
     elif bug == "fused_keys_from_queries":  # GPT-2's fused c_attn: the keys get the query channels
 
         def bad(module, keep):
@@ -341,7 +343,7 @@ def plant(monkeypatch, bug: str, tiny) -> None:
         raise KeyError(bug)
 
 
-@pytest.mark.parametrize("bug", ["first_channels", "last_channels"])
+@pytest.mark.parametrize("bug", ["first_channels", "last_channels", "first_rows"])
 def test_planted_slicing_bugs_are_caught(tiny, bug, monkeypatch):
     keep = keep_sets(tiny, "partial")
     plant(monkeypatch, bug, tiny)
