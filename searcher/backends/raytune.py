@@ -19,6 +19,7 @@ Ray is optional and imported only here (pip install 'slimformer[ray]').
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -30,12 +31,13 @@ from optuna.trial import TrialState  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from ..study.storage import owner_attrs, storage_file  # noqa: E402
-from ..study.trial import RESULT_KEYS, Rejected, propose, record  # noqa: E402
+from ..study.trial import Rejected, propose, record  # noqa: E402
 from .workers import worker_threads  # noqa: E402
 
 __all__ = ["run_ray", "SlimformerSearch"]
 
 MAX_REJECTIONS_IN_A_ROW = 50
+RESULT = "slimformer_result"  # the Tune metric holding `trial.evaluate`'s result (JSON)
 _BENCHES: dict = {}  # one Workbench per study config in each Ray worker process (kept across trials)
 
 
@@ -57,7 +59,10 @@ def _evaluate_plan(config: dict, cfg=None, baseline=None) -> None:
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         tune.report({"error": reason, "quality": nan, "latency": nan, "size": nan})
         return
-    tune.report({**result, "latency": result["latency_ms"], "size": result["size_mb"]})  # Tune wants the objectives
+    # Tune wants the objectives as metrics; `trial.evaluate`'s result travels whole, as one JSON
+    # string (Tune flattens nested dicts and adds keys of its own), to the same `record` a local trial uses
+    tune.report({RESULT: json.dumps(result), "quality": result["quality"], "latency": result["latency_ms"],
+                 "size": result["size_mb"]})
 
 
 class SlimformerSearch(OptunaSearch):
@@ -116,10 +121,9 @@ class SlimformerSearch(OptunaSearch):
             beat.__exit__(None, None, None)
         self._completed_trials.add(trial_id)
         self.rejected_in_a_row = 0
-        if result and "quality" in result and "error" not in result and not error:
+        if result and RESULT in result and not error:
             plan = Plan.from_dict(self.plans[trial_id])
-            measured = {k: result[k] for k in RESULT_KEYS if k in result}  # Tune adds its own keys: keep ours
-            values = record(ot_trial, self.cfg, self.baseline, plan, measured, self.predictor)
+            values = record(ot_trial, self.cfg, self.baseline, plan, json.loads(result[RESULT]), self.predictor)
             frozen = self._ot_study.tell(ot_trial, values)
             self.progress.trial_done(frozen, best_feasible(self._ot_study))
             return
@@ -154,8 +158,6 @@ class SlimformerSearch(OptunaSearch):
 
     def restore(self, checkpoint_path: str) -> None:
         pass
-
-
 
 
 def ray_folder(cfg, handle) -> Path:

@@ -16,14 +16,9 @@ import time
 from slimformer.methods import Plan, model_size
 
 from ..config import StudyConfig
-from ..devices.adaptive import INTERVAL_KEYS, time_candidate
+from ..devices.adaptive import time_candidate
 
-__all__ = ["TrialFailed", "Rejected", "propose", "evaluate", "predicted", "record", "constraints_of", "latency_limit",
-           "RESULT_KEYS"]
-
-# what `evaluate` returns (plain data; a backend that adds keys of its own keeps only these)
-RESULT_KEYS = ("quality", "latency_ms", "latency_raw_ms", "latency_spread_ms", "speedup", "size_mb", "params",
-               "simulated", "build_s", "eval_s") + INTERVAL_KEYS
+__all__ = ["TrialFailed", "Rejected", "propose", "evaluate", "predicted", "record", "constraints_of", "latency_limit"]
 
 
 class TrialFailed(Exception):
