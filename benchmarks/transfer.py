@@ -1,14 +1,14 @@
-"""Transfer to a new device: compare the study that was searched on device A with the two
-transferred studies on device B (latency measured for every plan / predicted after 5 anchors).
+"""Transfer to a new device: the study searched on device A against the two transferred studies
+on device B (latency measured for every plan / predicted after 5 anchors). The script runs all
+three searches itself and times each (wall clock, in this process), so every figure it writes is
+measured:
 
-    # device A: the 60-trial study of studies/minilm-2x.yaml (2 threads), searched as usual
-    slimformer search studies/minilm-2x.yaml
-    # device B: the same file with device.threads: 1, plus
-    #   transfer: {source: <A's storage>, latency: measure}   (study name "meas")
-    #   transfer: {source: <A's storage>, latency: predict}   (study name "pred")
-    slimformer search B.yaml --study-name meas --transfer-latency measure --trials 60
-    slimformer search B.yaml --study-name pred --transfer-latency predict --trials 60
-    python benchmarks/transfer.py --a A.db --b B_FOLDER --wall-a 519 --wall-meas S --wall-pred S
+    python benchmarks/transfer.py [--study studies/minilm-2x.yaml] [--work /tmp/slimformer-transfer]
+
+A is the study file as it is (its device.threads); B is the same file with `device.threads: 1`,
+searched twice from A's storage: `--transfer-latency measure` (study "meas") and `predict`
+(study "pred", after `slimformer profile --threads 1` when no profile for 1 thread is cached).
+Each finished run's wall time is kept in WORK/walls.json, so a rerun reuses finished studies.
 
 Writes benchmarks/transfer_results.{md,json}: wall time of each study, the best plan under the
 budget on B by each route, and how well predicted speedups on B match the measured ones
@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import optuna
+import yaml
 from _report import write_md
 from optuna.trial import TrialState
 from scipy.stats import spearmanr
@@ -29,7 +33,7 @@ from scipy.stats import spearmanr
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(path: str, name: str):
+def _load(path: Path, name: str):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.load_study(study_name=name, storage=f"sqlite:///{Path(path).resolve()}")
 
@@ -43,21 +47,54 @@ def _best(trials, budget):
     return max(ok, key=lambda t: t.user_attrs["quality"]) if ok else None
 
 
+def device_b_study(study: Path, out: Path) -> Path:
+    """The study file for device B: one thread, data paths made absolute (it lives elsewhere)."""
+    cfg = yaml.safe_load(study.read_text())
+    for key, value in list(cfg.get("data", {}).items()):
+        if isinstance(value, str) and (study.parent / value).is_file():
+            cfg["data"][key] = str((study.parent / value).resolve())
+    cfg["device"] = {**cfg.get("device", {}), "threads": 1}
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return out
+
+
+def timed_runs(work: Path, steps: dict[str, list[str]]) -> dict[str, float]:
+    """Run each `slimformer` command not finished before; its wall seconds (WORK/walls.json)."""
+    record = work / "walls.json"
+    walls = json.loads(record.read_text()) if record.is_file() else {}
+    for name, args in steps.items():
+        if name in walls:
+            continue
+        print(f"[transfer] {name}: slimformer {' '.join(args)}", flush=True)
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "slimformer.searcher.cli", *args], check=True)
+        walls[name] = time.perf_counter() - t0
+        record.write_text(json.dumps(walls, indent=2))
+    return walls
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--a", required=True, help="storage of the study on device A")
-    ap.add_argument("--a-name", default="minilm-2x")
-    ap.add_argument("--b", required=True, help="folder of device B's study files (meas.db, pred.db)")
-    ap.add_argument("--wall-a", type=float, required=True, help="wall seconds of the study on A")
-    ap.add_argument("--wall-meas", type=float, required=True)
-    ap.add_argument("--wall-pred", type=float, required=True)
+    ap.add_argument("--study", default=str(ROOT / "studies" / "minilm-2x.yaml"), help="device A's study file")
+    ap.add_argument("--work", default="/tmp/slimformer-transfer", help="storages, B's study file, walls.json")
     ap.add_argument("--budget", type=float, default=2.0, help="speedup budget")
     ap.add_argument("--note", default="", help="a line about the conditions of the run, printed in the results")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "transfer_results"))
     args = ap.parse_args()
 
-    b = Path(args.b)
-    a, meas, pred = _load(args.a, args.a_name), _load(b / "meas.db", "meas"), _load(b / "pred.db", "pred")
+    study, work = Path(args.study).resolve(), Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    b_study = str(device_b_study(study, work / "device-b.yaml"))
+    a_db = work / "A.db"
+    walls = timed_runs(work, {
+        "A": ["search", str(study), "--storage", f"sqlite:///{a_db}"],
+        "profile B": ["profile", "--threads", "1"],
+        "B measured": ["search", b_study, "--storage", f"sqlite:///{work / 'meas.db'}", "--study-name", "meas",
+                       "--transfer-from", str(a_db), "--transfer-latency", "measure"],
+        "B predicted": ["search", b_study, "--storage", f"sqlite:///{work / 'pred.db'}", "--study-name", "pred",
+                        "--transfer-from", str(a_db), "--transfer-latency", "predict"],
+    })
+    a, meas, pred = _load(a_db, study.stem), _load(work / "meas.db", "meas"), _load(work / "pred.db", "pred")
     ta, tm, tp = _complete(a), _complete(meas), _complete(pred)
     by_plan = {json.dumps(t.params, sort_keys=True): t for t in tm}
     pairs = []
@@ -73,7 +110,7 @@ def main() -> None:
     check = by_plan.get(json.dumps(best_pred.params, sort_keys=True)) if best_pred else None
     dev = {k: s.user_attrs.get("device", {}) for k, s in (("A", a), ("B measured", meas), ("B predicted", pred))}
     res = {
-        "wall_s": {"A": args.wall_a, "B measured": args.wall_meas, "B predicted": args.wall_pred},
+        "wall_s": walls,  # measured above, around each command
         "devices": dev,
         "baseline_ms": {k: s.user_attrs["baseline"]["latency_ms"] for k, s in
                         (("A", a), ("B measured", meas), ("B predicted", pred))},
@@ -87,7 +124,7 @@ def main() -> None:
             [by_plan[json.dumps(t.params, sort_keys=True)].user_attrs["speedup"] for t in ta]).statistic),
     }
     Path(args.out + ".json").write_text(json.dumps(res, indent=2))
-    lines = ["# Transfer to a new device", "", "Commands: see `benchmarks/transfer.py`.", "",
+    lines = ["# Transfer to a new device", "", "Commands: see `benchmarks/transfer.py` (it runs and times them).", "",
              f"| study | device | wall time | best under the budget (speedup >= {args.budget:.1f}) |",
              "| --- | --- | ---: | --- |"]
     for k in ("A", "B measured", "B predicted"):
@@ -101,7 +138,9 @@ def main() -> None:
               f"budget for {p['budget_agreement_pct']:.0f}% of them.",
               f"- The predicted route's best plan measures {res['best_predicted_measured_speedup']:.2f}x on B.",
               f"- Spearman between A's and B's measured speedups of the same plans: {res['speedup_A_vs_B_spearman']:.3f}.",
-              f"- Uncompressed latency: A {res['baseline_ms']['A']:.1f} ms, B {res['baseline_ms']['B measured']:.1f} ms."]
+              f"- Uncompressed latency: A {res['baseline_ms']['A']:.1f} ms, B {res['baseline_ms']['B measured']:.1f} ms.",
+              f"- Device B's profile (`slimformer profile --threads 1`, for the predicted route): "
+              f"{walls['profile B'] / 60:.1f} min."]
     write_md(args.out, lines, args.note)
 
 
