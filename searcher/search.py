@@ -20,19 +20,32 @@ from .backends.signals import interruptible, protected
 from .backends.workers import check_scale_out, is_worker, run_workers
 from .config import StudyConfig
 from .errors import UserError
-from .study.records import DIRECTIONS, SCHEMA, StudyHandle, best_feasible, counted, handle_for, taken
+from .study.owners import fail_stale_trials, owner_attrs, register_owner
+from .study.records import (
+    DIRECTIONS,
+    FAIL_REASON,
+    LATENCY_SOURCE,
+    REJECTED,
+    SCHEMA,
+    SEEDED,
+    TRANSFERRED_FROM,
+    TRANSFERRED_QUALITY,
+    StudyHandle,
+    best_feasible,
+    counted,
+    handle_for,
+    requeue,
+    taken,
+)
 from .study.seeds import sensitivity_seeds
 from .study.storage import (
     check_storage,
-    fail_stale_trials,
     open_storage,
-    owner_attrs,
-    register_owner,
     storage_fault,
     storage_file,
 )
-from .study.transfer import TRANSFER_ATTR, data_meta, transferable_trials
-from .study.trial import Rejected, predicted, propose, record
+from .study.transfer import data_meta, transferable_trials
+from .study.trial import MAX_REJECTIONS_IN_A_ROW, Rejected, predicted, propose, record
 
 __all__ = ["run_search"]
 
@@ -145,9 +158,6 @@ def _check_budget_reachable(cfg: StudyConfig, space, bench, log) -> None:
                         f"takes {ms:.1f} ms here; widen the space or relax the budget")
 
 
-MAX_REJECTIONS_IN_A_ROW = 50  # then measure anyway: the sampler must keep learning
-
-
 def _predictor(cfg: StudyConfig, bench, study, log):
     """The calibrated cost model for this device, re-fitted on the study's measured trials."""
     from .cost.costfit import CalibratedPredictor
@@ -202,7 +212,7 @@ def _default_space(cfg: StudyConfig, bench, log):
 def _transfer_anchors(study) -> int:
     """Transferred trials whose latency was measured here (they calibrate the cost model)."""
     return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-               if "transferred_from" in t.user_attrs and t.user_attrs.get("latency_source") == "measured")
+               if TRANSFERRED_FROM in t.user_attrs and t.user_attrs.get(LATENCY_SOURCE) == "measured")
 
 
 def _run_one(study, cfg, space, baseline, predictor, runner, bar, may_reject: bool) -> str:
@@ -212,7 +222,7 @@ def _run_one(study, cfg, space, baseline, predictor, runner, bar, may_reject: bo
         trial.set_user_attr(key, value)
     try:
         with get_heartbeat_thread(trial._trial_id, study._storage):
-            known = trial.user_attrs.get(TRANSFER_ATTR)  # quality transferred from another device's study
+            known = trial.user_attrs.get(TRANSFERRED_QUALITY)  # quality transferred from another device's study
             plan = propose(trial, cfg, space, baseline, predictor, may_reject and known is None)
             if known is not None and cfg.transfer.latency == "predict" and _transfer_anchors(study) >= \
                     cfg.transfer.anchors:
@@ -222,24 +232,19 @@ def _run_one(study, cfg, space, baseline, predictor, runner, bar, may_reject: bo
                     result = runner.evaluate(plan, baseline, trial.number, quality=known)
             values = record(trial, cfg, baseline, plan, result, predictor)
     except Rejected as exc:
-        trial.set_user_attr("rejected", str(exc))
+        trial.set_user_attr(REJECTED, str(exc))
         study.tell(trial, state=TrialState.PRUNED)
         bar.trial_rejected(trial.number, str(exc))
         return "rejected"
     except (KeyboardInterrupt, WorkerStartError) as exc:  # the trial is abandoned and queued again
-        trial.set_user_attr("fail_reason", "interrupted (Ctrl-C / SIGTERM)" if isinstance(exc, KeyboardInterrupt)
-                            else str(exc))
-        trial.set_user_attr("retried", True)
-        study.tell(trial, state=TrialState.FAIL)
-        if trial.params:
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        requeue(study, trial, "interrupted (Ctrl-C / SIGTERM)" if isinstance(exc, KeyboardInterrupt) else str(exc))
         raise
     except Exception as exc:  # noqa: BLE001 - a failed candidate must not stop the study
         if storage_fault(exc):  # ... but a locked/full/read-only storage does (exit 2; retried on resume)
             raise
         reason = getattr(exc, "reason", None) or \
             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        trial.set_user_attr("fail_reason", reason)
+        trial.set_user_attr(FAIL_REASON, reason)
         study.tell(trial, state=TrialState.FAIL)
         bar.trial_failed(trial.number, reason)
         return "failed"
@@ -317,9 +322,9 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
             study.enqueue_trial(params, user_attrs=attrs)
         if cfg.search.seed_uniform and cfg.transfer.source is None:
             for params in space.uniform_plans():
-                study.enqueue_trial(params, user_attrs={"seeded": True}, skip_if_exists=True)
+                study.enqueue_trial(params, user_attrs={SEEDED: True}, skip_if_exists=True)
         for params in sensitivity:  # after the uniform plans (search.seed_sensitivity)
-            study.enqueue_trial(params, user_attrs={"seeded": "sensitivity"}, skip_if_exists=True)
+            study.enqueue_trial(params, user_attrs={SEEDED: "sensitivity"}, skip_if_exists=True)
     baseline = study.user_attrs["baseline"]
     fail_stale_trials(study, log)
     register_owner(study)

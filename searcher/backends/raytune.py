@@ -30,13 +30,14 @@ from optuna.storages._heartbeat import get_heartbeat_thread  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
-from ..study.storage import owner_attrs, storage_file  # noqa: E402
-from ..study.trial import Rejected, propose, record  # noqa: E402
+from ..study.owners import owner_attrs  # noqa: E402
+from ..study.records import FAIL_REASON, REJECTED, requeue  # noqa: E402
+from ..study.storage import storage_file  # noqa: E402
+from ..study.trial import MAX_REJECTIONS_IN_A_ROW, Rejected, propose, record  # noqa: E402
 from .workers import worker_threads  # noqa: E402
 
 __all__ = ["run_ray", "SlimformerSearch"]
 
-MAX_REJECTIONS_IN_A_ROW = 50
 RESULT = "slimformer_result"  # the Tune metric holding `trial.evaluate`'s result (JSON)
 _BENCHES: dict = {}  # one Workbench per study config in each Ray worker process (kept across trials)
 
@@ -93,7 +94,7 @@ class SlimformerSearch(OptunaSearch):
                 config = super().suggest(trial_id)
             except Rejected as exc:
                 ot_trial = self._ot_trials.pop(trial_id)
-                ot_trial.set_user_attr("rejected", str(exc))
+                ot_trial.set_user_attr(REJECTED, str(exc))
                 self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
                 self.rejected_in_a_row += 1
                 self.progress.trial_rejected(ot_trial.number, str(exc))
@@ -128,7 +129,7 @@ class SlimformerSearch(OptunaSearch):
             self.progress.trial_done(frozen, best_feasible(self._ot_study))
             return
         reason = (result or {}).get("error") or "the Ray trial failed (see the Ray logs)"
-        ot_trial.set_user_attr("fail_reason", reason)
+        ot_trial.set_user_attr(FAIL_REASON, reason)
         self._ot_study.tell(ot_trial, state=TrialState.FAIL)
         self.progress.trial_failed(ot_trial.number, reason)
 
@@ -141,10 +142,7 @@ class SlimformerSearch(OptunaSearch):
             beat = self.heartbeats.pop(trial_id, None)
             if beat is not None:
                 beat.__exit__(None, None, None)
-            ot_trial.set_user_attr("fail_reason", "interrupted (the Ray run stopped)")
-            ot_trial.set_user_attr("retried", True)
-            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
-            self._ot_study.enqueue_trial(ot_trial.params, user_attrs={"retry_of": ot_trial.number})
+            requeue(self._ot_study, ot_trial, "interrupted (the Ray run stopped)")
             self._completed_trials.add(trial_id)
             log(f"trial {ot_trial.number} was interrupted; queued again")
             n += 1

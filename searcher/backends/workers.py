@@ -23,7 +23,7 @@ import sys
 import time
 
 from ..errors import UserError
-from ..study.storage import fail_stale_trials
+from ..study.owners import fail_stale_trials
 
 __all__ = ["check_scale_out", "is_worker", "run_workers", "with_scale_out", "worker_threads"]
 

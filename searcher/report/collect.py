@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from ..config import StudyConfig
 from ..errors import UserError
-from ..study.records import best_feasible, handle_for, open_study
+from ..study.records import FAIL_REASON, best_feasible, handle_for, open_study
 from .retime import RETIMED_ATTR, best_holding, is_current, retime, retimed
 
 __all__ = ["report_study", "pareto_front", "render_text", "write_html", "FULL_QUALITY_ATTR"]
@@ -118,7 +118,7 @@ def report_study(cfg: StudyConfig, storage: str | None = None, study_name: str |
         "n_failed": len(failed), "n_rejected": sum(t.state == TrialState.PRUNED for t in trials),
         "n_running": sum(t.state == TrialState.RUNNING for t in trials),
         "n_feasible": sum(r["feasible"] for r in rows),
-        "failures": [{"number": t.number, "reason": t.user_attrs.get("fail_reason")} for t in failed],
+        "failures": [{"number": t.number, "reason": t.user_attrs.get(FAIL_REASON)} for t in failed],
         "pareto": front, "trials": rows,
         # the final re-timing: the best feasible trials, one fresh measurement (searcher/report/retime.py)
         "retimed": timed, "retimed_current": is_current(study),

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 
 from ..devices.adaptive import speedup_interval, speedup_target
 from ..errors import UserError
-from ..study.records import feasible_trials
+from ..study.records import CONSTRAINTS, feasible_trials
 
 __all__ = ["RETIMED_ATTR", "RETIME_TOP", "Retimed", "retimed", "candidates", "is_current", "retime",
            "best_holding", "choose_best", "miss_warning", "study_budget"]
@@ -140,7 +140,7 @@ def miss_warning(study, trial) -> str | None:
         target = speedup_target(budget, study.user_attrs["baseline"]["latency_ms"])
         return (f"trial {trial.number} misses the budget when re-timed: {again.speedup:.2f}x, lower bound "
                 f"{again.low:.2f}x < {target:.2f}x at {again.confidence:.0%} confidence")
-    cons = trial.user_attrs.get("constraints", {})
+    cons = trial.user_attrs.get(CONSTRAINTS, {})
     over = [k for k, v in cons.items() if v > 0]
     if over:
         return f"trial {trial.number} misses the budget in the search ({', '.join(over)})"

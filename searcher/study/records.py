@@ -14,11 +14,27 @@ from ..config import StudyConfig
 from ..errors import UserError
 from .storage import open_storage, storage_url
 
-__all__ = ["StudyHandle", "handle_for", "open_study", "best_feasible", "feasible_trials", "counted", "taken", "SCHEMA",
-           "DIRECTIONS"]
+__all__ = ["StudyHandle", "handle_for", "open_study", "best_feasible", "feasible_trials", "counted", "taken", "requeue", "SCHEMA",
+           "DIRECTIONS", "FAIL_REASON", "RETRIED", "RETRY_OF", "SEEDED", "REJECTED", "CONSTRAINTS", "HOST", "PID",
+           "TRANSFERRED_QUALITY", "TRANSFERRED_FROM", "SOURCE_LATENCY_MS", "LATENCY_SOURCE", "QUEUED_WITH"]
 
 SCHEMA = 1  # version of what slimformer stores in a study
 DIRECTIONS = {"quality": "maximize", "latency": "minimize", "size": "minimize"}
+
+# the user attributes of a trial that slimformer itself reads back (the measured figures,
+# `quality`, `latency_ms`, ..., are the keys of `study.trial.evaluate`'s result)
+FAIL_REASON = "fail_reason"  # why a FAIL trial failed
+RETRIED = "retried"  # a FAIL trial whose plan was queued again: the retry counts, this one does not
+RETRY_OF = "retry_of"  # on the retry: the number of the trial it repeats
+SEEDED = "seeded"  # queued before the sampler ran: True (uniform plans) or "sensitivity"
+REJECTED = "rejected"  # a PRUNED trial the cost model screened out, and why
+CONSTRAINTS = "constraints"  # budget constraints {name: value}; feasible when every value <= 0
+HOST, PID = "host", "pid"  # the process running a trial (see study.owners)
+TRANSFERRED_QUALITY = "transferred_quality"  # quality measured by another device's study (study.transfer)
+TRANSFERRED_FROM = "transferred_from"  # "<study>#<trial number>" it came from
+SOURCE_LATENCY_MS = "source_latency_ms"  # its latency on the other device
+LATENCY_SOURCE = "latency_source"  # "measured" or "predicted" (by the cost model)
+QUEUED_WITH = (SEEDED, TRANSFERRED_QUALITY, TRANSFERRED_FROM, SOURCE_LATENCY_MS)  # kept when queued again
 
 
 @dataclass
@@ -44,13 +60,13 @@ def counted(trial) -> bool:
     """Finished trials that count toward --trials (a crashed trial queued again does not)."""
     if trial.state == TrialState.COMPLETE:
         return True
-    return trial.state == TrialState.FAIL and not trial.user_attrs.get("retried")
+    return trial.state == TrialState.FAIL and not trial.user_attrs.get(RETRIED)
 
 
 def feasible_trials(study: optuna.Study) -> list:
     """Finished trials that met every budget constraint in the search."""
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if "plan" in t.user_attrs and all(v <= 0 for v in t.user_attrs.get("constraints", {}).values())]
+            if "plan" in t.user_attrs and all(v <= 0 for v in t.user_attrs.get(CONSTRAINTS, {}).values())]
 
 
 def best_feasible(study: optuna.Study):
@@ -65,3 +81,20 @@ def taken(study: optuna.Study) -> int:
     """Finished trials plus those running now in any process: a driver starts a trial only while
     this is below the target, so parallel workers stop at the total (see searcher/backends/workers.py)."""
     return sum(counted(t) or t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))
+
+
+def requeue(study: optuna.Study, trial, reason: str) -> bool:
+    """Fail a running trial that was cut off through no fault of its plan (Ctrl-C, a worker that
+    did not start, a process that died, a stopped Ray run) and queue its plan again, with the
+    attributes it was queued with (QUEUED_WITH): the retry takes its place in the count. A trial
+    cut off before it had a plan is only failed (and counts). `trial` is an `optuna.Trial` or a
+    `FrozenTrial`; returns whether the plan was queued again."""
+    frozen = study._storage.get_trial(trial._trial_id)
+    params = frozen.system_attrs.get("fixed_params") or frozen.params  # a queued plan is queued again whole
+    study._storage.set_trial_user_attr(frozen._trial_id, FAIL_REASON, reason)
+    study._storage.set_trial_user_attr(frozen._trial_id, RETRIED, bool(params))
+    study.tell(frozen.number, state=TrialState.FAIL)
+    if params:
+        keep = {k: v for k, v in frozen.user_attrs.items() if k in QUEUED_WITH}
+        study.enqueue_trial(params, user_attrs={**keep, RETRY_OF: frozen.number})
+    return bool(params)

@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import sys
 import time
 from pathlib import Path
 
 import optuna
-from optuna.trial import TrialState
 
 from ..errors import UserError
 
-__all__ = ["storage_url", "storage_file", "open_storage", "check_storage", "fail_stale_trials", "owner_attrs",
-           "storage_fault", "repair_journal_tail", "sqlite_timeout", "register_owner", "heartbeat_interval"]
+__all__ = ["storage_url", "storage_file", "open_storage", "check_storage", "storage_fault", "repair_journal_tail",
+           "sqlite_timeout", "heartbeat_interval", "HEARTBEAT_GRACE_BEATS"]
 
 
 def storage_url(value: str | None, study_path: Path | None, name: str) -> str:
@@ -160,87 +158,6 @@ def _connect_timeout(url: str) -> dict:
     if url.startswith("mysql"):
         return {"connect_timeout": 5}
     return {}
-
-
-def owner_attrs() -> dict:
-    """Who runs a trial: lets a later run tell a crashed trial from a live one."""
-    return {"host": socket.gethostname(), "pid": os.getpid()}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def register_owner(study: optuna.Study) -> None:
-    """Note this process in the study, so that a trial it leaves with no owner attributes (it
-    was killed between creating the trial and labelling it) is recognised as stale later."""
-    study.set_user_attr(f"owner:{socket.gethostname()}:{os.getpid()}", 1)
-
-
-def _owners(study: optuna.Study) -> list[tuple[str, int]]:
-    out = []
-    for key in study.user_attrs:
-        parts = key.split(":")
-        if len(parts) == 3 and parts[0] == "owner" and parts[2].isdigit():
-            out.append((parts[1], int(parts[2])))
-    return out
-
-
-def _heartbeat_stale(study: optuna.Study) -> set[int]:
-    """Ids of the RUNNING trials whose heartbeat stopped (a database server's storage only)."""
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
-    storage = study._storage
-    if not is_heartbeat_enabled(storage):
-        return set()
-    return set(storage._get_stale_trial_ids(study._study_id))
-
-
-def fail_stale_trials(study: optuna.Study, log=print) -> list[int]:
-    """Mark RUNNING trials whose process on this host is gone, or whose heartbeat stopped on a
-    database server (any host: its machine crashed), as FAIL and queue their parameters again,
-    so a killed trial is retried with the same plan. Returns their numbers.
-
-    A RUNNING trial without owner attributes was created by a process killed right after
-    `ask`: it is stale when every process that ever ran this study is on this host and dead."""
-    host = socket.gethostname()
-    retried = []
-    unlabelled_stale = None
-    silent = _heartbeat_stale(study)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner_host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
-        if t._trial_id in silent:
-            pass
-        elif owner_host is None and pid is None:
-            if unlabelled_stale is None:
-                unlabelled_stale = all(h == host and (not _alive(p) or p == os.getpid()) for h, p in _owners(study))
-            if not unlabelled_stale:
-                continue
-        elif owner_host != host or pid is None or (_alive(pid) and pid != os.getpid()):
-            continue
-        params = t.system_attrs.get("fixed_params") or t.params  # a queued plan is queued again whole
-        reason = (f"stale: no heartbeat from {owner_host or 'its host'} for {HEARTBEAT_GRACE_BEATS} intervals "
-                  "(its machine crashed or lost the database)" if t._trial_id in silent
-                  else "stale: its process died (killed or crashed)")
-        try:
-            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
-            study._storage.set_trial_user_attr(t._trial_id, "retried", bool(params))
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another process failed it (or it finished) first
-        if params:
-            keep = {k: v for k, v in t.user_attrs.items() if k == "seeded"}
-            study.enqueue_trial(params, user_attrs={**keep, "retry_of": t.number})
-        retried.append(t.number)
-        log(f"trial {t.number} was left running by a process that died"
-            + (f" on {owner_host} (no heartbeat)" if t._trial_id in silent else "") + "; marked failed and queued again")
-    return retried
 
 
 def repair_journal_tail(path: Path) -> int:

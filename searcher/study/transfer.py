@@ -18,11 +18,11 @@ from optuna.trial import TrialState
 
 from ..config import StudyConfig
 from ..errors import UserError
+from .records import SOURCE_LATENCY_MS, TRANSFERRED_FROM, TRANSFERRED_QUALITY
 from .storage import open_storage, storage_file
 
-__all__ = ["data_meta", "transferable_trials", "TRANSFER_ATTR"]
+__all__ = ["data_meta", "transferable_trials"]
 
-TRANSFER_ATTR = "transferred_quality"  # user attr on a B trial: the quality measured by A
 _SAME = ("model", "task", "space_fingerprint", "metric")
 
 
@@ -92,6 +92,6 @@ def transferable_trials(cfg: StudyConfig, meta: dict, log) -> list[tuple[dict, d
     log(f"transferring {len(done)} finished trial(s) from study {source.study_name!r} "
         f"({dev.get('cpu', '?')}, {dev.get('threads', '?')} threads, {dev.get('runtime', '?')}, "
         f"seq {dev.get('seq_len', '?')}): quality reused, latency {how} here")
-    return [(t.params, {TRANSFER_ATTR: t.user_attrs["quality"],
-                        "transferred_from": f"{source.study_name}#{t.number}",
-                        "source_latency_ms": t.user_attrs.get("latency_ms")}) for t in done]
+    return [(t.params, {TRANSFERRED_QUALITY: t.user_attrs["quality"],
+                        TRANSFERRED_FROM: f"{source.study_name}#{t.number}",
+                        SOURCE_LATENCY_MS: t.user_attrs.get("latency_ms")}) for t in done]

@@ -17,12 +17,16 @@ from slimformer.methods import Plan, model_size
 
 from ..config import StudyConfig
 from ..devices.adaptive import time_candidate
+from .records import CONSTRAINTS, LATENCY_SOURCE, RETRY_OF, SEEDED
 
-__all__ = ["TrialFailed", "Rejected", "propose", "evaluate", "predicted", "record", "constraints_of", "latency_limit"]
+__all__ = ["MAX_REJECTIONS_IN_A_ROW", "TrialFailed", "Rejected", "propose", "evaluate", "predicted", "record", "constraints_of", "latency_limit"]
 
 
 class TrialFailed(Exception):
     """The candidate was built but cannot be scored (e.g. it diverged)."""
+
+
+MAX_REJECTIONS_IN_A_ROW = 50  # then measure anyway: the sampler must keep learning
 
 
 class Rejected(Exception):
@@ -63,7 +67,7 @@ def propose(trial, cfg: StudyConfig, space, baseline: dict, predictor=None, may_
         trial.set_user_attr("predicted_latency_ms", pred)
         limit = latency_limit(cfg, baseline)
         margin = predictor.margin()
-        anchored = trial.user_attrs.get("seeded") or "retry_of" in trial.user_attrs  # always measured
+        anchored = trial.user_attrs.get(SEEDED) or RETRY_OF in trial.user_attrs  # always measured
         if may_reject and not anchored and limit is not None and pred * (1 - margin) > limit:
             raise Rejected(f"predicted {pred:.1f} ms exceeds the {limit:.1f} ms budget beyond the "
                            f"cost model's {margin:.0%} error margin")
@@ -90,7 +94,7 @@ def evaluate(bench, plan: Plan, baseline: dict, quality: float | None = None) ->
         "latency_raw_ms": est.candidate_ms,
         "latency_spread_ms": est.spread_ms,
         "speedup": est.speedup, **est.attrs(), "size_mb": size["size_mb"], "params": size["params"],
-        "simulated": size["simulated"], "build_s": t1 - t0, "eval_s": t2 - t1, "latency_source": "measured",
+        "simulated": size["simulated"], "build_s": t1 - t0, "eval_s": t2 - t1, LATENCY_SOURCE: "measured",
     }
 
 
@@ -105,7 +109,7 @@ def predicted(predictor, plan: Plan, baseline: dict, quality: float) -> dict:
         "latency_spread_ms": None, "speedup": baseline["latency_ms"] / pred["latency_ms"],
         "size_mb": pred["size_mb"], "params": pred["params"],
         "simulated": any(resolved.bits[i] in SIMULATED_BITS for i in resolved.layers),
-        "build_s": 0.0, "eval_s": 0.0, "latency_source": "predicted",
+        "build_s": 0.0, "eval_s": 0.0, LATENCY_SOURCE: "predicted",
     }
 
 
@@ -116,10 +120,10 @@ def record(trial, cfg: StudyConfig, baseline: dict, plan: Plan, result: dict, pr
                           held, result["size_mb"])
     for key, value in cons.items():
         trial.set_constraint(key, value)
-    trial.set_user_attr("constraints", cons)
+    trial.set_user_attr(CONSTRAINTS, cons)
     for k, v in {**result, "feasible": all(v <= 0 for v in cons.values())}.items():
         trial.set_user_attr(k, v)
-    if predictor is not None and result.get("latency_source") == "measured":  # calibrate online
+    if predictor is not None and result.get(LATENCY_SOURCE) == "measured":  # calibrate online
         predictor.observe(plan, result["latency_ms"])
     values = {"quality": result["quality"], "latency": result["latency_ms"], "size": result["size_mb"]}
     return [values[o] for o in cfg.search.objectives]

@@ -10,7 +10,7 @@ import sys
 
 import optuna
 from optuna.trial import TrialState
-from slimformer.searcher.study.storage import fail_stale_trials, register_owner
+from slimformer.searcher.study.owners import fail_stale_trials, register_owner
 
 
 def _dead_pid() -> int:
