@@ -12,25 +12,28 @@ from torch import nn
 
 from .plan import ModelShape
 
-__all__ = ["Adapter", "get_adapter", "supported_model_types", "UnsupportedModelError", "NoAttention"]
+__all__ = ["Adapter", "get_adapter", "supported_model_types", "UnsupportedModelError", "NoAttention", "module_at",
+           "set_module_at", "is_conv1d"]
 
 
 class UnsupportedModelError(ValueError):
     """The model's architecture has no adapter."""
 
 
-def _get(root: nn.Module, path: str) -> nn.Module:
+def module_at(root: nn.Module, path: str) -> nn.Module:
+    """The submodule at a dotted path (`attention.self.query`)."""
     for part in path.split("."):
         root = getattr(root, part)
     return root
 
 
-def _set(root: nn.Module, path: str, module: nn.Module) -> None:
+def set_module_at(root: nn.Module, path: str, module: nn.Module) -> None:
     parent, _, name = path.rpartition(".")
-    setattr(_get(root, parent) if parent else root, name, module)
+    setattr(module_at(root, parent) if parent else root, name, module)
 
 
-def _is_conv1d(module: nn.Module) -> bool:
+def is_conv1d(module: nn.Module) -> bool:
+    """GPT-2's Conv1D (a Linear with its weight stored transposed)."""
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
 
@@ -45,14 +48,14 @@ def _conv1d_as_linear(module: nn.Module) -> nn.Linear:
 
 def weight_out_in(module: nn.Module) -> torch.Tensor:
     """The weight as [out_features, in_features], for nn.Linear and GPT-2's Conv1D."""
-    return module.weight.t() if _is_conv1d(module) else module.weight
+    return module.weight.t() if is_conv1d(module) else module.weight
 
 
 def slice_out(module: nn.Module, keep: torch.Tensor) -> None:
     """Keep only output channels `keep` (in place, new smaller parameters)."""
     keep = keep.to(module.weight.device)
     with torch.no_grad():
-        if _is_conv1d(module):
+        if is_conv1d(module):
             module.weight = nn.Parameter(module.weight[:, keep].clone())
             module.bias = nn.Parameter(module.bias[keep].clone())
             module.nf = len(keep)
@@ -67,7 +70,7 @@ def slice_in(module: nn.Module, keep: torch.Tensor) -> None:
     """Keep only input channels `keep` (in place)."""
     keep = keep.to(module.weight.device)
     with torch.no_grad():
-        if _is_conv1d(module):
+        if is_conv1d(module):
             module.weight = nn.Parameter(module.weight[keep].clone())
             return
         module.weight = nn.Parameter(module.weight[:, keep].clone())
@@ -125,7 +128,7 @@ class Adapter:
         return self.model.base_model
 
     def layers(self) -> nn.ModuleList:
-        return _get(self.backbone, self.layers_path)
+        return module_at(self.backbone, self.layers_path)
 
     def shape(self) -> ModelShape:
         cfg = self.config
@@ -146,31 +149,31 @@ class Adapter:
         return getattr(cfg, "head_dim", None) or getattr(cfg, self.cfg_hidden) // getattr(cfg, self.cfg_heads)
 
     def has_attention(self, layer: nn.Module) -> bool:
-        return not isinstance(_get(layer, self.attn_core), NoAttention)
+        return not isinstance(module_at(layer, self.attn_core), NoAttention)
 
     def linear(self, layer: nn.Module, path: str) -> nn.Module:
-        return _get(layer, path)
+        return module_at(layer, path)
 
     def attention_weights(self, layer: nn.Module) -> tuple[torch.Tensor, ...]:
         """(Wq, Wk, Wv, Wo) as [out, in] matrices."""
         if self.qkv_fused:
-            w = weight_out_in(_get(layer, self.qkv_fused))
+            w = weight_out_in(module_at(layer, self.qkv_fused))
             n = w.shape[0] // 3
             wq, wk, wv = w[:n], w[n : 2 * n], w[2 * n :]
         else:
-            wq, wk, wv = (weight_out_in(_get(layer, p)) for p in (self.q, self.k, self.v))
-        return wq, wk, wv, weight_out_in(_get(layer, self.o))
+            wq, wk, wv = (weight_out_in(module_at(layer, p)) for p in (self.q, self.k, self.v))
+        return wq, wk, wv, weight_out_in(module_at(layer, self.o))
 
     def ffn_modules(self, layer: nn.Module) -> tuple[list[nn.Module], nn.Module]:
-        return [_get(layer, p) for p in self.ffn_in], _get(layer, self.ffn_out)
+        return [module_at(layer, p) for p in self.ffn_in], module_at(layer, self.ffn_out)
 
     def num_heads(self, layer: nn.Module) -> int:
         if not self.has_attention(layer):
             return 0
-        return weight_out_in(_get(layer, self.o)).shape[1] // self.head_dim
+        return weight_out_in(module_at(layer, self.o)).shape[1] // self.head_dim
 
     def num_neurons(self, layer: nn.Module) -> int:
-        return weight_out_in(_get(layer, self.ffn_out)).shape[1]
+        return weight_out_in(module_at(layer, self.ffn_out)).shape[1]
 
     # ----- physical pruning ---------------------------------------------------------
     def _head_channels(self, heads: torch.Tensor) -> torch.Tensor:
@@ -185,42 +188,42 @@ class Adapter:
             return
         ch = self._head_channels(keep)
         if self.qkv_fused:
-            fused = _get(layer, self.qkv_fused)
+            fused = module_at(layer, self.qkv_fused)
             n = weight_out_in(fused).shape[0] // 3
             slice_out(fused, torch.cat([ch, ch + n, ch + 2 * n]))
         else:
-            slice_out(_get(layer, self.q), ch)
+            slice_out(module_at(layer, self.q), ch)
             kv_ch = self._kv_channels(keep)
-            slice_out(_get(layer, self.k), kv_ch)
-            slice_out(_get(layer, self.v), kv_ch)
-        slice_in(_get(layer, self.o), ch)
+            slice_out(module_at(layer, self.k), kv_ch)
+            slice_out(module_at(layer, self.v), kv_ch)
+        slice_in(module_at(layer, self.o), ch)
         self._set_head_attrs(layer, len(keep))
 
     def _kv_channels(self, keep: torch.Tensor) -> torch.Tensor:
         return self._head_channels(keep)
 
     def _set_head_attrs(self, layer: nn.Module, n: int) -> None:
-        core = _get(layer, self.attn_core)
+        core = module_at(layer, self.attn_core)
         for attr in self.head_attrs:
             setattr(core, attr, n)
         for attr in self.all_head_attrs:
             setattr(core, attr, n * self.head_dim)
 
     def _remove_attention(self, layer: nn.Module) -> None:
-        o = _get(layer, self.o)
+        o = module_at(layer, self.o)
         if self.o_inside_core:
             width = weight_out_in(o).shape[0]
-            _set(layer, self.attn_core, NoAttention(width, o.bias))
+            set_module_at(layer, self.attn_core, NoAttention(width, o.bias))
         else:
-            _set(layer, self.attn_core, NoAttention(0, None))
+            set_module_at(layer, self.attn_core, NoAttention(0, None))
             slice_in(o, torch.zeros(0, dtype=torch.long))
 
     def prune_ffn(self, layer: nn.Module, keep: torch.Tensor) -> None:
         keep = torch.as_tensor(sorted(int(i) for i in keep), dtype=torch.long)
         if len(keep) == 0:  # GPT-2's Conv1D cannot run with 0 inputs (x.view(-1, 0)): use nn.Linear
             for path in self.ffn_in + (self.ffn_out,):
-                if _is_conv1d(_get(layer, path)):
-                    _set(layer, path, _conv1d_as_linear(_get(layer, path)))
+                if is_conv1d(module_at(layer, path)):
+                    set_module_at(layer, path, _conv1d_as_linear(module_at(layer, path)))
         ins, out = self.ffn_modules(layer)
         for m in ins:
             slice_out(m, keep)
@@ -230,7 +233,7 @@ class Adapter:
         """Keep only the layers with these (current) indices, renumbering layer_idx."""
         layers = self.layers()
         kept = nn.ModuleList([layers[i] for i in keep])
-        _set(self.backbone, self.layers_path, kept)
+        set_module_at(self.backbone, self.layers_path, kept)
         for new_idx, layer in enumerate(kept):
             for module in layer.modules():
                 if hasattr(module, "layer_idx"):
@@ -245,7 +248,7 @@ class Adapter:
         out = []
         for pos, layer in enumerate(self.layers()):
             for name, module in layer.named_modules():
-                if isinstance(module, nn.Linear) or _is_conv1d(module):
+                if isinstance(module, nn.Linear) or is_conv1d(module):
                     out.append((pos, name, module))
         return out
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from .plan import Plan
 from .registry import CONFIG_KEY, apply_plan, plan_of
-from .size import _dynamic_int8
+from .size import is_dynamic_int8
 
 __all__ = ["save_compressed", "load_compressed", "ExportError", "FORMAT_VERSION", "MANIFEST", "sha256_file", "move_into",
            "verified_files"]
@@ -42,7 +42,7 @@ def sha256_file(path: Path) -> str:
 
 
 def _tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[str], dict[str, str]]:
-    quantized = [name for name, m in model.named_modules() if _dynamic_int8(m)]
+    quantized = [name for name, m in model.named_modules() if is_dynamic_int8(m)]
     tensors: dict[str, torch.Tensor] = {}
     for name in quantized:
         m = model.get_submodule(name)

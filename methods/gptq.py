@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .adapters import _is_conv1d, weight_out_in
+from .adapters import is_conv1d, weight_out_in
 from .calibration import StopForward, forward_until_stop, removing_hooks
 
 __all__ = ["HessianAccumulator", "gptq_quantize", "dequantize", "layer_hessians", "gptq_layer", "token_rows"]
@@ -137,7 +137,7 @@ def layer_hessians(adapter, pos: int, calibration) -> dict[str, HessianAccumulat
     layers already quantized), over all calibration inputs; the forward stops after layer pos."""
     layer = adapter.layers()[pos]
     found = {name: m for name, m in layer.named_modules()
-             if (isinstance(m, nn.Linear) or _is_conv1d(m)) and weight_out_in(m).numel()}
+             if (isinstance(m, nn.Linear) or is_conv1d(m)) and weight_out_in(m).numel()}
     acc = {name: HessianAccumulator(weight_out_in(m).shape[1]) for name, m in found.items()}
     mask: list = [None]
 

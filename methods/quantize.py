@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .adapters import _is_conv1d, get_adapter
+from .adapters import get_adapter, is_conv1d
 from .calibration import Context
 
-__all__ = ["QuantSpec", "quantize", "fake_quantize_weight", "int8_available", "BITS_ATTR"]
+__all__ = ["QuantSpec", "quantize", "fake_quantize_weight", "int8_available", "is_bf16", "BITS_ATTR"]
 
 BITS_ATTR = "_slimformer_bits"
 
@@ -67,7 +67,7 @@ def fake_quantize_weight(w: torch.Tensor, bits: int, group_size: int) -> torch.T
 
 def _conv1d_to_linear(layer: nn.Module) -> None:
     for name, child in list(layer.named_children()):
-        if _is_conv1d(child):
+        if is_conv1d(child):
             lin = nn.Linear(child.weight.shape[0], child.nf)
             with torch.no_grad():
                 lin.weight.copy_(child.weight.t())
@@ -91,6 +91,11 @@ def _cast(obj, dtype):
 
 def _bf16_in(module, args, kwargs):
     return _cast(args, torch.bfloat16), _cast(kwargs, torch.bfloat16)
+
+
+def is_bf16(module: nn.Module) -> bool:
+    """A layer that runs in bfloat16 (bits 16: its inputs are cast on the way in)."""
+    return any(h is _bf16_in for h in module._forward_pre_hooks.values())
 
 
 def _fp32_out(module, args, output):
@@ -119,11 +124,11 @@ def _to_int8(layer: nn.Module) -> None:
 
 def _to_simulated(layer: nn.Module, bits: int, group_size: int, structure_only: bool) -> None:
     for module in layer.modules():
-        if isinstance(module, nn.Linear) or _is_conv1d(module):
+        if isinstance(module, nn.Linear) or is_conv1d(module):
             w = module.weight.data
             if not structure_only:
-                w2 = fake_quantize_weight(w.t() if _is_conv1d(module) else w, bits, group_size)
-                module.weight.data = w2.t().contiguous() if _is_conv1d(module) else w2
+                w2 = fake_quantize_weight(w.t() if is_conv1d(module) else w, bits, group_size)
+                module.weight.data = w2.t().contiguous() if is_conv1d(module) else w2
             setattr(module, BITS_ATTR, bits)
 
 
@@ -144,7 +149,7 @@ def _load_simulated(layer: nn.Module, rounded: dict, bits: int) -> None:
     for name, (q, scale) in rounded.items():
         m = layer.get_submodule(name)
         w = dequantize(q, scale)
-        m.weight.data = (w.t() if _is_conv1d(m) else w).contiguous().to(m.weight.dtype)
+        m.weight.data = (w.t() if is_conv1d(m) else w).contiguous().to(m.weight.dtype)
         setattr(m, BITS_ATTR, bits)
 
 

@@ -23,7 +23,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from .adapters import Adapter, _is_conv1d, get_adapter, weight_out_in
+from .adapters import Adapter, get_adapter, is_conv1d, weight_out_in
 from .plan import DistillSpec, Plan
 
 __all__ = ["layer_sensitivity", "hutchinson_trace", "layer_bytes", "weight_errors", "bits_for_size",
@@ -37,7 +37,7 @@ def _weights(adapter: Adapter) -> list[list[torch.Tensor]]:
     out = []
     for layer in adapter.layers():
         out.append([m.weight for m in layer.modules()
-                    if (isinstance(m, nn.Linear) or _is_conv1d(m)) and m.weight.numel()])
+                    if (isinstance(m, nn.Linear) or is_conv1d(m)) and m.weight.numel()])
     return out
 
 
@@ -103,7 +103,7 @@ def layer_bytes(layer: nn.Module, bits: int, group_size: int = 64) -> float:
     """Bytes of one transformer layer at `bits`, counted as `size.model_size` counts them."""
     total = 0.0
     for module in layer.modules():
-        linear = isinstance(module, nn.Linear) or _is_conv1d(module)
+        linear = isinstance(module, nn.Linear) or is_conv1d(module)
         for name, p in module.named_parameters(recurse=False):
             n = p.numel()
             if linear and name == "weight":
@@ -130,7 +130,7 @@ def weight_errors(model: nn.Module, allowed_bits, group_size: int = 64) -> list[
     """Per layer and bit-width, ||RTN_b(W) - W||^2 summed over the layer's Linear weights."""
     adapter = get_adapter(model)
     return [{b: sum(_rounding_error(weight_out_in(m), b, group_size) for m in layer.modules()
-                    if (isinstance(m, nn.Linear) or _is_conv1d(m)) and m.weight.numel())
+                    if (isinstance(m, nn.Linear) or is_conv1d(m)) and m.weight.numel())
              for b in allowed_bits}
             for layer in adapter.layers()]
 

@@ -7,10 +7,11 @@ from torch import nn
 
 from .quantize import BITS_ATTR
 
-__all__ = ["model_size"]
+__all__ = ["model_size", "is_dynamic_int8"]
 
 
-def _dynamic_int8(module: nn.Module) -> bool:
+def is_dynamic_int8(module: nn.Module) -> bool:
+    """A torch.ao dynamic int8 Linear (what bits 8 builds)."""
     return type(module).__name__ == "Linear" and type(module).__module__.startswith("torch.ao.nn.quantized.dynamic")
 
 
@@ -23,7 +24,7 @@ def model_size(model: nn.Module, group_size: int = 64) -> dict:
     size = 0.0
     simulated = False
     for module in model.modules():
-        if _dynamic_int8(module):
+        if is_dynamic_int8(module):
             w, b = module.weight(), module.bias()
             out_f, in_f = w.shape
             params += w.numel() + (b.numel() if b is not None else 0)

@@ -33,10 +33,10 @@ from .adapters import (
     GPT2Adapter,
     LlamaAdapter,
     ViTAdapter,
-    _get,
-    _is_conv1d,
-    _set,
     get_adapter,
+    is_conv1d,
+    module_at,
+    set_module_at,
 )
 from .calibration import removing_hooks
 from .gptq import token_rows
@@ -78,13 +78,13 @@ def _first_linear(module: nn.Module) -> nn.Module:
 def _in_columns(module: nn.Module) -> torch.Tensor:
     """|W| as [in, out] (one row per input channel)."""
     m = _first_linear(module)
-    return m.weight.detach().abs() if _is_conv1d(m) else m.weight.detach().abs().t()
+    return m.weight.detach().abs() if is_conv1d(m) else m.weight.detach().abs().t()
 
 
 def _scale_inputs(module: nn.Module, s: torch.Tensor) -> None:
     m = _first_linear(module)
     with torch.no_grad():
-        if _is_conv1d(m):
+        if is_conv1d(m):
             m.weight.mul_(s[:, None].to(m.weight.dtype))
         else:
             m.weight.mul_(s[None, :].to(m.weight.dtype))
@@ -92,7 +92,7 @@ def _scale_inputs(module: nn.Module, s: torch.Tensor) -> None:
 
 def _resolve(layer: nn.Module, paths: tuple[str, ...]) -> list[nn.Module] | None:
     try:
-        mods = [_get(layer, p) for p in paths]
+        mods = [module_at(layer, p) for p in paths]
     except AttributeError:  # e.g. attention replaced by NoAttention
         return None
     if any(isinstance(m, InputScale) for m in mods):
@@ -134,7 +134,7 @@ def _activation_max(adapter: Adapter, groups: list[tuple], calibration) -> list[
 
         return fn
 
-    handles = [_get(layers[pos], paths[0]).register_forward_pre_hook(hook(i))
+    handles = [module_at(layers[pos], paths[0]).register_forward_pre_hook(hook(i))
                for i, (pos, _, paths) in enumerate(groups)]
     with removing_hooks(handles), torch.no_grad():
         for batch in calibration.batches:
@@ -167,7 +167,7 @@ def smooth_model(model: nn.Module, positions: list[int], alpha: float, calibrati
     layers = adapter.layers()
     for i, (pos, norm, paths) in enumerate(groups):
         layer = layers[pos]
-        mods = [_get(layer, p) for p in paths]
+        mods = [module_at(layer, p) for p in paths]
         width = _in_columns(mods[0]).shape[0]
         if structure_only:
             s = torch.ones(width)
@@ -178,7 +178,7 @@ def smooth_model(model: nn.Module, positions: list[int], alpha: float, calibrati
             for m in mods:
                 _scale_inputs(m, s)
         if norm is not None:
-            ln = _get(layer, norm)
+            ln = module_at(layer, norm)
             with torch.no_grad():
                 ln.weight.div_(s.to(ln.weight.dtype))
                 if getattr(ln, "bias", None) is not None:
@@ -187,6 +187,6 @@ def smooth_model(model: nn.Module, positions: list[int], alpha: float, calibrati
             for p, m in zip(paths, mods):
                 wrapped = InputScale(m, width)
                 wrapped.inv_scale.copy_(1.0 / s)
-                _set(layer, p, wrapped)
+                set_module_at(layer, p, wrapped)
     log(f"smooth: alpha {alpha}, {len(groups)} groups of Linears in {len(set(g[0] for g in groups))} layers")
     return len(groups)

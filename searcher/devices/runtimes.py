@@ -63,14 +63,6 @@ def check_runtime(runtime: str) -> None:
 
 
 # ----- a float32 copy of a built candidate ---------------------------------------------------
-def _is_dynamic_int8(module) -> bool:
-    try:
-        from torch.ao.nn.quantized.dynamic import Linear as QLinear
-    except ImportError:
-        return False
-    return isinstance(module, QLinear)
-
-
 class ZeroWidthLinear(nn.Module):
     """A Linear with no inputs or no outputs (all heads or all FFN neurons pruned): it computes its bias
     (or an empty tensor) without a MatMul on an empty weight, which OpenVINO's ONNX reader rejects."""
@@ -90,17 +82,18 @@ def float_copy(model: nn.Module) -> tuple[nn.Module, list[str]]:
 
     torch.ao int8 Linears become nn.Linear with their dequantized weights (the int8 grid values,
     so ORT's per-channel re-quantization lands on the same grid); bfloat16 layers are refused."""
-    from slimformer.methods.quantize import _bf16_in
+    from slimformer.methods.quantize import is_bf16
+    from slimformer.methods.size import is_dynamic_int8
 
     for name, m in model.named_modules():
-        if any(h is _bf16_in for h in m._forward_pre_hooks.values()):
+        if is_bf16(m):
             raise UserError(f"bits 16 (bfloat16) layers cannot run with device.runtime onnxruntime ({name}): ONNX "
                             "Runtime's CPU provider has no fast bfloat16 kernels; leave 16 out of space.bits")
     out = copy.deepcopy(model)
     int8: list[str] = []
     for name, m in list(out.named_modules()):
         for child_name, child in list(m.named_children()):
-            if _is_dynamic_int8(child):
+            if is_dynamic_int8(child):
                 w = child.weight().dequantize()
                 lin = nn.Linear(w.shape[1], w.shape[0], bias=child.bias() is not None)
                 with torch.no_grad():
