@@ -7,7 +7,6 @@ Imports: everything.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -15,53 +14,18 @@ import traceback
 from pathlib import Path
 
 from .artifacts import EXPORT_FORMATS
+from .console import DEFAULT_STUDY, Parser
+from .console import check_out_dir as _check_out_dir
+from .console import load_plan as _load_plan
+from .console import log as _log
+from .console import one_line as _one_line
+from .console import print_json as _print_json
+from .console import study_or_default as _study_or_default
 from .errors import UserError
+from .tools import add_tool_commands
 
 __all__ = ["main", "build_parser"]
 
-DEFAULT_STUDY = "studies/quickstart.yaml"
-
-
-def _one_line(text: str) -> str:
-    """Control characters (a newline in a file name, a fuzzed argument) shown escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own errors: one line, exit 2
-        self.exit(2, f"{self.prog}: error: {_one_line(message)}\n")
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def _print_json(obj) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
-
-
-def _load_plan(path: str):
-    from slimformer.methods import Plan
-
-    try:
-        return Plan.load(path)
-    except ValueError as exc:
-        raise UserError(f"invalid plan {path}: {exc}") from None
-
-
-def _check_out_dir(out: Path, force: bool) -> None:
-    """Refuse a non-empty output folder before any model is loaded (export re-checks)."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise UserError(f"{out} exists and is not empty; choose another --out or pass --force")
-
-
-def _study_or_default(path: str | None):
-    from .config import load_study_config
-
-    return load_study_config(path or DEFAULT_STUDY)
-
-
-# ----- commands ---------------------------------------------------------------------------
 def cmd_compress(args) -> int:
     from slimformer.methods import model_size, save_compressed
     from slimformer.methods.adapters import UnsupportedModelError
@@ -289,101 +253,10 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_profile(args) -> int:
-    from .cost.profile import ProfileError, default_profile_path, profile_device, save_profile
-
-    grid = {k: v for k, v in (("hidden_sizes", args.hidden_sizes), ("head_dims", args.head_dims),
-                              ("tokens", args.tokens)) if v is not None}
-    try:
-        profile = profile_device(args.threads, args.runtime, quick=args.quick, progress=True, **grid)
-    except ProfileError as exc:
-        raise UserError(str(exc)) from None
-    out = Path(args.out) if args.out else default_profile_path(args.threads, args.runtime)
-    save_profile(profile, out)
-    print(f"device profile written to {out}")
-    return 0
-
-
-def cmd_predict(args) -> int:
-    import transformers
-
-    from .cost.costmodel import predict
-    from .cost.profile import ProfileError, find_profile
-    from .problem.models import resolve_model_path
-
-    plan = _load_plan(args.plan)
-    try:
-        config = transformers.AutoConfig.from_pretrained(resolve_model_path(args.model))
-    except OSError as exc:
-        raise UserError(f"cannot read the config of {args.model!r}: {str(exc).splitlines()[0]}") from None
-    try:
-        profile = find_profile(args.threads, args.runtime, args.profile)
-    except ProfileError as exc:
-        raise UserError(str(exc)) from None
-    if profile is None:
-        raise UserError(f"no device profile for this machine ({args.threads} threads, {args.runtime}); "
-                        f"run `slimformer profile --threads {args.threads}` first or pass --profile FILE")
-    try:
-        result = predict(plan, config, profile, seq_len=args.seq_len, batch_size=args.batch_size)
-    except ValueError as exc:
-        raise UserError(f"plan does not fit the model: {exc}") from None
-    result["device"] = profile["fingerprint"]
-    if args.json:
-        _print_json(result)
-    else:
-        print(f"predicted latency: {result['latency_ms']:.2f} ms (batch {args.batch_size}, {args.seq_len} tokens, "
-              f"{profile['fingerprint'].get('threads')} threads, {profile['fingerprint'].get('runtime')})")
-        print(f"size: {result['params']:,} params, {result['size_mb']:.1f} MB; peak memory ~{result['peak_memory_mb']:.0f} MB"
-              + (" (simulated low-bit weights: latency as float32)" if result["simulated"] else ""))
-    return 0
-
-
-def cmd_sensitivity(args) -> int:
-    from slimformer.methods import Plan
-    from slimformer.methods.sensitivity import layer_sensitivity, sensitivity_plans, uniform_sizes
-
-    from .problem.workbench import Workbench
-
-    try:
-        allowed = sorted({int(b) for b in args.bits.split(",")}, reverse=True)
-        Plan(bits=allowed)
-    except ValueError:
-        raise UserError(f"--bits must be a comma-separated list of 32, 16, 8, 4, 3, 2; got {args.bits!r}") from None
-    if len(allowed) < 2:
-        raise UserError("--bits needs at least two bit-widths to choose from")
-    cfg = _study_or_default(args.study)
-    bench = Workbench(cfg, log=_log)
-    if bench.calibration is None:
-        raise UserError("sensitivity needs calibration data with a task loss: set data.calibration")
-    base = Plan(group_size=args.group_size)
-    _log(f"sensitivity ({args.method}) on {len(bench.calibration.batches)} calibration batches ...")
-    scores = layer_sensitivity(bench.model, bench.calibration, args.method)
-    uniform = dict(zip(allowed[1:], uniform_sizes(bench.model, base, allowed[1:])))
-    plans = sensitivity_plans(bench.model, bench.calibration, base, allowed, list(uniform.values()),
-                              sensitivity=scores)
-    result = {
-        "method": args.method, "allowed_bits": allowed, "group_size": args.group_size,
-        "layers": [{"layer": i, "sensitivity": s} for i, s in enumerate(scores)],
-        "suggestions": [{"target": f"size of uniform {b}-bit", "size_mb": mb, "bits": list(plan.bits),
-                         "simulated": plan.simulated} for (b, mb), plan in zip(uniform.items(), plans)],
-    }
-    if args.json:
-        _print_json(result)
-    else:
-        print(f"per-layer sensitivity ({args.method} trace per weight; higher = keep more bits):")
-        for row in result["layers"]:
-            print(f"  layer {row['layer']}: {row['sensitivity']:.3e}")
-        print(f"suggested bits from {allowed} (seed these plans as search trials):")
-        for sug in result["suggestions"]:
-            print(f"  {sug['target']} ({sug['size_mb']:.1f} MB): bits {sug['bits']}"
-                  + ("  [<8-bit weights SIMULATED: size and quality real, no low-bit speed]" if sug["simulated"] else ""))
-    return 0
-
-
 # ----- parser -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="slimformer", description="Find the best compressed Transformer under a latency budget.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    p = Parser(prog="slimformer", description="Find the best compressed Transformer under a latency budget.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
     c = sub.add_parser("compress", help="apply a given plan without search",
@@ -443,53 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_flags(x)
     x.set_defaults(func=cmd_export)
 
-    pr = sub.add_parser("profile", help="microbenchmark this device into a device profile",
-                        description="Time linear layers, attention and per-layer overhead on this device.")
-    pr.add_argument("--out", help="profile file (default: this device's cache entry, used automatically)")
-    pr.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    pr.add_argument("--runtime", default="eager", help="eager (default) or onnxruntime")
-    pr.add_argument("--quick", action="store_true", help="a small grid (seconds; less accurate)")
-    pr.add_argument("--hidden-sizes", type=_int_list, metavar="H,...",
-                    help="hidden sizes to centre the width grid on (default 384, all-MiniLM-L6-v2's)")
-    pr.add_argument("--head-dims", type=_int_list, metavar="D,...", help="attention head sizes (default 32,64)")
-    pr.add_argument("--tokens", type=_int_list, metavar="T,...",
-                    help="batch x sequence-length points (default 8,32,128,512; with --quick 32,128)")
-    pr.set_defaults(func=cmd_profile)
-
-    pd = sub.add_parser("predict", help="predicted latency, size and memory of a plan, without building it",
-                        description="Predict a plan's cost on a device from its profile and the model config.")
-    pd.add_argument("--plan", required=True, help="plan file (.yaml or .json)")
-    pd.add_argument("--model", required=True, help="local directory, hub id, or the alias minilm-l6")
-    pd.add_argument("--profile", help="device profile (default: this device's, made by `slimformer profile`)")
-    pd.add_argument("--threads", type=int, default=2, help="threads of the default profile")
-    pd.add_argument("--runtime", default="eager", help="runtime of the default profile")
-    pd.add_argument("--seq-len", type=int, default=128)
-    pd.add_argument("--batch-size", type=int, default=1)
-    pd.add_argument("--json", action="store_true", help="print JSON")
-    pd.set_defaults(func=cmd_predict)
-
-    sn = sub.add_parser("sensitivity", help="per-layer quantization sensitivity and suggested mixed bits",
-                        description="Fisher (or Hutchinson Hessian) trace per layer from the calibration data, and "
-                                    "the per-layer bits it suggests at the sizes of uniform bit-widths.")
-    sn.add_argument("study", nargs="?", metavar="STUDY.yaml", help=f"study file (default {DEFAULT_STUDY})")
-    sn.add_argument("--bits", default="8,4,3,2", help="allowed bit-widths, comma-separated (default 8,4,3,2)")
-    sn.add_argument("--method", choices=("fisher", "hessian"), default="fisher", help="trace estimate")
-    sn.add_argument("--group-size", type=int, default=64, help="group size of the 4/3/2-bit weights")
-    sn.add_argument("--json", action="store_true", help="print JSON")
-    sn.set_defaults(func=cmd_sensitivity)
+    add_tool_commands(sub)
 
     return p
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    """'64,128' -> (64, 128): positive integers, comma-separated (an argparse type)."""
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
-    return values
 
 
 def _storage_flags(p) -> None:
