@@ -13,7 +13,6 @@ import sys
 import traceback
 from pathlib import Path
 
-from .artifacts import EXPORT_FORMATS
 from .console import DEFAULT_STUDY, Parser
 from .console import check_out_dir as _check_out_dir
 from .console import load_plan as _load_plan
@@ -21,6 +20,7 @@ from .console import log as _log
 from .console import one_line as _one_line
 from .console import print_json as _print_json
 from .console import study_or_default as _study_or_default
+from .devices.artifacts import EXPORT_FORMATS
 from .errors import UserError
 from .tools import add_tool_commands
 
@@ -69,7 +69,7 @@ def cmd_evaluate(args) -> int:
 
         data = args.data if is_builtin_source(args.data) else str(Path(args.data).resolve())
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"validation": data})})
-    from .artifacts import is_artifact
+    from .devices.artifacts import is_artifact
 
     target = Path(args.model)
     if is_artifact(target):
@@ -99,7 +99,7 @@ def _evaluate_artifact(args, cfg, target: Path) -> int:
     and latency measured on the artifact itself."""
     from slimformer.methods.export import ExportError
 
-    from .artifacts import evaluate_artifact
+    from .devices.artifacts import evaluate_artifact
     from .problem.workbench import Workbench
 
     bench = Workbench(cfg, log=_log)
@@ -199,8 +199,8 @@ def cmd_export(args) -> int:
     from slimformer.methods import Plan
     from slimformer.methods.export import ExportError
 
-    from .artifacts import default_format, export_model, require_format
     from .devices.adaptive import INTERVAL_KEYS
+    from .devices.artifacts import default_format, export_model, require_format
     from .problem.workbench import Workbench
     from .report.retime import choose_best, miss_warning, retimed
     from .study.records import feasible_trials, handle_for, open_study

@@ -1,7 +1,7 @@
 """Create or resume a multi-objective Optuna study and run trials until it has the requested
 number of finished ones. Every finished trial is in the storage as soon as it ends.
 
-Imports: config, errors, spaces, methods, devices, cost, problem, study, backends.
+Imports: config, errors, spaces, methods, devices, cost, problem, study, backends, report.
 """
 
 from __future__ import annotations

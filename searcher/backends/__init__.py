@@ -4,6 +4,6 @@ isolate (one trial per child process, limits, crash recovery), workers (K proces
 storage), raytune (Ray Tune), signals (two-stage Ctrl-C / SIGTERM), faults (injected faults for
 tests), progress (the progress display).
 
-Imports: study, problem, config, errors, methods. (Never search, report or cli: a backend is handed
+Imports: study, problem, devices, config, errors, methods. (Never search, report or cli: a backend is handed
 a prepared study and runs it.)
 """

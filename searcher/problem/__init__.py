@@ -3,7 +3,7 @@ scores and times a candidate.
 
 tasks (task heads and metrics), data (rows from files and built-in sources), models (where a
 model comes from: folders, aliases, the hub, registered sources such as `recipe:`), recipes
-(small models trained here once and cached), workbench.
+(small models trained here once and cached), corpus (the distillation corpus of `finish`), workbench.
 
 Imports: devices, config, errors, methods. Never imports: optuna. (A problem knows nothing of
 studies or search.)

@@ -17,7 +17,7 @@ import csv
 import sys
 from pathlib import Path
 
-from slimformer.searcher.corpus import split_disjoint
+from slimformer.searcher.problem.corpus import split_disjoint
 
 HERE = Path(__file__).resolve().parent
 SEED, SIZE = 0, 500

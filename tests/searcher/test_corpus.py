@@ -8,14 +8,14 @@ import json
 
 import pytest
 from slimformer.searcher.config import load_study_config
-from slimformer.searcher.corpus import (
+from slimformer.searcher.errors import UserError
+from slimformer.searcher.problem.corpus import (
     check_no_overlap,
     load_corpus_rows,
     normalise,
     shared_rows,
     split_disjoint,
 )
-from slimformer.searcher.errors import UserError
 from slimformer.searcher.problem.data import load_rows
 
 PAIRS = [("A man plays a guitar.", "A man is playing guitar.", 4.2), ("Dogs run.", "A cat sleeps.", 0.4),

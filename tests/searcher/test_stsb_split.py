@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from slimformer.searcher.config import load_study_config
-from slimformer.searcher.corpus import check_no_overlap, load_corpus_rows, shared_rows
+from slimformer.searcher.problem.corpus import check_no_overlap, load_corpus_rows, shared_rows
 from slimformer.searcher.problem.data import load_rows
 
 DATA = Path(__file__).resolve().parents[2] / "studies" / "data"

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["ARTIFACT_FORMATS", "ARTIFACT_VERSION", "build_artifact", "load_artifact", "ArtifactSession",
            "ArtifactModel", "write_artifact", "EXPORT_FORMATS", "default_format", "export_model", "is_artifact", "open_artifact",
@@ -44,7 +44,7 @@ class ArtifactSession:
 
 def build_artifact(fmt: str, model, inputs: dict, folder: Path, weight_type: str = "s8") -> dict:
     """Write the runtime's model file(s) for a built candidate into `folder`; returns its facts."""
-    from .devices.runtimes import export_onnx, float_copy
+    from .runtimes import export_onnx, float_copy
 
     fmodel, int8 = float_copy(model)
     if fmt == "onnx":
@@ -63,7 +63,7 @@ def build_artifact(fmt: str, model, inputs: dict, folder: Path, weight_type: str
 def load_artifact(fmt: str, files: dict[str, bytes], threads: int) -> ArtifactSession:
     """A session from the (already verified) bytes of an artifact's files."""
     if fmt == "onnx":
-        from .devices.runtimes import ort_session
+        from .runtimes import ort_session
 
         sess = ort_session(files["model.onnx"], threads)
         names = [o.name for o in sess.get_outputs()]
@@ -149,8 +149,8 @@ def export_model(fmt: str, bench, model, plan, out: Path, metrics: dict, force: 
         return
     from slimformer.methods import model_size
 
-    from .devices.latency import device_facts
-    from .devices.runtimes import onnxruntime_version
+    from .latency import device_facts
+    from .runtimes import onnxruntime_version
 
     size = model_size(model, plan.group_size)
     info = {"plan": plan.to_dict(), "trial": metrics, "params": size["params"], "simulated": size["simulated"],
@@ -170,7 +170,7 @@ def _openvino_version():
 def require_format(fmt: str) -> None:
     """UserError when the runtime that loads `fmt` is not installed (before any model is built)."""
     if fmt == "onnx":
-        from .devices.runtimes import require_onnxruntime
+        from .runtimes import require_onnxruntime
 
         require_onnxruntime()
     elif fmt == "openvino":

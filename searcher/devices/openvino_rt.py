@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["INSTALL_HINT", "require_openvino", "openvino_version", "convert", "compile_ir", "ov_runner",
            "save_ir", "IR_FILES"]
@@ -97,7 +97,7 @@ def save_ir(model, folder: Path) -> list[str]:
 
 def ov_runner(model: nn.Module, inputs: dict[str, torch.Tensor], threads: int):
     """(zero-argument callable running the candidate in OpenVINO, the compiled model)."""
-    from .devices.runtimes import export_onnx, float_copy
+    from .runtimes import export_onnx, float_copy
 
     fmodel, int8 = float_copy(model)
     with tempfile.TemporaryDirectory(prefix="slimformer-openvino-") as tmp:

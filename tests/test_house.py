@@ -1,0 +1,214 @@
+"""The house rules of the package (docs/architecture.md), read from the source with `ast`.
+
+Every unit (a sub-package of searcher/, a top-level module of searcher/, spaces/, methods/) says
+in its docstring which units it may import, on a line `Imports: a, b, c.` (`everything`: all
+units), and optionally third-party packages it must not import, on `Never imports: x.`. Imports
+are read everywhere in a module, function-level imports included.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {"slimformer.searcher": ROOT / "searcher", "slimformer.spaces": ROOT / "spaces",
+            "slimformer.methods": ROOT / "methods"}
+MAX_LINES = 400
+
+
+@dataclass
+class Module:
+    name: str
+    path: Path
+    tree: ast.Module
+    imports: list[tuple[str, int]] = field(default_factory=list)  # (module it imports, line)
+    private: list[tuple[str, int]] = field(default_factory=list)  # (module._name it uses, line)
+
+
+def _modules() -> dict[str, Module]:
+    mods = {}
+    for pkg, folder in PACKAGES.items():
+        for f in sorted(folder.rglob("*.py")):
+            parts = list(f.relative_to(folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            name = ".".join([pkg, *parts])
+            mods[name] = Module(name, f, ast.parse(f.read_text(), str(f)))
+    for m in mods.values():
+        _read_imports(m, mods)
+    return mods
+
+
+def _read_imports(m: Module, mods: dict[str, Module]) -> None:
+    package = m.name if m.path.name == "__init__.py" else m.name.rpartition(".")[0]
+    aliases = {}  # local name -> one of our modules (import x.y as z; from . import ortbench)
+    for node in ast.walk(m.tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                m.imports.append((a.name, node.lineno))
+                if a.name in mods and a.asname:
+                    aliases[a.asname] = a.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            for a in node.names:
+                sub = f"{source}.{a.name}"
+                if sub in mods:  # from . import ortbench
+                    m.imports.append((sub, node.lineno))
+                    aliases[a.asname or a.name] = sub
+                    continue
+                m.imports.append((source, node.lineno))
+                if source in mods and a.name.startswith("_") and not a.name.startswith("__"):
+                    m.private.append((f"{source}.{a.name}", node.lineno))
+    for node in ast.walk(m.tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases \
+                and node.attr.startswith("_") and not node.attr.startswith("__"):
+            m.private.append((f"{aliases[node.value.id]}.{node.attr}", node.lineno))
+
+
+MODS = _modules()
+
+
+def _unit(name: str) -> str | None:
+    """The unit a module of ours belongs to: 'spaces', 'methods', 'search', 'study', ..."""
+    parts = name.split(".")
+    if parts[1] in ("spaces", "methods"):
+        return parts[1]
+    if len(parts) == 2:
+        return "searcher"  # the package's __init__ (lazy re-exports only)
+    return parts[2]
+
+
+def _ours(name: str) -> str | None:
+    """The longest of our modules that `name` (an imported module) is, or None (third party)."""
+    while name:
+        if name in MODS:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def _unit_docstring(unit: str) -> tuple[str, Path]:
+    if unit in ("spaces", "methods"):
+        path = PACKAGES[f"slimformer.{unit}"] / "__init__.py"
+    elif (PACKAGES["slimformer.searcher"] / unit).is_dir():
+        path = PACKAGES["slimformer.searcher"] / unit / "__init__.py"
+    else:
+        path = PACKAGES["slimformer.searcher"] / f"{unit}.py"
+    return ast.get_docstring(ast.parse(path.read_text())) or "", path
+
+
+UNITS = sorted({_unit(n) for n in MODS} - {"searcher"})
+
+
+def _rules(unit: str) -> tuple[set[str], set[str]]:
+    doc, path = _unit_docstring(unit)
+    flat = " ".join(doc.split())
+    allowed = re.search(r"Imports: ([^.]*)\.", flat)
+    assert allowed, f"{path.relative_to(ROOT)}: its docstring has no 'Imports: ...' line"
+    words = re.sub(r"\([^)]*\)", "", allowed.group(1)).split(",")  # (a remark) is not a unit
+    names = {w.strip() for w in words if w.strip() and w.strip() != "nothing of ours"}
+    if "everything" in names:
+        names = set(UNITS)
+    unknown = names - set(UNITS)
+    assert not unknown, f"{path.relative_to(ROOT)}: 'Imports:' names no unit {sorted(unknown)}"
+    never = re.search(r"Never imports: ([^.]*)\.", flat)
+    banned = {w.strip() for w in never.group(1).split(",")} if never else set()
+    return names | {unit}, banned
+
+
+def _graph() -> dict[str, set[str]]:
+    return {n: {o for imp, _ in m.imports if (o := _ours(imp)) and o != n} for n, m in MODS.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_reader_sees_every_kind_of_import():
+    """The checks below are only as good as the reader: function-level and relative imports count."""
+    g = _graph()
+    assert "slimformer.searcher.cost.ortbench" in g["slimformer.searcher.cost.microbench"]  # `from . import ortbench` in a function
+    assert "slimformer.searcher.study.records" in g["slimformer.searcher.backends.workers"]  # function-level, `..`
+    assert "slimformer.methods.plan" in g["slimformer.spaces.space"]
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_import_circle():
+    assert _cycles(_graph()) == []
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_imports_follow_the_rules(unit):
+    allowed, banned = _rules(unit)
+    bad = []
+    for n, m in MODS.items():
+        if _unit(n) != unit:
+            continue
+        for imp, line in m.imports:
+            ours = _ours(imp)
+            if ours is not None and _unit(ours) not in allowed | {"searcher"}:
+                bad.append(f"{m.path.relative_to(ROOT)}:{line} imports {ours}")
+            if ours is None and imp.split(".")[0] in banned:
+                bad.append(f"{m.path.relative_to(ROOT)}:{line} imports {imp} (never imports: {sorted(banned)})")
+    assert not bad, "\n".join(bad)
+
+
+def test_modules_are_small():
+    big = [f"{m.path.relative_to(ROOT)}: {n} lines" for m in MODS.values()
+           if (n := len(m.path.read_text().splitlines())) > MAX_LINES]
+    assert not big, "\n".join(big)
+
+
+def test_no_module_uses_another_modules_underscore_names():
+    bad = [f"{m.path.relative_to(ROOT)}:{line} uses {name}" for m in MODS.values() for name, line in m.private
+           if name.rpartition(".")[0] != m.name]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_wheel_lists_every_package():
+    """setuptools installs only the packages pyproject lists: a sub-package left out would be missing
+    from a wheel while an editable install still finds it."""
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {n for n, m in MODS.items() if m.path.name == "__init__.py"}
+    assert set(tool["packages"]) == folders
+    for name in tool["packages"]:
+        top = ".".join(name.split(".")[:2])
+        assert (ROOT / tool["package-dir"][top]).is_dir()
