@@ -1,0 +1,187 @@
+"""One-knob peers vs slimformer plans, all-MiniLM-L6-v2 (batch 1, 128 tokens, 2 threads), in ONE process:
+stock PyTorch float32 (SDPA and eager attention), torch.ao dynamic int8, ONNX Runtime float32 and int8
+(S8 per-channel weights; U8 weights with reduce_range), OpenVINO float32 and int8 weights (NNCF weight
+compression), and two slimformer plans (about 2x and 3x) loaded from the artifacts `export --format`
+writes. All runners are timed in the same interleaved rounds (`measure_latency`); every speedup is the
+median of per-round ratios against the faster of the two stock PyTorch settings. Quality: STS-B dev
+(studies/data/sts-dev.tsv, the quickstart's data.test: nothing here was selected on it), Spearman x100.
+
+The two plans were fixed before this run from earlier results files (runtimes_results.md: FFN 768 +
+int8; heads 6 + FFN 768 + int8), with Fisher importance on the quickstart's calibration split; no
+distillation (the finish stage of the finished-models issue is what recovers quality).
+
+Rerun: python benchmarks/peers.py   (writes benchmarks/peers_results.md and .json; ~6 min on 2 cores)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+warnings.simplefilter("ignore")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+from slimformer.methods import Plan  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import write_md  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+THREADS, ROUNDS = 2, int(os.environ.get("ROUNDS", 30))
+PLANS = {"slimformer FFN 768 + int8": Plan(ffn=768, bits=8, importance="fisher"),
+         "slimformer heads 6 + FFN 768 + int8": Plan(heads=6, ffn=768, bits=8, importance="fisher")}
+
+
+def load() -> str:
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def ort(path, bench):
+    from slimformer.searcher.artifacts import ArtifactSession
+    from slimformer.searcher.runtimes import ort_session
+
+    sess = ort_session(str(path), THREADS)
+    return ArtifactSession(lambda feed: sess.run(None, feed), [i.name for i in sess.get_inputs()],
+                           [o.name for o in sess.get_outputs()])
+
+
+def ov(model):
+    import numpy as np
+    from slimformer.searcher.artifacts import ArtifactSession
+    from slimformer.searcher.openvino_rt import compile_ir
+
+    compiled = compile_ir(model, THREADS)
+    req = compiled.create_infer_request()
+    return ArtifactSession(lambda feed: [np.array(req.infer(feed)[o]) for o in compiled.outputs],
+                           [i.get_any_name() for i in compiled.inputs], [o.get_any_name() for o in compiled.outputs])
+
+
+def peers(bench, tmp: Path) -> dict:
+    """name -> (callable like the model for quality, zero-argument runner for latency)."""
+    import nncf
+    import openvino
+    from slimformer.searcher.artifacts import ArtifactModel
+    from slimformer.searcher.models import load_model
+    from slimformer.searcher.runtimes import export_onnx, quantize_matmuls
+
+    inputs = bench.inputs
+    sdpa = bench.model
+    eager = load_model(bench.cfg.model.name, bench.task.model_class, attn_implementation="eager")
+    ao = torch.ao.quantization.quantize_dynamic(copy.deepcopy(sdpa), {torch.nn.Linear}, dtype=torch.qint8)
+    out = {"PyTorch float32, SDPA attention": sdpa, "PyTorch float32, eager attention": eager,
+           "torch.ao dynamic int8": ao}
+    f32 = export_onnx(eager, inputs, tmp / "f32.onnx")
+    quantize_matmuls(f32, tmp / "s8.onnx", None, "s8")
+    quantize_matmuls(f32, tmp / "u8.onnx", None, "u8")
+    for name, path in (("ONNX Runtime float32", f32), ("ONNX Runtime int8, S8 weights per-channel", tmp / "s8.onnx"),
+                       ("ONNX Runtime int8, U8 weights reduce_range", tmp / "u8.onnx")):
+        out[name] = ArtifactModel(ort(path, bench), sdpa.config)
+    out["OpenVINO float32"] = ArtifactModel(ov(openvino.convert_model(str(f32))), sdpa.config)
+    compressed = nncf.compress_weights(openvino.convert_model(str(f32)), mode=nncf.CompressWeightsMode.INT8_SYM,
+                                       ignored_scope=nncf.IgnoredScope(types=["Gather"]))
+    out["OpenVINO int8 weights (NNCF weight compression)"] = ArtifactModel(ov(compressed), sdpa.config)
+    return out
+
+
+def slimformer_plans(bench, tmp: Path, log) -> tuple[dict, dict]:
+    from slimformer.searcher.artifacts import ArtifactModel, export_model, open_artifact
+
+    out, manifests = {}, {}
+    for name, plan in PLANS.items():
+        log(f"building {name} ...")
+        model = bench.build(plan)
+        out[f"{name} | PyTorch"] = model
+        for fmt in ("onnx", "openvino"):
+            folder = tmp / f"{len(out)}-{fmt}"
+            export_model(fmt, bench, model, plan, folder, {"plan": plan.to_dict()}, log=log)
+            manifest, session = open_artifact(folder, THREADS)
+            out[f"{name} | {fmt} artifact"] = ArtifactModel(session, bench.model.config)
+            manifests[f"{name} | {fmt} artifact"] = manifest["verification"]
+    return out, manifests
+
+
+def runner_of(model, inputs):
+    from slimformer.searcher.artifacts import ArtifactModel
+
+    if isinstance(model, ArtifactModel):
+        feed = {k: v.numpy() for k, v in inputs.items()}
+        return lambda: model.session(feed)
+    return lambda: model(**inputs)
+
+
+def main() -> None:
+    from slimformer.searcher.config import load_study_config
+    from slimformer.searcher.latency import measure_latency
+    from slimformer.searcher.workbench import Workbench
+
+    started, load_start = time.time(), load()
+    torch.set_num_threads(THREADS)
+
+    def log(msg):
+        print(f"[{time.time() - started:5.0f} s] {msg}", file=sys.stderr, flush=True)
+
+    cfg = load_study_config(HERE.parent / "studies/quickstart.yaml")
+    bench = Workbench(cfg, log=log)
+    with tempfile.TemporaryDirectory(prefix="slimformer-peers-") as tmp:
+        models = peers(bench, Path(tmp))
+        plans, checks = slimformer_plans(bench, Path(tmp), log)
+        models.update(plans)
+        log(f"timing {len(models)} runners, {ROUNDS} interleaved rounds ...")
+        runners = {name: runner_of(m, bench.inputs) for name, m in models.items()}
+        stock = ("PyTorch float32, SDPA attention", "PyTorch float32, eager attention")
+        lat = measure_latency(runners, baseline=stock[1], rounds=ROUNDS, warmup=3, threads=THREADS)
+        base = min(stock, key=lambda s: lat[s].median_ms)
+        lat = {k: v for k, v in lat.items()}
+        base_samples = lat[base].samples_ms
+        rows = []
+        for name, m in models.items():
+            log(f"quality of {name} on STS-B dev ...")
+            with torch.inference_mode():
+                q = bench.task.quality(m, bench.test)["quality"]
+            ratios = sorted(b / c for b, c in zip(base_samples, lat[name].samples_ms))
+            rows.append({"runner": name, "quality": q, "median_ms": lat[name].median_ms, "p10_ms": lat[name].p10_ms,
+                         "p90_ms": lat[name].p90_ms, "speedup": ratios[len(ratios) // 2],
+                         "speedup_p10": ratios[len(ratios) // 10], "speedup_p90": ratios[(9 * len(ratios)) // 10]})
+    ref = next(r["quality"] for r in rows if r["runner"] == stock[0])
+    for r in rows:
+        r["quality_change"] = r["quality"] - ref
+    write(rows, base, checks, bench.facts(), load_start, time.time() - started)
+
+
+def write(rows, base, checks, facts, load_start, seconds) -> None:
+    import openvino
+    from slimformer.searcher.runtimes import onnxruntime_version
+
+    (HERE / "peers_results.json").write_text(json.dumps(
+        {"rows": rows, "baseline": base, "artifact_checks": checks, "device": facts, "rounds": ROUNDS,
+         "openvino": openvino.get_version(), "onnxruntime": onnxruntime_version(), "seconds": seconds},
+        indent=1, default=str))
+    lines = ["# One-knob peers vs slimformer plans (all-MiniLM-L6-v2, STS-B dev)", "",
+             f"Command: `python benchmarks/peers.py` ({seconds / 60:.1f} min). Batch 1, 128 tokens, {THREADS} threads, "
+             f"{ROUNDS} interleaved rounds of every runner in one process. Speedup: median (p10-p90) of per-round "
+             f"ratios against the faster stock PyTorch float32 setting of this run (**{base}**). Quality: Spearman x100 "
+             "on STS-B dev (1,500 pairs, the quickstart's data.test), change against stock PyTorch float32.", "",
+             "| runner | quality | change | median ms | speedup (p10-p90) |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['runner']} | {r['quality']:.2f} | {r['quality_change']:+.2f} | {r['median_ms']:.1f} | "
+                     f"{r['speedup']:.2f}x ({r['speedup_p10']:.2f}-{r['speedup_p90']:.2f}) |")
+    lines += ["", "Artifact checks at export (max abs difference of last_hidden_state vs the plan's PyTorch model; "
+              "quality re-scored from the artifact on the quickstart's validation split):", "",
+              "| artifact | max abs diff | validation quality |", "|---|---:|---:|"]
+    for name, c in checks.items():
+        lines.append(f"| {name} | {c['max_abs_diff'].get('last_hidden_state', float('nan')):.2e} | {c['quality']:.2f} |")
+    note = (f"{facts.get('cpu')}, {facts.get('cores')} cores ({', '.join(facts.get('flags', []))}), torch "
+            f"{facts.get('torch')}. The machine was SHARED with other jobs: load average (1/5/15 min) {load_start} at "
+            f"start, {load()} at the end; absolute ms move with load, paired per-round ratios much less.")
+    write_md(str(HERE / "peers_results"), lines, note)
+
+
+if __name__ == "__main__":
+    main()
