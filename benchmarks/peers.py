@@ -43,19 +43,16 @@ def load() -> str:
     return " / ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def ort(path, bench):
-    from slimformer.searcher.artifacts import ArtifactSession
-    from slimformer.searcher.runtimes import ort_session
+def ort(path):
+    from slimformer.searcher.devices import onnxruntime
 
-    sess = ort_session(str(path), THREADS)
-    return ArtifactSession(lambda feed: sess.run(None, feed), [i.name for i in sess.get_inputs()],
-                           [o.name for o in sess.get_outputs()])
+    return onnxruntime.load({"model.onnx": Path(path).read_bytes()}, THREADS)
 
 
 def ov(model):
     import numpy as np
-    from slimformer.searcher.artifacts import ArtifactSession
-    from slimformer.searcher.openvino_rt import compile_ir
+    from slimformer.searcher.devices.openvino import compile_ir
+    from slimformer.searcher.devices.runtime import ArtifactSession
 
     compiled = compile_ir(model, THREADS)
     req = compiled.create_infer_request()
@@ -67,9 +64,10 @@ def peers(bench, tmp: Path) -> dict:
     """name -> (callable like the model for quality, zero-argument runner for latency)."""
     import nncf
     import openvino
-    from slimformer.searcher.artifacts import ArtifactModel
-    from slimformer.searcher.models import load_model
-    from slimformer.searcher.runtimes import export_onnx, quantize_matmuls
+    from slimformer.searcher.devices.artifacts import ArtifactModel
+    from slimformer.searcher.devices.graph import export_onnx
+    from slimformer.searcher.devices.onnxruntime import quantize_matmuls
+    from slimformer.searcher.problem.models import load_model
 
     inputs = bench.inputs
     sdpa = bench.model
@@ -82,7 +80,7 @@ def peers(bench, tmp: Path) -> dict:
     quantize_matmuls(f32, tmp / "u8.onnx", None, "u8")
     for name, path in (("ONNX Runtime float32", f32), ("ONNX Runtime int8, S8 weights per-channel", tmp / "s8.onnx"),
                        ("ONNX Runtime int8, U8 weights reduce_range", tmp / "u8.onnx")):
-        out[name] = ArtifactModel(ort(path, bench), sdpa.config)
+        out[name] = ArtifactModel(ort(path), sdpa.config)
     out["OpenVINO float32"] = ArtifactModel(ov(openvino.convert_model(str(f32))), sdpa.config)
     compressed = nncf.compress_weights(openvino.convert_model(str(f32)), mode=nncf.CompressWeightsMode.INT8_SYM,
                                        ignored_scope=nncf.IgnoredScope(types=["Gather"]))
@@ -91,7 +89,7 @@ def peers(bench, tmp: Path) -> dict:
 
 
 def slimformer_plans(bench, tmp: Path, log) -> tuple[dict, dict]:
-    from slimformer.searcher.artifacts import ArtifactModel, export_model, open_artifact
+    from slimformer.searcher.devices.artifacts import ArtifactModel, export_model, open_artifact
 
     out, manifests = {}, {}
     for name, plan in PLANS.items():
@@ -108,7 +106,7 @@ def slimformer_plans(bench, tmp: Path, log) -> tuple[dict, dict]:
 
 
 def runner_of(model, inputs):
-    from slimformer.searcher.artifacts import ArtifactModel
+    from slimformer.searcher.devices.artifacts import ArtifactModel
 
     if isinstance(model, ArtifactModel):
         feed = {k: v.numpy() for k, v in inputs.items()}
@@ -118,8 +116,8 @@ def runner_of(model, inputs):
 
 def main() -> None:
     from slimformer.searcher.config import load_study_config
-    from slimformer.searcher.latency import measure_latency
-    from slimformer.searcher.workbench import Workbench
+    from slimformer.searcher.devices.latency import measure_latency
+    from slimformer.searcher.problem.workbench import Workbench
 
     started, load_start = time.time(), load()
     torch.set_num_threads(THREADS)
@@ -157,7 +155,7 @@ def main() -> None:
 
 def write(rows, base, checks, facts, load_start, seconds) -> None:
     import openvino
-    from slimformer.searcher.runtimes import onnxruntime_version
+    from slimformer.searcher.devices.onnxruntime import onnxruntime_version
 
     (HERE / "peers_results.json").write_text(json.dumps(
         {"rows": rows, "baseline": base, "artifact_checks": checks, "device": facts, "rounds": ROUNDS,

@@ -25,7 +25,7 @@ from slimformer.searcher.config import load_study_config  # noqa: E402
 from slimformer.searcher.cost.costmodel import predict  # noqa: E402
 from slimformer.searcher.cost.profile import profile_device  # noqa: E402
 from slimformer.searcher.devices.latency import measure_latency  # noqa: E402
-from slimformer.searcher.devices.runtimes import ort_runner  # noqa: E402
+from slimformer.searcher.devices.onnxruntime import ort_runner  # noqa: E402
 from slimformer.searcher.problem.workbench import Workbench  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

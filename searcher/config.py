@@ -16,11 +16,10 @@ from .errors import UserError
 
 __all__ = [
     "StudyConfig", "ModelSection", "TaskSection", "DataSection", "DeviceSection", "BudgetSection",
-    "SearchSection", "load_study_config", "format_error", "TASKS", "RUNTIMES", "SAMPLERS",
+    "SearchSection", "load_study_config", "format_error", "TASKS", "SAMPLERS",
 ]
 
 TASKS = ("sentence-similarity", "text-classification", "causal-lm", "image-classification")
-RUNTIMES = ("eager", "compile", "onnxruntime")
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "npz")
 
@@ -67,7 +66,7 @@ class DataSection(_Section):
 
 
 class DeviceSection(_Section):
-    runtime: Literal[RUNTIMES] = "eager"
+    runtime: str = Field("eager", description="eager, compile, onnxruntime or openvino (searcher/devices/registry.py)")
     threads: int = Field(2, ge=1, le=512)
     batch_size: int = Field(1, ge=1, le=1024)
     seq_len: int = Field(128, ge=1, le=8192)
@@ -234,15 +233,7 @@ def load_study_config(path: str | Path | None = None, data: dict | None = None) 
         from slimformer.spaces import SpaceError, parse_space_config
 
         try:
-            space = parse_space_config(cfg.space)
+            parse_space_config(cfg.space)
         except SpaceError as exc:
             raise UserError(f"{path or 'study'}: {exc}") from None
-        bits = space.bits.choices if space.bits is not None else []
-        if cfg.device.runtime == "onnxruntime" and 16 in bits:
-            raise UserError(f"{path or 'study'}: space.bits: 16 (bfloat16) cannot run with device.runtime "
-                            "onnxruntime (its CPU provider has no fast bfloat16 kernels); leave 16 out")
-        if cfg.device.runtime == "onnxruntime" and 8 in bits and "gptq" in getattr(space.quant_method, "choices", ()):
-            raise UserError(f"{path or 'study'}: space.quant_method: gptq cannot run as searched with device.runtime "
-                            "onnxruntime (ONNX Runtime re-rounds int8 layers with its own quantize_dynamic); "
-                            "leave gptq out, or 8 out of space.bits")
     return cfg

@@ -19,6 +19,7 @@ from .backends.progress import SearchProgress
 from .backends.signals import interruptible, protected
 from .backends.workers import check_scale_out, is_worker, run_workers
 from .config import StudyConfig
+from .devices.registry import check_space, get_runtime
 from .errors import UserError
 from .study.owners import fail_stale_trials, owner_attrs, register_owner
 from .study.records import (
@@ -163,7 +164,7 @@ def _predictor(cfg: StudyConfig, bench, study, log):
     from .cost.costfit import CalibratedPredictor
     from .cost.profile import RUNTIMES, ProfileError, find_profile
 
-    if cfg.device.runtime not in RUNTIMES:
+    if cfg.device.runtime not in RUNTIMES:  # runtimes with a microbenchmark grid (devices/registry.py)
         log(f"the cost model has no profiles for runtime {cfg.device.runtime!r} yet: every candidate is measured")
         return None
     try:
@@ -196,9 +197,10 @@ def _default_space(cfg: StudyConfig, bench, log):
     from slimformer.spaces import BitsDim, ImportanceDim, default_space
 
     space = default_space()
-    if cfg.device.runtime == "onnxruntime":
+    refusal = get_runtime(cfg.device.runtime).refusal(16)
+    if refusal:
         space = space.model_copy(update={"bits": BitsDim(choices=[32, 8])})
-        log("ONNX Runtime has no fast bfloat16 on CPU: the default space leaves out bits 16")
+        log(f"{refusal}: the default space leaves out bits 16")
     elif not set(bench.facts()["flags"]) & {"amx_bf16", "avx512_bf16"}:
         space = space.model_copy(update={"bits": BitsDim(choices=[32, 8])})
         log("this CPU has no native bf16 (AMX/AVX512-BF16): the default space leaves out bits 16")
@@ -268,6 +270,12 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
     target = trials or cfg.search.trials
     timeout = timeout or cfg.search.timeout
     seed = cfg.search.seed if seed is None else seed
+    if cfg.space is not None:  # bit-widths the runtime cannot run: one line before any model is loaded
+        from slimformer.spaces import parse_space_config
+
+        given = parse_space_config(cfg.space)
+        check_space(cfg.device.runtime, given.bits.choices if given.bits is not None else [],
+                    getattr(given.quant_method, "choices", ()), str(cfg.path or "study"))
     try:
         bench = Workbench(cfg, log=log)
         shape = get_adapter(bench.model).shape()

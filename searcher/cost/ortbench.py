@@ -6,7 +6,7 @@ session per shape serving all token counts: Linear = MatMul + Add in float32, an
 int8 form as `quantize_dynamic` writes it (per-channel weights: DynamicQuantizeLinear +
 MatMulInteger + rescale, as a candidate's int8 layers get); GELU in its erf form (ORT fuses it); the attention core as
 the exporter writes it (reshape/transpose, QK^T, scale, softmax, xV, transpose back). The
-reference models of the overhead fit are `apply_plan` BERTs exported by `searcher.devices.runtimes`
+reference models of the overhead fit are `apply_plan` BERTs exported by `searcher.devices.onnxruntime`
 with a dynamic sequence axis. There is no bfloat16 (the runtime refuses bits 16).
 """
 
@@ -27,7 +27,7 @@ DTYPES = ("float32", "int8")
 def _session(graph_nodes, inputs, outputs, inits, threads: int):
     from onnx import helper
 
-    from ..devices.runtimes import ort_session
+    from ..devices.onnxruntime import ort_session
 
     graph = helper.make_graph(graph_nodes, "g", inputs, outputs, initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -127,7 +127,7 @@ def overhead_job(hidden: int, head_dims, dtypes, tokens, threads: int):
         import torch
         from slimformer.methods import apply_plan
 
-        from ..devices.runtimes import export_onnx, float_copy, ort_session
+        from ..devices.onnxruntime import RUNTIME, ort_session
 
         base, plans = reference_plans(hidden, head_dims, dtypes, tokens)
         example = {"input_ids": torch.randint(0, 512, (1, min(tokens))), "attention_mask": torch.ones(1, min(tokens),
@@ -135,9 +135,10 @@ def overhead_job(hidden: int, head_dims, dtypes, tokens, threads: int):
         sessions = {}
         with tempfile.TemporaryDirectory(prefix="slimformer-ortbench-") as tmp:
             for i, (what, plan) in enumerate(plans.items()):
-                fm, int8 = float_copy(apply_plan(base, plan))
-                path = export_onnx(fm, example, Path(tmp) / f"m{i}.onnx", int8)
-                sessions[what] = ort_session(path.read_bytes(), threads)
+                folder = Path(tmp) / f"m{i}"
+                folder.mkdir()
+                RUNTIME.build(apply_plan(base, plan), example, folder, {})
+                sessions[what] = ort_session((folder / "model.onnx").read_bytes(), threads)
         for t in tokens:
             ids = np.random.default_rng(t).integers(0, 512, (1, t), dtype=np.int64)
             feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..devices.registry import get_runtime, profiled_runtimes
+
 __all__ = [
     "ProfileError", "PROFILE_VERSION", "RUNTIMES", "DTYPES", "profile_device", "save_profile", "load_profile",
     "validate_profile", "default_profile_path", "find_profile", "fingerprint", "fingerprint_hash",
@@ -33,7 +35,7 @@ __all__ = [
 
 PROFILE_VERSION = 1
 PROFILE_KIND = "slimformer-device-profile"
-RUNTIMES = ("eager", "onnxruntime")
+RUNTIMES = profiled_runtimes()  # the runtimes with a microbenchmark grid (devices/registry.py)
 DTYPES = ("float32", "bfloat16", "int8")
 
 
@@ -208,15 +210,15 @@ def profile_device(
     from .microbench import grid, run_benchmarks
 
     _check_runtime(runtime)
+    from ..errors import UserError
+
+    try:
+        get_runtime(runtime).require()
+    except UserError as exc:
+        raise ProfileError(str(exc)) from None
     if runtime == "onnxruntime":
-        from ..devices.runtimes import require_onnxruntime
-        from ..errors import UserError
         from .ortbench import DTYPES as ORT_DTYPES
 
-        try:
-            require_onnxruntime()
-        except UserError as exc:
-            raise ProfileError(str(exc)) from None
         if device not in (None, "cpu"):
             raise ProfileError("runtime onnxruntime is profiled on the CPU only (device cpu)")
         device = "cpu"

@@ -18,73 +18,35 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from ..errors import UserError
+from .registry import RUNTIMES
+from .runtime import ArtifactSession, Runtime
 
-__all__ = ["ARTIFACT_FORMATS", "ARTIFACT_VERSION", "build_artifact", "load_artifact", "ArtifactSession",
-           "ArtifactModel", "write_artifact", "EXPORT_FORMATS", "default_format", "export_model", "is_artifact", "open_artifact",
-           "require_format", "evaluate_artifact"]
+__all__ = ["ARTIFACT_FORMATS", "ARTIFACT_VERSION", "EXPORT_FORMATS", "build_artifact", "load_artifact",
+           "ArtifactModel", "write_artifact", "default_format", "export_model", "is_artifact", "open_artifact",
+           "require_format", "evaluate_artifact", "runtime_of_format"]
 
-ARTIFACT_FORMATS = ("onnx", "openvino")
-EXPORT_FORMATS = ("pytorch", *ARTIFACT_FORMATS)
-FORMAT_OF_RUNTIME = {"eager": "pytorch", "compile": "pytorch", "onnxruntime": "onnx", "openvino": "openvino"}
+EXPORT_FORMATS = tuple(dict.fromkeys(r.artifact_format for r in RUNTIMES.values()))  # pytorch, onnx, openvino
+ARTIFACT_FORMATS = tuple(r.artifact_format for r in RUNTIMES.values() if r.build is not None)
 ARTIFACT_VERSION = 1
 CHECK_CALLS = 3  # model calls (example input + first quality batches) compared with PyTorch output by output
 
 
-class ArtifactSession:
-    """A loaded artifact: call it with {input name: numpy array} -> list of numpy outputs."""
-
-    def __init__(self, run, inputs: list[str], outputs: list[str]):
-        self.run, self.inputs, self.outputs = run, inputs, outputs
-
-    def __call__(self, feed: dict) -> list:
-        import numpy as np
-
-        return self.run({k: np.asarray(v) for k, v in feed.items() if k in self.inputs})
+def runtime_of_format(fmt: str) -> Runtime:
+    """The runtime that writes and loads an artifact format (onnx: onnxruntime, openvino: openvino)."""
+    for runtime in RUNTIMES.values():
+        if runtime.artifact_format == fmt and runtime.build is not None:
+            return runtime
+    raise UserError(f"unknown artifact format {fmt!r}; allowed: {', '.join(ARTIFACT_FORMATS)}")
 
 
-def build_artifact(fmt: str, model, inputs: dict, folder: Path, weight_type: str = "s8") -> dict:
+def build_artifact(fmt: str, model, inputs: dict, folder: Path, options: dict | None = None) -> dict:
     """Write the runtime's model file(s) for a built candidate into `folder`; returns its facts."""
-    from .runtimes import export_onnx, float_copy
-
-    fmodel, int8 = float_copy(model)
-    if fmt == "onnx":
-        export_onnx(fmodel, inputs, folder / "model.onnx", int8, weight_type)
-        return {"files": ["model.onnx"], "int8_layers": int8, "int8_weights": weight_type if int8 else None}
-    if fmt == "openvino":
-        from .openvino_rt import convert, save_ir
-
-        with tempfile.TemporaryDirectory(prefix="slimformer-openvino-") as tmp:
-            path = export_onnx(fmodel, inputs, Path(tmp) / "model.onnx")
-            files = save_ir(convert(path, int8), folder)
-        return {"files": files, "int8_layers": int8, "int8_weights": "int8_sym weight compression" if int8 else None}
-    raise UserError(f"unknown artifact format {fmt!r}; allowed: pytorch, {', '.join(ARTIFACT_FORMATS)}")
+    return runtime_of_format(fmt).build(model, inputs, folder, options or {})
 
 
 def load_artifact(fmt: str, files: dict[str, bytes], threads: int) -> ArtifactSession:
     """A session from the (already verified) bytes of an artifact's files."""
-    if fmt == "onnx":
-        from .runtimes import ort_session
-
-        sess = ort_session(files["model.onnx"], threads)
-        names = [o.name for o in sess.get_outputs()]
-        return ArtifactSession(lambda feed: sess.run(None, feed), [i.name for i in sess.get_inputs()], names)
-    if fmt == "openvino":
-        import numpy as np
-
-        from .openvino_rt import compile_ir, require_openvino
-
-        ov = require_openvino()
-        weights = ov.Tensor(np.frombuffer(files["model.bin"], dtype=np.uint8).copy())
-        compiled = compile_ir(ov.Core().read_model(files["model.xml"].decode(), weights), threads)
-        request = compiled.create_infer_request()
-
-        def run(feed):
-            res = request.infer(feed)
-            return [np.array(res[o]) for o in compiled.outputs]
-
-        return ArtifactSession(run, [i.get_any_name() for i in compiled.inputs],
-                               [o.get_any_name() for o in compiled.outputs])
-    raise UserError(f"unknown artifact format {fmt!r}")
+    return runtime_of_format(fmt).load(files, threads)
 
 
 class ArtifactModel:
@@ -137,10 +99,11 @@ def open_artifact(folder: Path, threads: int) -> tuple[dict, ArtifactSession]:
 
 def default_format(runtime: str) -> str:
     """The artifact format of the runtime a trial was timed in."""
-    return FORMAT_OF_RUNTIME.get(runtime, "pytorch")
+    return RUNTIMES[runtime].artifact_format if runtime in RUNTIMES else "pytorch"
 
 
-def export_model(fmt: str, bench, model, plan, out: Path, metrics: dict, force: bool = False, log=print) -> None:
+def export_model(fmt: str, bench, model, plan, out: Path, metrics: dict, force: bool = False, options: dict | None = None,
+                 log=print) -> None:
     """`slimformer export`'s writing step: the pytorch layout (slimformer loads it) or a verified artifact."""
     from slimformer.methods import save_compressed
 
@@ -150,33 +113,20 @@ def export_model(fmt: str, bench, model, plan, out: Path, metrics: dict, force: 
     from slimformer.methods import model_size
 
     from .latency import device_facts
-    from .runtimes import onnxruntime_version
 
     size = model_size(model, plan.group_size)
     info = {"plan": plan.to_dict(), "trial": metrics, "params": size["params"], "simulated": size["simulated"],
             "task": bench.task.name, "model": bench.cfg.model.name,
             "timed_on": {**device_facts(bench.cfg.device.threads), "batch_size": bench.cfg.device.batch_size,
                          "seq_len": bench.cfg.device.seq_len},
-            "runtime_versions": {"onnxruntime": onnxruntime_version(), "openvino": _openvino_version()}}
-    write_artifact(fmt, bench, model, out, info, log=log)
-
-
-def _openvino_version():
-    from .openvino_rt import openvino_version
-
-    return openvino_version()
+            "runtime_versions": {n: r.version() for n, r in RUNTIMES.items() if r.version is not None}}
+    write_artifact(fmt, bench, model, out, info, options, log=log)
 
 
 def require_format(fmt: str) -> None:
     """UserError when the runtime that loads `fmt` is not installed (before any model is built)."""
-    if fmt == "onnx":
-        from .runtimes import require_onnxruntime
-
-        require_onnxruntime()
-    elif fmt == "openvino":
-        from .openvino_rt import require_openvino
-
-        require_openvino()
+    if fmt != "pytorch":
+        runtime_of_format(fmt).require()
 
 
 def evaluate_artifact(bench, folder: Path, rounds: int | None = None) -> dict:
@@ -194,7 +144,7 @@ def evaluate_artifact(bench, folder: Path, rounds: int | None = None) -> dict:
             "simulated": bool(manifest.get("simulated")), "runtime": manifest["format"], "plan": manifest.get("plan")}
 
 
-def write_artifact(fmt: str, bench, model, out: Path, info: dict, weight_type: str = "s8", log=print) -> dict:
+def write_artifact(fmt: str, bench, model, out: Path, info: dict, options: dict | None = None, log=print) -> dict:
     """Build, verify and write the artifact of `model` (built by `bench`) into `out`; returns the manifest."""
     from slimformer.methods.export import MANIFEST, ExportError, move_into, sha256_file
 
@@ -204,7 +154,7 @@ def write_artifact(fmt: str, bench, model, out: Path, info: dict, weight_type: s
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         log(f"building the {fmt} artifact ...")
-        facts = build_artifact(fmt, model, bench.inputs, stage, weight_type)
+        facts = build_artifact(fmt, model, bench.inputs, stage, options)
         session = load_artifact(fmt, {f: (stage / f).read_bytes() for f in facts["files"]}, bench.cfg.device.threads)
         log("verifying it: outputs against the PyTorch model, quality re-scored from the artifact ...")
         art = ArtifactModel(session, bench.model.config, reference=model)

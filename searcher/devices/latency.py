@@ -66,10 +66,10 @@ def device_facts(threads: int | None = None, runtime: str = "eager") -> dict:
         "runtime": runtime,
         "python": platform.python_version(),
     }
-    if runtime == "onnxruntime":
-        from .runtimes import onnxruntime_version
+    from .registry import RUNTIMES
 
-        facts["onnxruntime"] = onnxruntime_version()
+    if runtime in RUNTIMES and RUNTIMES[runtime].version is not None:
+        facts[runtime] = RUNTIMES[runtime].version()
     if torch.cuda.is_available():
         facts["cuda_device"] = torch.cuda.get_device_name(0)
     return facts

@@ -10,7 +10,7 @@ from slimformer.methods import Plan, apply_plan, model_size
 
 from ..config import StudyConfig
 from ..devices.latency import device_facts, measure_latency
-from ..devices.runtimes import check_runtime
+from ..devices.registry import check_runtime, get_runtime
 from ..errors import UserError
 from .data import is_builtin_source, load_rows
 from .models import load_model, load_preprocessor
@@ -85,14 +85,7 @@ class Workbench:
 
     def runner(self, model, runtime: str | None = None):
         """A zero-argument callable running `model` on `self.inputs` in `runtime` (default the study's)."""
-        inputs, runtime = self.inputs, runtime or self.cfg.device.runtime
-        if runtime == "onnxruntime":
-            from ..devices.runtimes import ort_runner
-
-            return ort_runner(model, inputs, self.cfg.device.threads)[0]
-        if runtime == "compile":
-            model = torch.compile(model, dynamic=False)
-        return lambda: model(**inputs)
+        return get_runtime(runtime or self.cfg.device.runtime).runner(model, self.inputs, self.cfg.device.threads)
 
     @cached_property
     def _baseline_runner(self):

@@ -95,6 +95,7 @@ def evaluate(bench, plan: Plan, baseline: dict, quality: float | None = None) ->
         "latency_spread_ms": est.spread_ms,
         "speedup": est.speedup, **est.attrs(), "size_mb": size["size_mb"], "params": size["params"],
         "simulated": size["simulated"], "build_s": t1 - t0, "eval_s": t2 - t1, LATENCY_SOURCE: "measured",
+        "runtime": bench.cfg.device.runtime,  # what export writes by default (the runtime's artifact format)
     }
 
 

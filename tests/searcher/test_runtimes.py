@@ -24,7 +24,7 @@ def _tiny_bert(tiny_models):
 def test_pruned_bert_in_ort_equals_pytorch(tiny_models):
     import torch
     from slimformer.methods import Plan, apply_plan
-    from slimformer.searcher.devices.runtimes import ort_runner
+    from slimformer.searcher.devices.onnxruntime import ort_runner
 
     t, base = _tiny_bert(tiny_models)
     # a dropped layer, a layer with no attention left (NoAttention), narrower FFNs
@@ -40,14 +40,14 @@ def test_pruned_bert_in_ort_equals_pytorch(tiny_models):
 
 def test_int8_layers_become_ort_int8(tiny_models, tmp_path):
     from slimformer.methods import Plan, apply_plan
-    from slimformer.searcher.devices.runtimes import export_onnx, float_copy
+    from slimformer.searcher.devices.onnxruntime import RUNTIME
 
     t, base = _tiny_bert(tiny_models)
     model = apply_plan(base, Plan(bits=[8, 32, 8]))
-    fmodel, int8 = float_copy(model)
+    int8 = RUNTIME.build(model, t.inputs(), tmp_path, {})["int8_layers"]
     assert len(int8) == 2 * 6  # q, k, v, o, FFN in, FFN out of two layers
     assert all(n.startswith(("bert.encoder.layer.0.", "bert.encoder.layer.2.")) for n in int8)
-    path = export_onnx(fmodel, t.inputs(), tmp_path / "m.onnx", int8)
+    path = tmp_path / "model.onnx"
     ops = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
     assert ops["MatMulInteger"] == len(int8)
     assert ops["DynamicQuantizeLinear"] >= 2
@@ -56,7 +56,7 @@ def test_int8_layers_become_ort_int8(tiny_models, tmp_path):
 
 def test_bf16_layers_are_refused(tiny_models):
     from slimformer.methods import Plan, apply_plan
-    from slimformer.searcher.devices.runtimes import float_copy
+    from slimformer.searcher.devices.graph import float_copy
     from slimformer.searcher.errors import UserError
 
     _, base = _tiny_bert(tiny_models)

@@ -22,13 +22,11 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from ..errors import UserError
+from .runtime import ArtifactSession, Runtime
 
-__all__ = ["INSTALL_HINT", "require_openvino", "openvino_version", "convert", "compile_ir", "ov_runner",
-           "save_ir", "IR_FILES"]
+__all__ = ["RUNTIME", "INSTALL_HINT", "require_openvino", "openvino_version", "convert", "compile_ir", "save_ir",
+           "IR_FILES"]
 
 INSTALL_HINT = "device.runtime openvino needs: pip install 'slimformer[openvino]'"
 IR_FILES = ("model.xml", "model.bin")
@@ -63,7 +61,9 @@ def convert(onnx_path: str | Path, int8_modules: list[str] = ()):
         return model
     import nncf
 
-    prefixes = [f"/m/{n}/".replace(".", "/") for n in int8_modules]
+    from .graph import node_prefixes
+
+    prefixes = node_prefixes(int8_modules)
     names = _matmul_names(model)
     keep = [n for n in names if any(n.replace(".", "/").startswith(p) for p in prefixes)]
     if not keep:
@@ -95,15 +95,33 @@ def save_ir(model, folder: Path) -> list[str]:
     return list(IR_FILES)
 
 
-def ov_runner(model: nn.Module, inputs: dict[str, torch.Tensor], threads: int):
-    """(zero-argument callable running the candidate in OpenVINO, the compiled model)."""
-    from .runtimes import export_onnx, float_copy
+def build(model, inputs: dict, folder: Path, options: dict) -> dict:
+    """model.xml + model.bin of a built candidate (through the same float32 ONNX graph as ONNX Runtime)."""
+    from .graph import export_onnx, float_copy
 
-    fmodel, int8 = float_copy(model)
+    fmodel, int8 = float_copy(model, RUNTIME.refusal(16))
     with tempfile.TemporaryDirectory(prefix="slimformer-openvino-") as tmp:
         path = export_onnx(fmodel, inputs, Path(tmp) / "model.onnx")
-        compiled = compile_ir(convert(path, int8), threads)
+        files = save_ir(convert(path, int8), folder)
+    return {"files": files, "int8_layers": int8, "int8_weights": "int8_sym weight compression" if int8 else None}
+
+
+def load(files: dict[str, bytes], threads: int) -> ArtifactSession:
+    import numpy as np
+
+    ov = require_openvino()
+    weights = ov.Tensor(np.frombuffer(files["model.bin"], dtype=np.uint8).copy())
+    compiled = compile_ir(ov.Core().read_model(files["model.xml"].decode(), weights), threads)
     request = compiled.create_infer_request()
-    used = {i.get_any_name() for i in compiled.inputs}
-    feed = {k: v.numpy() for k, v in inputs.items() if k in used}
-    return (lambda: request.infer(feed)), compiled
+
+    def run(feed):
+        res = request.infer(feed)
+        return [np.array(res[o]) for o in compiled.outputs]
+
+    return ArtifactSession(run, [i.get_any_name() for i in compiled.inputs], [o.get_any_name() for o in compiled.outputs])
+
+
+RUNTIME = Runtime(
+    name="openvino", summary="OpenVINO, CPU", artifact_format="openvino", real_bits=(32, 8),
+    refused={16: "its CPU inference precision is pinned to float32 here (bf16 only pays with AMX)"},
+    requires=("onnx", "openvino", "nncf"), install_hint=INSTALL_HINT, version=openvino_version, build=build, load=load)

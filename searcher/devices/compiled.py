@@ -1,0 +1,19 @@
+"""torch.compile: the built module compiled for the study's fixed input shape (same kernels choice as
+eager for int8 and bf16 layers)."""
+
+from __future__ import annotations
+
+from .runtime import Runtime
+
+__all__ = ["RUNTIME"]
+
+
+def _runner(model, inputs, threads):
+    import torch
+
+    compiled = torch.compile(model, dynamic=False)
+    return lambda: compiled(**inputs)
+
+
+RUNTIME = Runtime(name="compile", summary="torch.compile", artifact_format="pytorch", real_bits=(32, 16, 8),
+                  make_runner=_runner)

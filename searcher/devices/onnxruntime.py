@@ -1,0 +1,132 @@
+"""ONNX Runtime (`device.runtime: onnxruntime`, `pip install 'slimformer[onnx]'`).
+
+The candidate's float32 copy is exported to ONNX (`searcher.devices.graph`: HF names, dynamic batch
+and sequence axes) and run by an ONNX Runtime CPU session (graph optimizations ALL, `device.threads`
+intra-op threads, one inter-op thread, no spin-waiting so the interleaved timings of other runners
+are not slowed by idle workers). Layers the plan stores in int8 become real ORT int8 (`quantize_dynamic`,
+only the MatMuls of those layers: DynamicQuantizeLinear + MatMulInteger), with signed per-channel
+weights (`s8`, default) or unsigned 7-bit ones (`u8`, reduce_range). bits 16 is refused (ORT's CPU
+provider has no fast bfloat16 kernels); simulated 4/3/2 bits run in float32 as in eager. The artifact
+(`export --format onnx`) is model.onnx: the graph the latency runner ran.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from ..errors import UserError
+from .runtime import ArtifactSession, Runtime
+
+__all__ = ["RUNTIME", "INSTALL_HINT", "INT8_WEIGHTS", "require_onnxruntime", "onnxruntime_version",
+           "quantize_matmuls", "ort_session", "ort_runner"]
+
+INSTALL_HINT = "device.runtime onnxruntime needs: pip install 'slimformer[onnx]'"
+NO_BF16 = "ONNX Runtime's CPU provider has no fast bfloat16 kernels"
+
+
+def require_onnxruntime():
+    """The `onnxruntime` module, or UserError with the install line."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime
+    except ImportError:
+        raise UserError(INSTALL_HINT) from None
+    return onnxruntime
+
+
+def onnxruntime_version() -> str | None:
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return onnxruntime.__version__
+
+
+# ORT's dynamic int8 weight settings: signed per-channel weights, or unsigned 7-bit ones (reduce_range),
+# which avoid the saturation of u8 x s8 products on CPUs without VNNI (ONNX Runtime's quantization docs)
+INT8_WEIGHTS = {"s8": {"weight_type": "QInt8", "per_channel": True, "reduce_range": False},
+                "u8": {"weight_type": "QUInt8", "per_channel": True, "reduce_range": True}}
+
+
+def quantize_matmuls(src: Path, dst: Path, prefixes: list[str] | None = None, weight_type: str = "s8") -> list[str]:
+    """Dynamic int8 for the MatMul/Gemm nodes whose names start with a prefix (all of them when
+    `prefixes` is None), weights as INT8_WEIGHTS[weight_type]; returns the quantized node names."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(src)).graph
+    inits = {i.name for i in graph.initializer}
+    # node names follow the module path (/m/encoder/layer.0/attention/self/query/MatMul): compare with
+    # '.' and '/' made the same
+    norm = [p.replace(".", "/") for p in prefixes] if prefixes is not None else None
+    nodes = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and any(i in inits for i in n.input)
+             and (norm is None or any(n.name.replace(".", "/").startswith(p) for p in norm))]
+    if prefixes is not None and not nodes:
+        return []
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing hint on the root logger
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            w = INT8_WEIGHTS[weight_type]
+            quantize_dynamic(str(src), str(dst), per_channel=w["per_channel"], reduce_range=w["reduce_range"],
+                             weight_type=getattr(QuantType, w["weight_type"]), nodes_to_quantize=nodes or None,
+                             op_types_to_quantize=["MatMul", "Gemm"])
+        finally:
+            root.setLevel(level)
+    return nodes
+
+
+def ort_session(path: str | Path | bytes, threads: int):
+    ort = require_onnxruntime()
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), so,
+                                providers=["CPUExecutionProvider"])
+
+
+def build(model, inputs: dict, folder: Path, options: dict) -> dict:
+    """model.onnx of a built candidate: its int8 layers as ORT int8 (options["int8_weights"]: s8 | u8)."""
+    from .graph import export_onnx, float_copy, node_prefixes
+
+    weights = options.get("int8_weights", "s8")
+    fmodel, int8 = float_copy(model, RUNTIME.refusal(16))
+    path = folder / "model.onnx"
+    if not int8:
+        export_onnx(fmodel, inputs, path)
+        return {"files": ["model.onnx"], "int8_layers": [], "int8_weights": None}
+    raw = export_onnx(fmodel, inputs, folder / "float.onnx")
+    if not quantize_matmuls(raw, path, node_prefixes(int8), weights):
+        raise RuntimeError("no MatMul of the int8 layers was found in the exported graph")
+    raw.unlink()
+    return {"files": ["model.onnx"], "int8_layers": int8, "int8_weights": weights}
+
+
+def load(files: dict[str, bytes], threads: int) -> ArtifactSession:
+    sess = ort_session(files["model.onnx"], threads)
+    return ArtifactSession(lambda feed: sess.run(None, feed), [i.name for i in sess.get_inputs()],
+                           [o.name for o in sess.get_outputs()])
+
+
+def ort_runner(model, inputs: dict, threads: int, weight_type: str = "s8"):
+    """(zero-argument callable running the candidate in ORT, its session)."""
+    session = RUNTIME.artifact_session(model, inputs, threads, {"int8_weights": weight_type})
+    feed = {k: v.numpy() for k, v in inputs.items() if k in session.inputs}
+    return (lambda: session(feed)), session
+
+
+RUNTIME = Runtime(
+    name="onnxruntime", summary="ONNX Runtime, CPU", artifact_format="onnx", real_bits=(32, 8),
+    refused={16: NO_BF16},
+    refused_methods={"gptq": "ONNX Runtime re-rounds int8 layers with its own quantize_dynamic"},
+    requires=("onnx", "onnxruntime"), install_hint=INSTALL_HINT, profiled=True, version=onnxruntime_version,
+    build=build, load=load)

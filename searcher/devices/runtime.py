@@ -1,0 +1,86 @@
+"""What a deployment runtime declares (`device.runtime`), once, in its own module of this package.
+
+A `Runtime` says which bit-widths it runs on a real kernel and which it refuses (and why), which
+modules it needs and the line that installs them, whether `slimformer profile` has a microbenchmark
+grid for it, the artifact format `export` writes for a trial timed in it, and how a built candidate
+becomes a runnable thing: either `make_runner` (eager PyTorch, torch.compile: the module itself) or
+`build` + `load` (ONNX Runtime, OpenVINO: the artifact file(s) written into a folder, then loaded from
+their bytes). The latency runner of such a runtime IS the artifact `export` writes: the same two
+functions make both. `searcher.devices.registry` lists the runtimes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+
+__all__ = ["Runtime", "ArtifactSession"]
+
+
+class ArtifactSession:
+    """A loaded artifact: call it with {input name: numpy array} -> list of numpy outputs."""
+
+    def __init__(self, run, inputs: list[str], outputs: list[str]):
+        self.run, self.inputs, self.outputs = run, inputs, outputs
+
+    def __call__(self, feed: dict) -> list:
+        import numpy as np
+
+        return self.run({k: np.asarray(v) for k, v in feed.items() if k in self.inputs})
+
+
+@dataclass(frozen=True)
+class Runtime:
+    name: str
+    summary: str
+    artifact_format: str  # what `export` writes for a trial timed here (pytorch, onnx, openvino)
+    real_bits: tuple[int, ...]  # bit-widths on a real kernel here; 4/3/2 are simulated in float32 everywhere
+    refused: dict[int, str] = field(default_factory=dict)  # bit-width -> why it cannot run here
+    refused_methods: dict[str, str] = field(default_factory=dict)  # quant_method -> why it is not what runs
+    requires: tuple[str, ...] = ()  # modules it imports
+    install_hint: str | None = None
+    profiled: bool = False  # `slimformer profile --runtime NAME` has a microbenchmark grid for it
+    version: Callable[[], str | None] | None = None
+    make_runner: Callable | None = None  # (model, inputs, threads) -> zero-argument callable
+    build: Callable | None = None  # (model, inputs, folder, options) -> {"files": [...], ...}
+    load: Callable | None = None  # ({file name: bytes}, threads) -> ArtifactSession
+
+    def require(self) -> None:
+        """UserError with the install line when a module this runtime needs is missing."""
+        for module in self.requires:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                raise UserError(self.install_hint or f"device.runtime {self.name} needs the module {module}") from None
+
+    def installed(self) -> bool:
+        try:
+            self.require()
+        except UserError:
+            return False
+        return True
+
+    def refusal(self, bits: int) -> str | None:
+        """Why layers of `bits` cannot run in this runtime, or None when they can."""
+        reason = self.refused.get(bits)
+        return f"bits {bits} cannot run with device.runtime {self.name}: {reason}" if reason else None
+
+    def runner(self, model, inputs: dict, threads: int, options: dict | None = None):
+        """A zero-argument callable running the built candidate on `inputs` as this runtime runs it."""
+        if self.build is None:
+            return self.make_runner(model, inputs, threads)
+        session = self.artifact_session(model, inputs, threads, options)
+        feed = {k: v.numpy() for k, v in inputs.items() if k in session.inputs}
+        return lambda: session(feed)
+
+    def artifact_session(self, model, inputs: dict, threads: int, options: dict | None = None) -> ArtifactSession:
+        """The candidate's artifact, built in a private folder and loaded from its bytes."""
+        self.require()
+        with tempfile.TemporaryDirectory(prefix=f"slimformer-{self.name}-") as tmp:
+            facts = self.build(model, inputs, Path(tmp), options or {})
+            return self.load({f: (Path(tmp) / f).read_bytes() for f in facts["files"]}, threads)
