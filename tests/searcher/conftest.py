@@ -45,6 +45,13 @@ def build_tiny_model(out: Path) -> Path:
     return out
 
 
+def copy_tokenizer(model_dir: Path, out: Path) -> None:
+    """The tokenizer files of `model_dir` (the tiny BERT's: MiniLM's) into another model folder."""
+    for f in model_dir.iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "special_tokens")):
+            shutil.copy(f, out / f.name)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-bert"))

@@ -9,7 +9,7 @@ import shutil
 
 import optuna
 import yaml
-from conftest import STUDIES, run_in_process
+from conftest import STUDIES, copy_tokenizer, run_in_process
 from optuna.trial import TrialState
 
 
@@ -22,9 +22,7 @@ def test_search_with_torch_compile(tmp_path, tiny_model_dir):
                        intermediate_size=64, max_position_embeddings=64)
     model_dir = tmp_path / "one-layer"
     T.BertModel(cfg).save_pretrained(model_dir)
-    for f in tiny_model_dir.iterdir():
-        if f.name.startswith(("tokenizer", "vocab", "special_tokens")):
-            shutil.copy(f, model_dir / f.name)
+    copy_tokenizer(tiny_model_dir, model_dir)
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(STUDIES / "data" / "sts-dev.tsv", data / "sts-dev.tsv")

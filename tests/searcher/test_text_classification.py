@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import STUDIES, assert_user_error, run_in_process
+from conftest import STUDIES, assert_user_error, copy_tokenizer, run_in_process
 from optuna.trial import TrialState
 
 N_VALIDATION, N_CALIBRATION, TRIALS = 64, 32, 3
@@ -31,9 +31,7 @@ def _classifier(tiny_model_dir: Path, out: Path) -> Path:
 
     torch.manual_seed(0)
     T.BertForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2).save_pretrained(out)
-    for f in tiny_model_dir.iterdir():
-        if f.name.startswith(("tokenizer", "vocab", "special_tokens")):
-            shutil.copy(f, out / f.name)
+    copy_tokenizer(tiny_model_dir, out)
     return out
 
 
