@@ -205,11 +205,23 @@ def cmd_export(args) -> int:
     from .report.retime import choose_best, miss_warning, retimed
     from .study.records import feasible_trials, handle_for, open_study
 
-    if args.best == (args.trial is not None):
-        raise UserError("choose exactly one of --best or --trial N")
+    if sum((args.best, args.trial is not None, args.final is not None)) != 1:
+        raise UserError("choose exactly one of --best, --trial N or --final N")
     cfg = _study_or_default(args.study)
-    study = open_study(handle_for(cfg, args.storage, args.study_name), read_only=True)
+    handle = handle_for(cfg, args.storage, args.study_name)
+    study = open_study(handle, read_only=True)
     out = Path(args.out)
+    if args.best or args.final is not None:  # final models first (slimformer finish; searcher/finish.py)
+        from .finish import export_final_model
+
+        fmt = args.format or default_format(cfg.device.runtime)
+        require_format(fmt)
+        done = export_final_model(handle.url, study, args.final, out, args.force, _check_out_dir, fmt,
+                                  lambda: Workbench(cfg, log=_log))
+        if done:
+            print(done)
+            print(f"check it: slimformer evaluate {out} --study {args.study or DEFAULT_STUDY}")
+            return 0
     if args.best:
         if not feasible_trials(study):
             raise UserError("no finished trial meets the budget yet; use --trial N to export another one")
@@ -250,6 +262,23 @@ def cmd_export(args) -> int:
     print(f"exported trial {trial.number} to {out} as {fmt} ({metrics['metric']} {metrics['quality']:.2f}, "
           f"{timed}, {metrics['size_mb']:.1f} MB)")
     print(f"check it: slimformer evaluate {out} --study {args.study or DEFAULT_STUDY}")
+    return 0
+
+
+def cmd_finish(args) -> int:
+    from .finish import DEFAULT_TOP, render_finish, run_finish
+
+    cfg = _study_or_default(args.study)
+    try:
+        summary = run_finish(cfg, storage=args.storage, study_name=args.study_name,
+                             top=DEFAULT_TOP if args.top is None else args.top, steps=args.steps,
+                             minutes=args.minutes, log=_log)
+    except KeyboardInterrupt:
+        _log("stopped: the final models already stored are kept; the plan being trained starts again. Resume with "
+             f"the same command: slimformer {' '.join(shlex.quote(str(a)) for a in args.argv)}")
+        return 130
+    print(render_finish(summary))
+    print(f"export: slimformer export {args.study or DEFAULT_STUDY} --best --out compressed/")
     return 0
 
 
@@ -306,8 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="rebuild a trial's model and save it",
                        description="Rebuild the best (or a given) trial's model from its plan and save it.")
     x.add_argument("study", nargs="?", metavar="STUDY.yaml", help=f"study file (default {DEFAULT_STUDY})")
-    x.add_argument("--best", action="store_true", help="the best trial under the budget")
+    x.add_argument("--best", action="store_true", help="the best final model that holds the budget (slimformer "
+                   "finish), else the best trial that holds re-timed")
     x.add_argument("--trial", type=int, help="trial number")
+    x.add_argument("--final", type=int, metavar="N", help="the final model (slimformer finish) of search trial N")
     x.add_argument("--out", required=True, help="empty output directory")
     x.add_argument("--format", choices=EXPORT_FORMATS,
                    help="pytorch (safetensors, loads with slimformer), onnx or openvino (load without slimformer); "
@@ -315,6 +346,17 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--force", action="store_true", help="write into a non-empty --out")
     _storage_flags(x)
     x.set_defaults(func=cmd_export)
+
+    fi = sub.add_parser("finish", help="train the best plans properly into final models",
+                        description="Rebuild the K best feasible trials that hold the budget re-timed, distil each "
+                                    "for long on the distillation corpus, score on validation and test, re-time, "
+                                    "store as final models (resumes after an interruption).")
+    fi.add_argument("study", nargs="?", metavar="STUDY.yaml", help=f"study file (default {DEFAULT_STUDY})")
+    _storage_flags(fi)
+    fi.add_argument("--top", type=int, default=None, help="how many trials to finish (default 3)")
+    fi.add_argument("--steps", type=int, help="distillation steps per plan (default 1000)")
+    fi.add_argument("--minutes", type=float, help="cap on the whole command's wall time (wins over --steps)")
+    fi.set_defaults(func=cmd_finish)
 
     add_tool_commands(sub)
 

@@ -16,7 +16,18 @@ from .data import is_builtin_source, load_rows
 from .models import load_model, load_preprocessor
 from .tasks import get_task
 
-__all__ = ["Workbench"]
+__all__ = ["Workbench", "study_rows"]
+
+
+def study_rows(cfg: StudyConfig, which: str, limit: int | None = None):
+    """The rows of data.<which> (validation, calibration or test) with the task's fields."""
+    d = cfg.data
+    value = getattr(d, which)
+    path = value if is_builtin_source(value) else cfg.resolve_path(value)
+    if path is None:
+        raise UserError(f"data.{which} is not set in the study file")
+    columns = d.calibration_columns if which == "calibration" and d.calibration_columns is not None else d.columns
+    return load_rows(path, cfg.task.type, fmt=d.format, header=d.header, names=d.names, columns=columns, limit=limit)
 
 
 class Workbench:
@@ -32,14 +43,7 @@ class Workbench:
 
     # ----- data -------------------------------------------------------------------------
     def _rows(self, which: str, limit: int | None):
-        d = self.cfg.data
-        value = getattr(d, which)
-        path = value if is_builtin_source(value) else self.cfg.resolve_path(value)
-        if path is None:
-            raise UserError(f"data.{which} is not set in the study file")
-        columns = d.calibration_columns if which == "calibration" and d.calibration_columns is not None else d.columns
-        return load_rows(path, self.task.name, fmt=d.format, header=d.header, names=d.names,
-                         columns=columns, limit=limit)
+        return study_rows(self.cfg, which, limit)
 
     @cached_property
     def validation(self) -> list[dict]:

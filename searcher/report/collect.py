@@ -16,8 +16,9 @@ from optuna.trial import TrialState
 
 from ..config import StudyConfig
 from ..errors import UserError
+from ..study.finals import final_rows, final_table
 from ..study.records import FAIL_REASON, best_feasible, handle_for, open_study
-from .retime import RETIMED_ATTR, best_holding, is_current, retime, retimed
+from .retime import RETIMED_ATTR, best_holding, is_current, retime, retimed, study_budget
 
 __all__ = ["report_study", "pareto_front", "render_text", "write_html", "FULL_QUALITY_ATTR"]
 
@@ -47,20 +48,26 @@ def pareto_front(rows: list[dict], keys=("quality", "latency_ms")) -> list[dict]
     return sorted(front, key=lambda r: r["latency_ms"])
 
 
-def _rescore(study, bench, rows: list[dict], log) -> float:
-    """Quality of each row's plan on the FULL validation split, stored in the study (by trial)."""
+def _rescore(study, bench, rows: list[dict], log, test: bool = False) -> tuple[float, float | None]:
+    """Quality of each row's plan on the FULL validation split, and on data.test when `test`,
+    stored in the study (by trial). Returns the baseline's (validation, test)."""
     from slimformer.methods import Plan
 
     stored = dict(study.user_attrs.get(FULL_QUALITY_ATTR) or {"trials": {}})
-    trials = dict(stored["trials"])
-    todo = [r for r in rows if str(r["number"]) not in trials]
-    if todo or "baseline" not in stored:
+    trials, tests = dict(stored["trials"]), dict(stored.get("test") or {})
+    todo = [r for r in rows if str(r["number"]) not in trials or (test and str(r["number"]) not in tests)]
+    if todo or "baseline" not in stored or (test and "baseline_test" not in stored):
         for r in todo:
-            log(f"re-scoring trial {r['number']} on the full validation split ...")
-            trials[str(r["number"])] = bench().quality(bench().build(Plan.from_dict(r["plan"])), full=True)["quality"]
+            log(f"re-scoring trial {r['number']} on the full validation split" + (" and on test ..." if test else " ..."))
+            model = bench().build(Plan.from_dict(r["plan"]))
+            trials[str(r["number"])] = bench().quality(model, full=True)["quality"]
+            if test:
+                tests[str(r["number"])] = bench().test_quality(model)
         if "baseline" not in stored:
             stored["baseline"] = bench().quality(bench().model, full=True)["quality"]
-        stored["trials"] = trials
+        if test and "baseline_test" not in stored:
+            stored["baseline_test"] = bench().test_quality(bench().model)
+        stored["trials"], stored["test"] = trials, tests
         try:
             study.set_user_attr(FULL_QUALITY_ATTR, stored)
         except Exception as exc:  # noqa: BLE001 - a read-only storage: still reported, not stored
@@ -71,7 +78,8 @@ def _rescore(study, bench, rows: list[dict], log) -> float:
             log(f"note: the full-split scores could not be stored in the study ({storage_fault(exc)})")
     for r in rows:
         r["quality_full"] = trials[str(r["number"])]
-    return stored["baseline"]
+        r["quality_test"] = tests.get(str(r["number"])) if test else None
+    return stored["baseline"], stored.get("baseline_test") if test else None
 
 
 def report_study(cfg: StudyConfig, storage: str | None = None, study_name: str | None = None,
@@ -103,12 +111,15 @@ def report_study(cfg: StudyConfig, storage: str | None = None, study_name: str |
     for r in timed:
         a = again[r["number"]]
         r.update(speedup_retimed=a.speedup, retimed_low=a.low, retimed_high=a.high, holds_retimed=a.holds)
-    if cfg.data.validation_size is None:  # the search scored the whole split already
+    whole = cfg.data.validation_size is None  # the search scored the whole split already
+    if whole:
         for r in front + timed:
             r["quality_full"] = r["quality"]
         baseline["quality_full"] = baseline["quality"]
-    elif rescore and (front or timed):
-        baseline["quality_full"] = _rescore(study, bench, list({id(r): r for r in front + timed}.values()), log)
+    if rescore and (front or timed) and (not whole or cfg.data.test is not None):
+        full, baseline["quality_test"] = _rescore(
+            study, bench, list({id(r): r for r in front + timed}.values()), log, test=cfg.data.test is not None)
+        baseline["quality_full"] = baseline["quality"] if whole else full
     best, searched = best_holding(study), best_feasible(study)
     failed = [t for t in trials if t.state == TrialState.FAIL]
     return {
@@ -127,6 +138,8 @@ def report_study(cfg: StudyConfig, storage: str | None = None, study_name: str |
         "best": None if best is None else by_number.get(best.number),
         "best_search": None if searched is None else by_number.get(searched.number),
         "cost_model": _cost_model_accuracy(rows),
+        # final models (slimformer finish), from the sibling study <name>:final (searcher/finals.py)
+        "final": final_rows(handle.url, handle.name, study_budget(study)),
     }
 
 
@@ -146,8 +159,8 @@ def _bounds(low, high) -> str:
     return "-" if low is None else f"[{low:.2f}, {high:.2f}]"
 
 
-def _full(r) -> str:
-    return "-" if r.get("quality_full") is None else f"{r['quality_full']:.2f}"
+def _full(r, key: str = "quality_full") -> str:
+    return "-" if r.get(key) is None else f"{r[key]:.2f}"
 
 
 def render_text(rep: dict) -> str:
@@ -158,13 +171,15 @@ def render_text(rep: dict) -> str:
              _device_text(rep.get("device")),
              f"baseline: {metric} {b['quality']:.2f} (search split)"
              + (f", {b['quality_full']:.2f} (full split)" if "quality_full" in b else "")
+             + (f", {b['quality_test']:.2f} (test)" if b.get("quality_test") is not None else "")
              + f", {b['latency_ms']:.1f} ms, {b['size_mb']:.1f} MB",
              "", f"feasible Pareto front (speedup interval: one-sided {conf:.0%} bounds from the trial's rounds):",
-             f"{'trial':>5} {metric:>9} {'full':>7} {'latency':>9} {'speedup':>8} {'interval':>14} {'rounds':>6} "
-             f"{'re-timed':>8} {'size MB':>8}"]
+             f"{'trial':>5} {metric:>9} {'full':>7} {'test':>7} {'latency':>9} {'speedup':>8} {'interval':>14} "
+             f"{'rounds':>6} {'re-timed':>8} {'size MB':>8}"]
     for r in rep["pareto"]:
         again = r.get("speedup_retimed")
-        lines.append(f"{r['number']:>5} {r['quality']:>9.2f} {_full(r):>7} {r['latency_ms']:>7.1f}ms {r['speedup']:>7.2f}x "
+        lines.append(f"{r['number']:>5} {r['quality']:>9.2f} {_full(r):>7} {_full(r, 'quality_test'):>7} "
+                     f"{r['latency_ms']:>7.1f}ms {r['speedup']:>7.2f}x "
                      f"{_bounds(r.get('speedup_low'), r.get('speedup_high')):>14} {r.get('rounds') or '-'!s:>6} "
                      f"{'-' if again is None else f'{again:.2f}x':>8} {r['size_mb']:>8.1f}"
                      + ("  over budget when re-timed" if r.get("holds_retimed") is False else "")
@@ -198,6 +213,8 @@ def render_text(rep: dict) -> str:
         lines.append(f"  note: the best search trial {searched['number']} ({metric} {searched['quality']:.2f}, "
                      f"{searched['speedup']:.2f}x in the search) re-timed at {searched['speedup_retimed']:.2f}x "
                      f"misses the budget: its margin in the search was measurement noise")
+    if rep.get("final"):
+        lines += ["", "final models (slimformer finish; valid = the full validation split):", *final_table(rep["final"])]
     cm = rep["cost_model"]
     if cm["n"]:
         lines.append(f"cost model: MAPE {cm['mape']:.1f}%, Spearman {cm['spearman']:.3f} over {cm['n']} trials"

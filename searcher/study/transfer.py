@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from ..config import StudyConfig
 from ..errors import UserError
+from .finals import is_final_name
 from .records import SOURCE_LATENCY_MS, TRANSFERRED_FROM, TRANSFERRED_QUALITY
 from .storage import open_storage, storage_file
 
@@ -55,7 +56,7 @@ def _source_study(cfg: StudyConfig) -> optuna.Study:
     if path is not None and not path.is_file():
         raise UserError(f"transfer.source: no study storage at {path}")
     storage = open_storage(url, read_only=True)
-    names = [s.study_name for s in optuna.study.get_all_study_summaries(storage)]
+    names = [s.study_name for s in optuna.study.get_all_study_summaries(storage) if not is_final_name(s.study_name)]
     name = t.study or (names[0] if len(names) == 1 else None)
     if name is None:
         raise UserError(f"transfer.source {url} holds {len(names)} studies ({', '.join(names) or 'none'}); "
