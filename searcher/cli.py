@@ -270,9 +270,8 @@ def cmd_finish(args) -> int:
 
     cfg = _study_or_default(args.study)
     try:
-        summary = run_finish(cfg, storage=args.storage, study_name=args.study_name,
-                             top=DEFAULT_TOP if args.top is None else args.top, steps=args.steps,
-                             minutes=args.minutes, log=_log)
+        summary = run_finish(cfg, storage=args.storage, study_name=args.study_name, top=DEFAULT_TOP if args.top is None
+                             else args.top, steps=args.steps, minutes=args.minutes, log=_log)
     except KeyboardInterrupt:
         _log("stopped: the final models already stored are kept; the plan being trained starts again. Resume with "
              f"the same command: slimformer {' '.join(shlex.quote(str(a)) for a in args.argv)}")
@@ -347,13 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_flags(x)
     x.set_defaults(func=cmd_export)
 
-    fi = sub.add_parser("finish", help="train the best plans properly into final models",
-                        description="Rebuild the K best feasible trials that hold the budget re-timed, distil each "
-                                    "for long on the distillation corpus, score on validation and test, re-time, "
-                                    "store as final models (resumes after an interruption).")
+    fi = sub.add_parser("finish", help="train the best plans properly into final models", description="Distil the K "
+                        "best trials that hold re-timed on the corpus, score, re-time and store them (resumable).")
     fi.add_argument("study", nargs="?", metavar="STUDY.yaml", help=f"study file (default {DEFAULT_STUDY})")
     _storage_flags(fi)
-    fi.add_argument("--top", type=int, default=None, help="how many trials to finish (default 3)")
+    fi.add_argument("--top", type=int, help="how many trials to finish (default 3)")
     fi.add_argument("--steps", type=int, help="distillation steps per plan (default 1000)")
     fi.add_argument("--minutes", type=float, help="cap on the whole command's wall time (wins over --steps)")
     fi.set_defaults(func=cmd_finish)

@@ -12,8 +12,9 @@ so after Ctrl-C or kill -9 the same command skips the stored ones and trains the
 the start. `--minutes` caps the whole command: each plan gets an equal share of the time left,
 and its distillation runs the steps that fit (timed over its first steps).
 
-Imports: config, errors, methods, devices, problem, study, report (a top-level stage,
-like search.py; only cli imports it).
+A top-level stage like search.py; only cli imports it.
+
+Imports: config, errors, methods, devices, problem, study, report.
 """
 
 from __future__ import annotations
