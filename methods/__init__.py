@@ -8,10 +8,11 @@ from .plan import DistillSpec, ModelShape, Plan
 __all__ = [
     "Plan", "DistillSpec", "ModelShape", "apply_plan", "save_compressed", "load_compressed",
     "Calibration", "get_adapter", "supported_model_types", "model_size", "METHODS",
+    "plan_needs_calibration",
 ]
 
 _LAZY = {
-    "apply_plan": "registry", "METHODS": "registry", "plan_of": "registry",
+    "apply_plan": "registry", "METHODS": "registry", "plan_of": "registry", "plan_needs_calibration": "registry",
     "save_compressed": "export", "load_compressed": "export", "ExportError": "export",
     "Calibration": "calibration", "get_adapter": "adapters", "supported_model_types": "adapters",
     "UnsupportedModelError": "adapters", "model_size": "size",

@@ -243,15 +243,6 @@ class Adapter:
         if isinstance(layer_types, (list, tuple)) and len(layer_types) == len(layers):
             self.config.layer_types = [layer_types[i] for i in keep]
 
-    def transformer_linears(self) -> list[tuple[int, str, nn.Module]]:
-        """Every nn.Linear/Conv1D inside the transformer layers: (layer position, name, module)."""
-        out = []
-        for pos, layer in enumerate(self.layers()):
-            for name, module in layer.named_modules():
-                if isinstance(module, nn.Linear) or is_conv1d(module):
-                    out.append((pos, name, module))
-        return out
-
 
 class BertAdapter(Adapter):
     model_types = ("bert", "roberta", "xlm-roberta", "camembert", "electra")

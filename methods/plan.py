@@ -12,11 +12,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Plan", "DistillSpec", "ModelShape", "IMPORTANCE", "BITS", "REAL_BITS", "SIMULATED_BITS", "QUANT_METHODS"]
+__all__ = ["Plan", "DistillSpec", "ModelShape", "IMPORTANCE", "BITS", "SIMULATED_BITS", "QUANT_METHODS"]
 
 IMPORTANCE = ("magnitude", "fisher")
 BITS = (32, 16, 8, 4, 3, 2)
-REAL_BITS = (32, 16, 8)
 SIMULATED_BITS = (4, 3, 2)
 RECOVERY = ("none", "mask_tuning")
 DISTILL_LOSSES = ("logits", "hidden", "embedding", "attention")

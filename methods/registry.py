@@ -17,9 +17,9 @@ from .lowrank import LowRankSpec, low_rank
 from .masktune import MaskTuneSpec, mask_tune
 from .plan import Plan
 from .prune import PruneSpec, prune
-from .quantize import QuantSpec, quantize
+from .quantize import QuantSpec, needs_calibration, quantize
 
-__all__ = ["Method", "METHODS", "apply_plan", "plan_of", "CONFIG_KEY"]
+__all__ = ["Method", "METHODS", "apply_plan", "plan_of", "plan_needs_calibration", "CONFIG_KEY"]
 
 CONFIG_KEY = "slimformer"
 
@@ -31,15 +31,24 @@ class Method:
     name: str
     spec_from_plan: Callable[[Plan], Any | None]  # None: nothing to do for this plan
     handler: Callable[[nn.Module, Any, Context], nn.Module]
+    needs_calibration: Callable[[Any], bool]  # whether this spec reads calibration batches
 
 
 METHODS: tuple[Method, ...] = (
-    Method("prune", PruneSpec.from_plan, prune),
-    Method("mask_tuning", MaskTuneSpec.from_plan, mask_tune),
-    Method("low_rank", LowRankSpec.from_plan, low_rank),
-    Method("distill", DistillStage.from_plan, distill),
-    Method("quantize", QuantSpec.from_plan, quantize),
+    Method("prune", PruneSpec.from_plan, prune, lambda spec: spec.importance == "fisher"),
+    Method("mask_tuning", MaskTuneSpec.from_plan, mask_tune, lambda spec: True),
+    Method("low_rank", LowRankSpec.from_plan, low_rank, lambda spec: False),
+    Method("distill", DistillStage.from_plan, distill, lambda spec: True),
+    Method("quantize", QuantSpec.from_plan, quantize, needs_calibration),  # gptq or smoothing at <= 8 bits
 )
+
+
+def plan_needs_calibration(plan: Plan, shape) -> bool:
+    """Whether building `plan` on a model of this shape reads calibration batches: asked of each
+    method that has work to do (Fisher importance, mask tuning, distillation, GPTQ or smoothing
+    on a layer quantized to 8 bits or fewer)."""
+    resolved = plan.resolve(shape)
+    return any(m.needs_calibration(spec) for m in METHODS if (spec := m.spec_from_plan(resolved)) is not None)
 
 
 def plan_of(model: nn.Module) -> Plan | None:

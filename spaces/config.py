@@ -76,7 +76,6 @@ def _positive(value: float) -> float:
     return value
 
 
-Int = Annotated[int, Strict()]
 NonNegInt = Annotated[int, Strict(), Field(ge=0)]
 Tie = Annotated[str, AfterValidator(_tie)]
 

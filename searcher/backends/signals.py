@@ -19,7 +19,7 @@ import os
 import signal
 from contextlib import contextmanager
 
-__all__ = ["StopGuard", "stop_guard", "current_guard", "protected", "interruptible", "EXIT_INTERRUPTED"]
+__all__ = ["StopGuard", "stop_guard", "protected", "interruptible", "EXIT_INTERRUPTED"]
 
 EXIT_INTERRUPTED = 130
 
@@ -106,10 +106,6 @@ def stop_guard():
     finally:
         guard.uninstall()
         _current = None
-
-
-def current_guard() -> StopGuard | None:
-    return _current
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-__all__ = ["LatencyResult", "measure_latency", "device_facts", "fixed_threads", "time_call"]
+__all__ = ["LatencyResult", "measure_latency", "device_facts", "fixed_threads"]
 
 
 @dataclass
@@ -84,13 +84,6 @@ def fixed_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(old)
-
-
-def time_call(fn: Callable[[], object]) -> float:
-    """Wall time of one call in milliseconds."""
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
 
 
 def _quantile(xs: list[float], q: float) -> float:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from functools import cached_property
 
 import torch
-from slimformer.methods import Plan, apply_plan, model_size
+from slimformer.methods import Plan, apply_plan, get_adapter, model_size, plan_needs_calibration
 
 from ..config import StudyConfig
 from ..devices.latency import device_facts, measure_latency
@@ -79,8 +79,7 @@ class Workbench:
         `corpus` and `deadline`: distillation on a DistillCorpus, cut to end by then (see apply_plan)."""
         if structure_only:
             return apply_plan(self.model, plan, None, structure_only=True, log=log)
-        needs_data = (plan.importance == "fisher" or plan.distill.enabled or plan.recovery != "none"
-                      or plan.quant_method == "gptq" or plan.smooth > 0)
+        needs_data = plan_needs_calibration(plan, get_adapter(self.model).shape())
         if needs_data and self.calibration is None:
             raise UserError("this plan needs calibration data (fisher importance, mask tuning, distillation, "
                             "gptq or smoothing): set data.calibration")

@@ -162,3 +162,24 @@ def test_importing_plan_does_not_import_torch():
             "Plan.from_yaml(Plan(bits=8).to_yaml()); assert 'torch' not in sys.modules, 'torch imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("plan, needs", [
+    (Plan(), False),
+    (Plan(heads=2, ffn=32, rank=4), False),  # magnitude pruning and low rank read no data
+    (Plan(importance="fisher"), True),
+    (Plan(recovery="mask_tuning"), True),
+    (Plan(distill={"steps": 10}), True),
+    (Plan(bits=8), False),  # round to nearest
+    (Plan(bits=8, quant_method="gptq"), True),
+    (Plan(bits=4, smooth=0.5), True),
+    # gptq / smoothing with no layer quantized: nothing to calibrate. The workbench used to ask for
+    # data.calibration here (its own rule); quantize's rule (bits <= 8) is the one kept everywhere.
+    (Plan(bits=32, quant_method="gptq"), False),
+    (Plan(bits=[32, 32, 16], smooth=0.5), False),
+    (Plan(bits=[32, 8, 32], quant_method="gptq"), True),
+])
+def test_plan_needs_calibration_asks_each_method(plan, needs):
+    from slimformer.methods import plan_needs_calibration
+
+    assert plan_needs_calibration(plan, SHAPE) is needs
