@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from slimformer.searcher import recipes
+from slimformer.searcher.problem import recipes
 from slimformer.searcher.problem.data import load_rows
 from slimformer.searcher.problem.models import load_model, load_preprocessor
 from slimformer.searcher.problem.tasks import get_task
