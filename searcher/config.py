@@ -5,7 +5,6 @@ Imports: errors, spaces.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -163,33 +162,12 @@ class StudyConfig(_Section):
 _SHORTHANDS = {"model": "name", "task": "type"}
 
 
-def _did_you_mean(loc: tuple, model: type[BaseModel]) -> str:
-    """For an unknown key, suggest the closest allowed one at that level."""
-    target = model
-    for part in loc[:-1]:
-        field = target.model_fields.get(part) if isinstance(part, str) else None
-        ann = getattr(field, "annotation", None) if field else None
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            target = ann
-        else:
-            return ""
-    names = list(target.model_fields)
-    close = difflib.get_close_matches(str(loc[-1]), names, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(n for n in names if n != 'path')})"
-
-
 def format_error(exc: ValidationError, model: type[BaseModel] = None, root: str = "") -> str:
-    """One line for the first error: key path, what is wrong, what is allowed."""
-    err = exc.errors()[0]
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
-    path = ".".join(str(p) for p in ((root,) if root else ()) + loc) or root or "study"
-    msg = err["msg"]
-    if err["type"] == "extra_forbidden":
-        hint = _did_you_mean(loc, model or StudyConfig)
-        return f"{path}: unknown key{hint}"
-    if err["type"] == "literal_error":
-        return f"{path}: {msg.replace('Input should be', 'must be')}, got {err.get('input')!r}"
-    return f"{path}: {msg.replace('Value error, ', '')} (got {err.get('input')!r})"
+    """One line for the first error: key path, what is wrong, what is allowed (unknown keys first,
+    with a did-you-mean); the formatter is the space's (`slimformer.spaces.format_validation_error`)."""
+    from slimformer.spaces import format_validation_error
+
+    return format_validation_error(exc, root=root, model=model or StudyConfig, empty=root or "study")
 
 
 def _expand(data: dict) -> dict:

@@ -32,29 +32,32 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
         target = _model_in(field.annotation) if field else None
         if target is None:
             return []
-    return list(target.model_fields)
+    return [name for name, f in target.model_fields.items() if not f.exclude]  # not `path` and the like
 
 
-def _loc(root: str, loc: tuple) -> str:
+def _loc(root: str, loc: tuple, empty: str = "space") -> str:
     out = root
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         elif not part.startswith(("function-", "literal[", "list[", "constrained-")):
             out += f".{part}" if out else part
-    return out or "space"
+    return out or empty
 
 
-def format_validation_error(exc: ValidationError, root: str = "space", model: type[BaseModel] = SpaceConfig) -> str:
+def format_validation_error(exc: ValidationError, root: str = "space", model: type[BaseModel] = SpaceConfig,
+                            empty: str = "space") -> str:
     """One line for a pydantic error: `space.heads.choices: ...`; unknown keys get a did-you-mean.
 
     `model` is the class validated (to list the keys allowed where an unknown key was found);
-    `root` prefixes the path (use "" when the error's locations already start at the root).
+    `root` prefixes the path (use "" when the error's locations already start at the root);
+    `empty` names the path of an error at the top. The one formatter of validation errors: the
+    study file's (searcher.config.format_error) and a recipe's use it too.
     """
     errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
     err = errors[0]
     loc = tuple(err["loc"])
-    path = _loc(root, loc)
+    path = _loc(root, loc, empty)
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(model, loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)

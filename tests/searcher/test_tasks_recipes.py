@@ -174,7 +174,7 @@ def test_bad_recipe_contents_and_sources(tmp_path):
     bad = yaml.safe_load(path.read_text())
     bad["training"]["epoch"] = 1
     path.write_text(yaml.safe_dump(bad))
-    with pytest.raises(UserError, match=r"training\.epoch: unknown key \(did you mean 'epochs'"):
+    with pytest.raises(UserError, match=r"training\.epoch: unknown key 'epoch'; did you mean 'epochs'\?"):
         recipes.load_recipe(str(path))
     with pytest.raises(UserError, match="unknown data source 'sklearn:iris'"):
         load_rows("sklearn:iris", "image-classification")
