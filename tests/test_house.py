@@ -208,7 +208,11 @@ def test_the_wheel_lists_every_package():
     from a wheel while an editable install still finds it."""
     tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     folders = {n for n, m in MODS.items() if m.path.name == "__init__.py"}
-    assert set(tool["packages"]) == folders
+    data = set(tool.get("package-data", {}))  # packages of data files only (the shipped recipes)
+    assert set(tool["packages"]) - data == folders
+    for name in data:
+        folder = ROOT / tool["package-dir"][name]
+        assert all(any(folder.glob(pattern)) for pattern in tool["package-data"][name]), name
     for name in tool["packages"]:
         top = ".".join(name.split(".")[:2])
         assert (ROOT / tool["package-dir"][top]).is_dir()

@@ -13,6 +13,7 @@ so any change to one of them trains again. Nothing is downloaded.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -35,7 +36,17 @@ __all__ = ["Recipe", "load_recipe", "recipe_path", "ensure_trained", "cache_root
 
 # bump when the training code changes what a recipe produces (every cached model retrains)
 RECIPE_CODE_VERSION = 1
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "studies" / "recipes"
+
+
+def _shipped_recipes() -> Path:
+    """studies/recipes/, which a wheel installs as the data package `slimformer.recipes`."""
+    spec = importlib.util.find_spec("slimformer.recipes")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(__file__).resolve().parents[2] / "studies" / "recipes"  # an editable install from before the mapping
+
+
+RECIPES_DIR = _shipped_recipes()
 
 
 class _Section(BaseModel):
