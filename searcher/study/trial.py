@@ -16,7 +16,7 @@ import time
 from slimformer.methods import Plan, model_size
 
 from ..config import StudyConfig
-from ..devices.adaptive import time_candidate
+from ..devices.adaptive import speedup_target, time_candidate
 from .records import CONSTRAINTS, LATENCY_SOURCE, RETRY_OF, SEEDED
 
 __all__ = ["MAX_REJECTIONS_IN_A_ROW", "TrialFailed", "Rejected", "propose", "evaluate", "predicted", "record", "constraints_of", "latency_limit"]
@@ -50,12 +50,10 @@ def constraints_of(cfg: StudyConfig, baseline_quality: float, quality: float, la
 
 
 def latency_limit(cfg: StudyConfig, baseline: dict) -> float | None:
-    b = cfg.budget
-    if b.latency_ms is not None:
-        return b.latency_ms
-    if b.speedup is not None:
-        return baseline["latency_ms"] / b.speedup
-    return None
+    """The latency a candidate must beat: the baseline over the budget's speedup target (the one
+    budget arithmetic, `devices.adaptive.speedup_target`); None without a latency budget."""
+    target = speedup_target(cfg.budget, baseline["latency_ms"])
+    return None if target is None else baseline["latency_ms"] / target
 
 
 def propose(trial, cfg: StudyConfig, space, baseline: dict, predictor=None, may_reject: bool = False) -> Plan:

@@ -1,6 +1,7 @@
 """The one trial lifecycle step every backend shares: fail a cut-off trial, queue its plan again."""
 
 import optuna
+import pytest
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
 from slimformer.searcher.study.records import (
@@ -70,3 +71,21 @@ def test_a_frozen_trial_of_a_dead_process_is_requeued_the_same_way():
     assert study.trials[frozen.number].state == TrialState.FAIL
     (retry,) = _waiting(study)
     assert retry.system_attrs["fixed_params"] == {"x": 1, "y": 2} and retry.user_attrs[RETRY_OF] == frozen.number
+
+
+def test_the_prescreen_limit_is_the_budgets_speedup_target():
+    """One budget arithmetic: the cost-model pre-screen's latency limit is the baseline over
+    `speedup_target` (what the timing and the re-timing hold candidates to)."""
+    from slimformer.searcher.config import load_study_config
+    from slimformer.searcher.devices.adaptive import speedup_target
+    from slimformer.searcher.study.trial import latency_limit
+
+    baseline = {"latency_ms": 23.7}
+
+    def limit(budget):
+        return latency_limit(load_study_config(data={"budget": budget}), baseline)
+
+    assert limit({"latency_ms": 10.0}) == pytest.approx(10.0)
+    assert limit({"speedup": 2.0}) == pytest.approx(11.85)
+    assert limit({}) is None
+    assert speedup_target(load_study_config(data={"budget": {"latency_ms": 10.0}}).budget, 23.7) == pytest.approx(2.37)
