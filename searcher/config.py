@@ -15,10 +15,17 @@ from .errors import UserError
 
 __all__ = [
     "StudyConfig", "ModelSection", "TaskSection", "DataSection", "DeviceSection", "BudgetSection",
-    "SearchSection", "load_study_config", "format_error", "TASKS", "SAMPLERS",
+    "SearchSection", "load_study_config", "format_error", "TASKS", "TASK_FIELDS", "SAMPLERS",
 ]
 
-TASKS = ("sentence-similarity", "text-classification", "causal-lm", "image-classification")
+# the tasks and the fields each reads from a data file (searcher/problem/tasks.py implements them)
+TASK_FIELDS = {
+    "sentence-similarity": ("sentence1", "sentence2", "score"),
+    "text-classification": ("text", "label"),
+    "causal-lm": ("text",),
+    "image-classification": ("image", "label"),
+}
+TASKS = tuple(TASK_FIELDS)
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "npz")
 

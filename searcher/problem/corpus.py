@@ -18,9 +18,9 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterable, Sequence
 
-from ..config import StudyConfig
+from ..config import TASK_FIELDS, StudyConfig
 from ..errors import UserError
-from .data import LABEL_FIELDS, TASK_FIELDS, read_table
+from .data import LABEL_FIELDS, read_table
 
 __all__ = ["CorpusRows", "load_corpus_rows", "normalise", "shared_rows", "check_no_overlap", "split_disjoint",
            "CORPUS_TASKS", "build_corpus"]

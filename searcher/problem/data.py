@@ -13,17 +13,12 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from ..config import TASK_FIELDS
 from ..errors import UserError
 
-__all__ = ["load_rows", "read_table", "TASK_FIELDS", "LABEL_FIELDS", "is_builtin_source", "BUILTIN_SOURCES"]
+__all__ = ["load_rows", "read_table", "LABEL_FIELDS", "is_builtin_source", "BUILTIN_SOURCES"]
 
 # the fields each task reads, and which are optional
-TASK_FIELDS = {
-    "sentence-similarity": ("sentence1", "sentence2", "score"),
-    "text-classification": ("text", "label"),
-    "causal-lm": ("text",),
-    "image-classification": ("image", "label"),
-}
 
 
 LABEL_FIELDS = ("score", "label")  # the task fields that are targets, not model inputs

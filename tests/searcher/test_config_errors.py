@@ -22,3 +22,13 @@ def test_study_file_errors_use_the_one_formatter(data, line):
     with pytest.raises(UserError) as info:
         load_study_config(data=data)
     assert str(info.value).startswith(line), str(info.value)
+
+
+def test_task_names_are_written_once():
+    """config.TASK_FIELDS names the tasks (the study file's task.type, the data columns); the
+    task implementations answer to exactly those names."""
+    from slimformer.searcher.config import TASK_FIELDS, TASKS
+    from slimformer.searcher.problem import tasks
+
+    assert TASKS == tuple(TASK_FIELDS)
+    assert sorted(cls.name for cls in tasks.Task.__subclasses__()) == sorted(TASKS)
