@@ -80,6 +80,7 @@ def main() -> None:
         res["baseline"] = {"validation": bench.quality(bench.model, full=True)["quality"],
                            "test": bench.test_quality(bench.model)}
     res["corpus_texts"] = len(corpus)
+    path.write_text(json.dumps(res, indent=1))  # every stage is saved as it ends (the run resumes from it)
     models = {}
     for name in args.plans.split(","):
         spec = PLANS[name]
@@ -99,6 +100,8 @@ def main() -> None:
                  "in_trial": {"validation": bench.quality(models[f"{name} in-trial"], full=True)["quality"],
                               "test": bench.test_quality(models[f"{name} in-trial"])}}
         print(f"{name} in-trial: {entry['in_trial']} ({t_trial:.0f} s)", flush=True)
+        res["plans"][name] = entry
+        path.write_text(json.dumps(res, indent=1))
         t0 = time.monotonic()
         finished = bench.build(final_plan(trial_plan.to_dict(), cfg.task.type, args.steps), corpus=corpus,
                                log=lambda m: print(f"  {m}", flush=True) if "distill step" in m else None)
