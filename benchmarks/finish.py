@@ -86,12 +86,12 @@ def main() -> None:
         spec = PLANS[name]
         trial_plan = Plan.from_dict({**spec, "distill": IN_TRIAL})
         done = res["plans"].get(name)
-        if done and done.get("steps") == args.steps:
+        if done and done.get("steps") == args.steps and "path" in done:
             print(f"{name}: measured already (kept)")
         t0 = time.monotonic()
         models[f"{name} in-trial"] = bench.build(trial_plan)
         t_trial = time.monotonic() - t0
-        if done and done.get("steps") == args.steps:
+        if done and done.get("steps") == args.steps and "path" in done:
             from slimformer.methods import load_compressed
 
             models[f"{name} finished"] = load_compressed(done["path"])[0]
