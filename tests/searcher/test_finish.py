@@ -15,6 +15,8 @@ import sys
 import optuna
 import pytest
 
+pytestmark = pytest.mark.slow  # CLI runs of search and finish (minutes on a busy machine)
+
 SPLIT = {"validation": "data/sts-val-500.tsv", "test": "data/sts-dev.tsv", "calibration": "data/sts-train-rest.tsv"}
 
 
