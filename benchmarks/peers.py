@@ -96,13 +96,13 @@ def slimformer_plans(bench, tmp: Path, log) -> tuple[dict, dict]:
     for name, plan in PLANS.items():
         log(f"building {name} ...")
         model = bench.build(plan)
-        out[f"{name} | PyTorch"] = model
+        out[f"{name}, PyTorch"] = model
         for fmt in ("onnx", "openvino"):
             folder = tmp / f"{len(out)}-{fmt}"
             export_model(fmt, bench, model, plan, folder, {"plan": plan.to_dict()}, log=log)
             manifest, session = open_artifact(folder, THREADS)
-            out[f"{name} | {fmt} artifact"] = ArtifactModel(session, bench.model.config)
-            manifests[f"{name} | {fmt} artifact"] = manifest["verification"]
+            out[f"{name}, {fmt} artifact"] = ArtifactModel(session, bench.model.config)
+            manifests[f"{name}, {fmt} artifact"] = manifest["verification"]
     return out, manifests
 
 
@@ -166,7 +166,7 @@ def write(rows, base, checks, facts, load_start, seconds) -> None:
          "openvino": openvino.get_version(), "onnxruntime": onnxruntime_version(), "seconds": seconds},
         indent=1, default=str))
     lines = ["# One-knob peers vs slimformer plans (all-MiniLM-L6-v2, STS-B dev)", "",
-             f"Command: `python benchmarks/peers.py` ({seconds / 60:.1f} min). Batch 1, 128 tokens, {THREADS} threads, "
+             f"Command: `ROUNDS={ROUNDS} PAIRS={PAIRS} python benchmarks/peers.py` ({seconds / 60:.1f} min). Batch 1, 128 tokens, {THREADS} threads, "
              f"{ROUNDS} interleaved rounds of every runner in one process. Speedup: median (p10-p90) of per-round "
              f"ratios against the faster stock PyTorch float32 setting of this run (**{base}**). Quality: Spearman x100 "
              f"on STS-B dev ({'the first ' + str(PAIRS) + ' pairs of' if PAIRS else 'all of'} the quickstart's data.test, "
@@ -181,6 +181,12 @@ def write(rows, base, checks, facts, load_start, seconds) -> None:
               "| artifact | max abs diff | validation quality |", "|---|---:|---:|"]
     for name, c in checks.items():
         lines.append(f"| {name} | {c['max_abs_diff'].get('last_hidden_state', float('nan')):.2e} | {c['quality']:.2f} |")
+    ms = {r["runner"]: r["median_ms"] for r in rows}
+    skew = ms["PyTorch float32, SDPA attention"] / ms["ONNX Runtime float32"]
+    lines += ["", f"Stock PyTorch float32 / ONNX Runtime float32 median in this run: {skew:.1f}x (1.19x on a quiet machine, "
+              "runtimes_results.md). Far above that, machine load slowed PyTorch's OpenMP threads much more than the "
+              "runtimes (no spin-waiting): speedups over PyTorch are then inflated; compare the runners with each other "
+              "and rerun on a quiet machine."]
     note = (f"{facts.get('cpu')}, {facts.get('cores')} cores ({', '.join(facts.get('flags', []))}), torch "
             f"{facts.get('torch')}. The machine was SHARED with other jobs: load average (1/5/15 min) {load_start} at "
             f"start, {load()} at the end; absolute ms move with load, paired per-round ratios much less.")
