@@ -34,6 +34,7 @@ from ..study.owners import owner_attrs  # noqa: E402
 from ..study.records import FAIL_REASON, REJECTED, requeue  # noqa: E402
 from ..study.storage import storage_file  # noqa: E402
 from ..study.trial import MAX_REJECTIONS_IN_A_ROW, Rejected, propose, record  # noqa: E402
+from .faults import FAULT_ENV, inject, parse_faults  # noqa: E402
 from .workers import worker_threads  # noqa: E402
 
 __all__ = ["run_ray", "SlimformerSearch"]
@@ -42,8 +43,9 @@ RESULT = "slimformer_result"  # the Tune metric holding `trial.evaluate`'s resul
 _BENCHES: dict = {}  # one Workbench per study config in each Ray worker process (kept across trials)
 
 
-def _evaluate_plan(config: dict, cfg=None, baseline=None) -> None:
-    """The Tune trainable: evaluate one plan in a Ray worker and report plain data."""
+def _evaluate_plan(config: dict, cfg=None, baseline=None, faults=None) -> None:
+    """The Tune trainable: evaluate one plan in a Ray worker and report plain data. `faults` is
+    the driver's SLIMFORMER_FAULT table (a cluster's workers do not share the driver's environment)."""
     from ray import tune
     from slimformer.methods import Plan
 
@@ -55,6 +57,7 @@ def _evaluate_plan(config: dict, cfg=None, baseline=None) -> None:
         _BENCHES[key] = Workbench(cfg, log=lambda msg: None)
     nan = float("nan")
     try:
+        inject((faults or {}).get(config["number"]))
         result = evaluate(_BENCHES[key], Plan.from_dict(config["plan"]), baseline)
     except Exception as exc:  # noqa: BLE001 - reported like a failed local trial
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -104,7 +107,7 @@ class SlimformerSearch(OptunaSearch):
             beat = get_heartbeat_thread(ot_trial._trial_id, self._ot_study._storage)
             beat.__enter__()
             self.heartbeats[trial_id] = beat
-            return {"plan": config["plan"]}
+            return {"plan": config["plan"], "number": ot_trial.number}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         pass  # one result per trial: everything happens on completion
@@ -196,7 +199,8 @@ def run_ray(cfg, study, handle, space, baseline, predictor, target: int, timeout
         f"{'cluster ' + address if address else 'a local Ray on this machine'}")
     bar = SearchProgress(target, done, baseline, enabled=False, log=log)
     searcher = SlimformerSearch(study, cfg, space, baseline, predictor, bar)
-    trainable = tune.with_resources(tune.with_parameters(_evaluate_plan, cfg=tcfg, baseline=baseline),
+    trainable = tune.with_resources(tune.with_parameters(_evaluate_plan, cfg=tcfg, baseline=baseline,
+                                                        faults=parse_faults(os.environ.get(FAULT_ENV, ""))),
                                     {"cpu": threads})
     storage_path = str(ray_folder(cfg, handle))
     tuner = tune.Tuner(

@@ -76,11 +76,12 @@ def test_ray_study_reports_like_a_local_one(tmp_path, make_study, cli, ray_addre
 
 
 def test_ray_driver_killed_then_resumed(tmp_path, make_study, cli, ray_address):
-    # trials long enough (30 timing rounds) to find one running after another finished
-    path = make_study(search={"trials": 4}, device={"rounds": 30, "max_rounds": 30})
+    # trial 1 hangs in its Ray worker (the fault table travels with the trainable), so the driver is
+    # killed with trial 0 finished and trial 1 running, not racing a trial that may finish first
+    path = make_study(search={"trials": 4})
     proc = subprocess.Popen([sys.executable, "-m", "slimformer.searcher.cli", "search", str(path), "--backend", "ray",
                              "--workers", "1", "--address", ray_address], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, env={**os.environ, "SLIMFORMER_FAULT": "hang:1"})
     end, finished, running = time.time() + 400, {}, None
     while time.time() < end and running is None:
         time.sleep(0.5)
