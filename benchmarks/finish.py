@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -118,7 +119,9 @@ def main() -> None:
         res["plans"][name] = entry
         path.write_text(json.dumps(res, indent=1))
     print(f"timing {len(models)} models against the baseline, {args.rounds} interleaved rounds ...", flush=True)
+    load_before = os.getloadavg()[0]
     samples = bench.paired_rounds(models)(args.rounds)
+    res["load_average"] = [load_before, os.getloadavg()[0]]  # 1-minute load before and after timing
     timing = {}
     for key in models:
         ratios = [b / c for b, c in zip(samples["baseline"], samples[key])]
@@ -150,9 +153,11 @@ def report(res: dict, out: str) -> None:
                          f"| {t['speedup']:.2f}x [{t['p10']:.2f}, {t['p90']:.2f}] | {secs / 60:.1f} min |")
     lines += ["", "Plans (per original layer): " + "; ".join(f"{n}: heads {p['plan']['heads']}, FFN {p['plan']['ffn']}, "
                                                             "int8, Fisher" for n, p in res["plans"].items()) + "."]
-    note = (f"{res['device'].get('cpu')}, {res['device'].get('threads')} threads, eager PyTorch. The machine was "
-            "shared with other jobs (load 8-12 on 2 cores) during training and timing, so the minutes are inflated "
-            "and the speedups noisy; all models and the baseline were timed in the same interleaved rounds. "
+    load = res.get("load_average", [float("nan")] * 2)
+    note = (f"{res['device'].get('cpu')}, {res['device'].get('threads')} threads, eager PyTorch; 1-minute load "
+            f"average {load[0]:.1f} before and {load[1]:.1f} after the timing on {res['device'].get('cores')} cores "
+            "(above the thread count, the minutes are inflated and the speedups noisy); all models and the "
+            "baseline were timed in the same interleaved rounds. "
             f"{res['steps']} steps is what fits in a short run here; issue 16 measured 1,000 steps (2x) and 2,000 "
             "(3x) on all 5,749 train pairs.")
     write_md(out, lines, note)
