@@ -1,8 +1,11 @@
 """Architecture adapters: where layers, heads, FFN neurons and their projections live.
 
-Methods never hard-code module paths; they ask the adapter. Each adapter knows how to
-slice one layer's attention heads and FFN neurons physically (transformers 5 has no
-`prune_heads`), how to drop whole layers, and which module attributes depend on shapes.
+Methods and the cost model never hard-code module paths or branch on a model type; they ask
+the adapter. Each adapter knows how to slice one layer's attention heads and FFN neurons
+physically (transformers 5 has no `prune_heads`), how to drop whole layers, which module
+attributes depend on shapes, and its architecture's facts: pre- or post-norm and which norm
+feeds which Linears (SmoothQuant, mask tuning), and the biases, norms and embeddings the cost
+model counts from a config. An architecture is one `Adapter` subclass with `@register_adapter`.
 """
 
 from __future__ import annotations
@@ -11,89 +14,25 @@ import torch
 from torch import nn
 
 from .plan import ModelShape
+from .surgery import (
+    NoAttention,
+    conv1d_as_linear,
+    is_conv1d,
+    module_at,
+    set_module_at,
+    slice_in,
+    slice_out,
+    weight_out_in,
+)
 
-__all__ = ["Adapter", "get_adapter", "supported_model_types", "UnsupportedModelError", "NoAttention", "module_at",
-           "set_module_at", "is_conv1d"]
+__all__ = ["Adapter", "register_adapter", "registered_adapters", "adapter_class", "get_adapter",
+           "supported_model_types", "UnsupportedModelError", "ADAPTERS"]
+
+ADAPTERS: dict[str, type] = {}  # model type -> adapter class, filled by @register_adapter only
 
 
 class UnsupportedModelError(ValueError):
     """The model's architecture has no adapter."""
-
-
-def module_at(root: nn.Module, path: str) -> nn.Module:
-    """The submodule at a dotted path (`attention.self.query`)."""
-    for part in path.split("."):
-        root = getattr(root, part)
-    return root
-
-
-def set_module_at(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(module_at(root, parent) if parent else root, name, module)
-
-
-def is_conv1d(module: nn.Module) -> bool:
-    """GPT-2's Conv1D (a Linear with its weight stored transposed)."""
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
-
-
-def _conv1d_as_linear(module: nn.Module) -> nn.Linear:
-    """An nn.Linear computing the same as GPT-2's Conv1D (weight stored transposed)."""
-    lin = nn.Linear(module.weight.shape[0], module.nf)
-    with torch.no_grad():
-        lin.weight.copy_(module.weight.t())
-        lin.bias.copy_(module.bias)
-    return lin
-
-
-def weight_out_in(module: nn.Module) -> torch.Tensor:
-    """The weight as [out_features, in_features], for nn.Linear and GPT-2's Conv1D."""
-    return module.weight.t() if is_conv1d(module) else module.weight
-
-
-def slice_out(module: nn.Module, keep: torch.Tensor) -> None:
-    """Keep only output channels `keep` (in place, new smaller parameters)."""
-    keep = keep.to(module.weight.device)
-    with torch.no_grad():
-        if is_conv1d(module):
-            module.weight = nn.Parameter(module.weight[:, keep].clone())
-            module.bias = nn.Parameter(module.bias[keep].clone())
-            module.nf = len(keep)
-            return
-        module.weight = nn.Parameter(module.weight[keep].clone())
-        if module.bias is not None:
-            module.bias = nn.Parameter(module.bias[keep].clone())
-        module.out_features = len(keep)
-
-
-def slice_in(module: nn.Module, keep: torch.Tensor) -> None:
-    """Keep only input channels `keep` (in place)."""
-    keep = keep.to(module.weight.device)
-    with torch.no_grad():
-        if is_conv1d(module):
-            module.weight = nn.Parameter(module.weight[keep].clone())
-            return
-        module.weight = nn.Parameter(module.weight[:, keep].clone())
-        module.in_features = len(keep)
-
-
-class NoAttention(nn.Module):
-    """Stands in for an attention block whose heads were all pruned.
-
-    Returns what the removed block would have returned for zero heads: the output
-    projection's bias (or an empty tensor when the projection lives outside the block).
-    """
-
-    def __init__(self, out_features: int, bias: torch.Tensor | None):
-        super().__init__()
-        self.out_features = out_features
-        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
-
-    def forward(self, hidden_states, *args, **kwargs):
-        out = hidden_states.new_zeros(*hidden_states.shape[:-1], self.out_features)
-        if self.bias is not None:
-            out = out + self.bias.to(out.dtype)
-        return out, None
 
 
 class Adapter:
@@ -114,6 +53,11 @@ class Adapter:
     cfg_kv_heads = ""
     cfg_ffn = "intermediate_size"
     cfg_hidden = "hidden_size"
+    # architecture facts (read by methods.smooth, methods.masktune and the cost model)
+    post_norm = False  # LayerNorm after the residual add: its output is also the next residual
+    attn_norm: str | None = None  # pre-norm: the norm whose output feeds q/k/v (None when post-norm)
+    ffn_norm: str | None = None  # pre-norm: the norm whose output feeds the FFN input projections
+    has_pooler = False  # the base model ends in a pooler (dense h x h + bias) when asked for one
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -144,9 +88,32 @@ class Adapter:
         )
 
     @property
+    def hidden_size(self) -> int:
+        return getattr(self.config, self.cfg_hidden)
+
+    @property
     def head_dim(self) -> int:
         cfg = self.config
         return getattr(cfg, "head_dim", None) or getattr(cfg, self.cfg_hidden) // getattr(cfg, self.cfg_heads)
+
+    # ----- architecture facts -------------------------------------------------------
+    def norm_groups(self) -> tuple[tuple[str | None, tuple[str, ...]], ...]:
+        """(norm path or None when post-norm, the Linears reading its output) per sub-layer,
+        relative to a layer: the groups SmoothQuant scales together."""
+        qkv = (self.qkv_fused,) if self.qkv_fused else (self.q, self.k, self.v)
+        return (self.attn_norm, qkv), (self.ffn_norm, tuple(self.ffn_in))
+
+    def linear_biases(self) -> tuple[bool, bool, bool]:
+        """Whether the q/k/v, the output and the FFN projections carry a bias (from the config)."""
+        return True, True, True
+
+    def norm_params(self) -> int:
+        """Parameters of one layer's norms: two LayerNorms (weight and bias) unless overridden."""
+        return 4 * self.hidden_size
+
+    def embedding_params(self) -> int:
+        """Parameters outside the layers (embeddings and a final norm; no pooler, no head), from the config."""
+        raise NotImplementedError(f"{type(self).__name__} does not count its embedding parameters")
 
     def has_attention(self, layer: nn.Module) -> bool:
         return not isinstance(module_at(layer, self.attn_core), NoAttention)
@@ -223,7 +190,7 @@ class Adapter:
         if len(keep) == 0:  # GPT-2's Conv1D cannot run with 0 inputs (x.view(-1, 0)): use nn.Linear
             for path in self.ffn_in + (self.ffn_out,):
                 if is_conv1d(module_at(layer, path)):
-                    set_module_at(layer, path, _conv1d_as_linear(module_at(layer, path)))
+                    set_module_at(layer, path, conv1d_as_linear(module_at(layer, path)))
         ins, out = self.ffn_modules(layer)
         for m in ins:
             slice_out(m, keep)
@@ -244,6 +211,35 @@ class Adapter:
             self.config.layer_types = [layer_types[i] for i in keep]
 
 
+def _cfg_or(config, name: str, default):
+    """A config field, `default` when it is missing or falsy."""
+    return getattr(config, name, default) or default
+
+
+def register_adapter(cls: type) -> type:
+    """Class decorator: the adapter of `cls.model_types`. Checks that it declares its facts."""
+    if not (isinstance(cls, type) and issubclass(cls, Adapter)):
+        raise TypeError(f"register_adapter takes an Adapter subclass, got {cls!r}")
+    missing = [a for a in ("model_types", "layers_path", "o", "attn_core", "ffn_in", "ffn_out") if not getattr(cls, a)]
+    if not (cls.qkv_fused or (cls.q and cls.k and cls.v)):
+        missing.append("q/k/v or qkv_fused")
+    if not isinstance(cls.post_norm, bool):
+        missing.append("post_norm (a bool)")
+    elif len([n for n in (cls.attn_norm, cls.ffn_norm) if n]) != (0 if cls.post_norm else 2):
+        missing.append("attn_norm and ffn_norm when pre-norm (neither when post-norm)")
+    if cls.embedding_params is Adapter.embedding_params:
+        missing.append("embedding_params")
+    if missing:
+        raise TypeError(f"adapter {cls.__name__} does not declare: {', '.join(missing)}")
+    taken = {t: ADAPTERS[t].__name__ for t in cls.model_types if t in ADAPTERS and ADAPTERS[t] is not cls}
+    if taken:
+        raise ValueError(f"adapter {cls.__name__}: model types already registered: {taken}")
+    for t in cls.model_types:
+        ADAPTERS[t] = cls
+    return cls
+
+
+@register_adapter
 class BertAdapter(Adapter):
     model_types = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
     layers_path = "encoder.layer"
@@ -255,8 +251,15 @@ class BertAdapter(Adapter):
     ffn_out = "output.dense"
     head_attrs = ("num_attention_heads",)
     all_head_attrs = ("all_head_size",)
+    post_norm, has_pooler = True, True
+
+    def embedding_params(self) -> int:
+        cfg, h = self.config, self.hidden_size
+        types = getattr(cfg, "type_vocab_size", 2) or 0
+        return (_cfg_or(cfg, "vocab_size", 0) + _cfg_or(cfg, "max_position_embeddings", 512) + types) * h + 2 * h
 
 
+@register_adapter
 class ViTAdapter(Adapter):
     """ViT as laid out in transformers 5 (q/k/v/o_proj inside `attention`, `mlp.fc1/fc2`)."""
 
@@ -267,8 +270,19 @@ class ViTAdapter(Adapter):
     ffn_in = ("mlp.fc1",)
     ffn_out = "mlp.fc2"
     head_attrs = ("num_attention_heads",)
+    attn_norm, ffn_norm, has_pooler = "layernorm_before", "layernorm_after", True
+
+    def linear_biases(self) -> tuple[bool, bool, bool]:
+        return bool(getattr(self.config, "qkv_bias", True)), True, True
+
+    def embedding_params(self) -> int:  # patch projection (+ bias), [CLS], positions, final LayerNorm
+        cfg, h = self.config, self.hidden_size
+        p = _cfg_or(cfg, "patch_size", 16)
+        patches = (_cfg_or(cfg, "image_size", 224) // p) ** 2
+        return _cfg_or(cfg, "num_channels", 3) * p * p * h + h + h + (patches + 1) * h + 2 * h
 
 
+@register_adapter
 class DistilBertAdapter(Adapter):
     model_types = ("distilbert",)
     layers_path = "transformer.layer"
@@ -278,8 +292,14 @@ class DistilBertAdapter(Adapter):
     ffn_out = "ffn.lin2"
     head_attrs = ("n_heads",)
     cfg_layers, cfg_heads, cfg_ffn, cfg_hidden = "n_layers", "n_heads", "hidden_dim", "dim"
+    post_norm = True
+
+    def embedding_params(self) -> int:
+        cfg, h = self.config, self.hidden_size
+        return (_cfg_or(cfg, "vocab_size", 0) + _cfg_or(cfg, "max_position_embeddings", 512)) * h + 2 * h
 
 
+@register_adapter
 class GPT2Adapter(Adapter):
     model_types = ("gpt2",)
     layers_path = "h"
@@ -291,18 +311,35 @@ class GPT2Adapter(Adapter):
     head_attrs = ("num_heads",)
     all_head_attrs = ("split_size",)
     cfg_layers, cfg_heads, cfg_ffn, cfg_hidden = "n_layer", "n_head", "n_inner", "n_embd"
+    attn_norm, ffn_norm = "ln_1", "ln_2"
+
+    def embedding_params(self) -> int:  # token and position embeddings, final LayerNorm
+        cfg, h = self.config, self.hidden_size
+        return (_cfg_or(cfg, "vocab_size", 0) + _cfg_or(cfg, "n_positions", 1024)) * h + 2 * h
 
 
+@register_adapter
 class LlamaAdapter(Adapter):
-    """Llama-style decoders: separate q/k/v/o, gated MLP, grouped-query attention."""
+    """Llama-style decoders: separate q/k/v/o, gated MLP, grouped-query attention, RMSNorms."""
 
-    model_types = ("llama", "mistral", "qwen2", "qwen3")
+    model_types = ("llama", "mistral", "qwen3")
     layers_path = "layers"
     q, k, v, o = "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"
     attn_core = "self_attn"
     ffn_in = ("mlp.gate_proj", "mlp.up_proj")
     ffn_out = "mlp.down_proj"
     cfg_kv_heads = "num_key_value_heads"
+    attn_norm, ffn_norm = "input_layernorm", "post_attention_layernorm"
+
+    def linear_biases(self) -> tuple[bool, bool, bool]:
+        bias = bool(_cfg_or(self.config, "attention_bias", False))
+        return bias, bias, bool(_cfg_or(self.config, "mlp_bias", False))
+
+    def norm_params(self) -> int:  # two RMSNorms (weight only)
+        return 2 * self.hidden_size
+
+    def embedding_params(self) -> int:  # token embeddings, final RMSNorm
+        return _cfg_or(self.config, "vocab_size", 0) * self.hidden_size + self.hidden_size
 
     def _kv_channels(self, keep: torch.Tensor) -> torch.Tensor:
         g = self.shape().heads_per_group
@@ -312,18 +349,35 @@ class LlamaAdapter(Adapter):
         return self._head_channels(groups)
 
 
-_ADAPTERS = (BertAdapter, ViTAdapter, DistilBertAdapter, GPT2Adapter, LlamaAdapter)
+@register_adapter
+class Qwen2Adapter(LlamaAdapter):
+    """Qwen2: a Llama-style decoder whose q/k/v always carry a bias."""
+
+    model_types = ("qwen2",)
+
+    def linear_biases(self) -> tuple[bool, bool, bool]:
+        _, o, ffn = super().linear_biases()
+        return True, o, ffn
+
+
+def registered_adapters() -> list[type]:
+    """The registered adapter classes, in registration order."""
+    return list(dict.fromkeys(ADAPTERS.values()))
 
 
 def supported_model_types() -> list[str]:
-    return sorted(t for a in _ADAPTERS for t in a.model_types)
+    return sorted(ADAPTERS)
+
+
+def adapter_class(model_type: str | None) -> type:
+    """The adapter class registered for `model_type` (UnsupportedModelError when none is)."""
+    cls = ADAPTERS.get(model_type)
+    if cls is None:
+        raise UnsupportedModelError(
+            f"no adapter for model type {model_type!r}; supported: {', '.join(supported_model_types())}")
+    return cls
 
 
 def get_adapter(model: nn.Module) -> Adapter:
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    for cls in _ADAPTERS:
-        if model_type in cls.model_types:
-            return cls(model)
-    raise UnsupportedModelError(
-        f"no adapter for model type {model_type!r}; supported: {', '.join(supported_model_types())}"
-    )
+    """The adapter of `model` (anything with a `.config` carrying `model_type`)."""
+    return adapter_class(getattr(getattr(model, "config", None), "model_type", None))(model)

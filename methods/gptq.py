@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .adapters import is_conv1d, weight_out_in
 from .calibration import StopForward, forward_until_stop, removing_hooks
+from .surgery import is_conv1d, weight_out_in
 
 __all__ = ["HessianAccumulator", "gptq_quantize", "dequantize", "layer_hessians", "gptq_layer", "token_rows"]
 

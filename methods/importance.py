@@ -8,8 +8,9 @@ import weakref
 
 import torch
 
-from .adapters import Adapter, weight_out_in
+from .adapters import Adapter
 from .calibration import Calibration
+from .surgery import weight_out_in
 
 __all__ = ["magnitude_scores", "fisher_scores", "importance_scores"]
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .adapters import get_adapter, weight_out_in
+from .adapters import get_adapter
 from .calibration import Context
+from .surgery import weight_out_in
 
 __all__ = ["LowRankSpec", "LowRankLinear", "low_rank"]
 

@@ -31,13 +31,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .adapters import Adapter, BertAdapter, DistilBertAdapter, get_adapter, weight_out_in
+from .adapters import Adapter, get_adapter
 from .calibration import Context, StopForward, forward_until_stop, removing_hooks
+from .surgery import weight_out_in
 
 __all__ = ["MaskTuneSpec", "mask_tune", "SCALE_RANGE"]
 
 SCALE_RANGE = (0.0, 5.0)
-_POST_NORM = (BertAdapter, DistilBertAdapter)
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ def mask_tune(model: nn.Module, spec: MaskTuneSpec, ctx: Context) -> nn.Module:
             jobs.append((pos, orig, "ffn"))
     if not jobs:
         return model
-    post_norm = isinstance(student, _POST_NORM)
+    post_norm = student.post_norm
     inputs = [inp for batch in ctx.calibration.batches for inp in ctx.calibration.model_inputs(batch)]
     wanted: dict[int, set[str]] = {}
     for _, orig, kind in jobs:

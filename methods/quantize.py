@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .adapters import get_adapter, is_conv1d
+from .adapters import get_adapter
 from .calibration import Context
+from .surgery import is_conv1d
 
 __all__ = ["QuantSpec", "quantize", "fake_quantize_weight", "int8_available", "is_bf16", "BITS_ATTR"]
 

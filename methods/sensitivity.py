@@ -23,8 +23,9 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from .adapters import Adapter, get_adapter, is_conv1d, weight_out_in
+from .adapters import Adapter, get_adapter
 from .plan import DistillSpec, Plan
+from .surgery import is_conv1d, weight_out_in
 
 __all__ = ["layer_sensitivity", "hutchinson_trace", "layer_bytes", "weight_errors", "bits_for_size",
            "inverse_order", "sensitivity_plans", "uniform_sizes", "SENSITIVITY"]

@@ -8,7 +8,7 @@ and multiply the weight column j of every such Linear by s_j. The product is unc
 exact arithmetic; the activations lose their outlier channels (per-tensor int8 activation
 quantization gets a finer step) while the weights take on part of the range.
 
-Where the 1/s goes depends on the architecture:
+Where the 1/s goes depends on the architecture (its adapter's `post_norm` and `norm_groups`):
 - pre-norm (GPT-2, ViT, Llama-style): the norm's output feeds only the Q/K/V (or fused QKV)
   and FFN input projections, so 1/s is folded into the norm's weight (and bias): no extra work
   at run time, as in the paper.
@@ -26,20 +26,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .adapters import (
-    Adapter,
-    BertAdapter,
-    DistilBertAdapter,
-    GPT2Adapter,
-    LlamaAdapter,
-    ViTAdapter,
-    get_adapter,
-    is_conv1d,
-    module_at,
-    set_module_at,
-)
+from .adapters import Adapter, get_adapter
 from .calibration import removing_hooks
 from .gptq import token_rows
+from .surgery import is_conv1d, module_at, set_module_at
 
 __all__ = ["InputScale", "smooth_groups", "smooth_model", "smoothing_factors"]
 
@@ -54,20 +44,6 @@ class InputScale(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner(x * self.inv_scale.to(x.dtype))
-
-
-# per adapter: (norm path or None for post-norm, consumer paths) for each group of Linears
-# sharing one normalised input, relative to a transformer layer
-_GROUPS: dict[type, tuple[tuple[str | None, tuple[str, ...]], ...]] = {
-    GPT2Adapter: (("ln_1", ("attn.c_attn",)), ("ln_2", ("mlp.c_fc",))),
-    ViTAdapter: (("layernorm_before", ("attention.q_proj", "attention.k_proj", "attention.v_proj")),
-                 ("layernorm_after", ("mlp.fc1",))),
-    LlamaAdapter: (("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-                   ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"))),
-    BertAdapter: ((None, ("attention.self.query", "attention.self.key", "attention.self.value")),
-                  (None, ("intermediate.dense",))),
-    DistilBertAdapter: ((None, ("attention.q_lin", "attention.k_lin", "attention.v_lin")), (None, ("ffn.lin1",))),
-}
 
 
 def _first_linear(module: nn.Module) -> nn.Module:
@@ -104,14 +80,10 @@ def _resolve(layer: nn.Module, paths: tuple[str, ...]) -> list[nn.Module] | None
 
 def smooth_groups(adapter: Adapter, positions: list[int], log=lambda m: None) -> list[tuple]:
     """[(pos, norm path or None, consumer paths)] that can be smoothed in these layer positions."""
-    spec = next((g for cls, g in _GROUPS.items() if type(adapter) is cls), None)
-    if spec is None:
-        log(f"smooth: no SmoothQuant pattern known for {type(adapter).__name__}; skipped")
-        return []
     out = []
     layers = adapter.layers()
     for pos in positions:
-        for norm, paths in spec:
+        for norm, paths in adapter.norm_groups():
             if _resolve(layers[pos], paths) is None:
                 log(f"smooth: layer {pos} {', '.join(paths)}: pruned away or empty; skipped")
                 continue
@@ -160,7 +132,7 @@ def smooth_model(model: nn.Module, positions: list[int], alpha: float, calibrati
     groups = smooth_groups(adapter, positions, log)
     if not groups:
         return 0
-    if any(norm is None for _, norm, _ in groups):
+    if adapter.post_norm:
         log(f"smooth: {type(adapter).__name__} is post-norm (the LayerNorm output is also the residual): "
             "explicit per-channel input scales instead of folding into the LayerNorm")
     amax = None if structure_only else _activation_max(adapter, groups, calibration)

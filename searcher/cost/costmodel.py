@@ -172,7 +172,7 @@ def compile_profile(profile: dict | CompiledProfile) -> CompiledProfile:
 # ----- the model, from its config ------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelFacts:
-    """What the cost model needs to know about an architecture, read off its config."""
+    """What the cost model needs to know about an architecture: its adapter's facts, read off its config."""
 
     model_type: str
     shape: ModelShape
@@ -198,28 +198,6 @@ def _cfg(config):
     return config
 
 
-def _arch_params(cfg, h: int, pooler: bool) -> tuple[bool, bool, bool, int, int]:
-    """(q/k/v bias, o bias, FFN bias, norm params per layer, embedding + final params)."""
-    mt = cfg.model_type
-    get = lambda name, default=None: getattr(cfg, name, default) or default  # noqa: E731
-    vocab = get("vocab_size", 0)
-    pool = (h * h + h) if pooler else 0
-    if mt in ("llama", "mistral", "qwen2", "qwen3"):
-        bias = bool(get("attention_bias", False))
-        return bias or mt == "qwen2", bias, bool(get("mlp_bias", False)), 2 * h, vocab * h + h
-    if mt == "vit":
-        p = get("patch_size", 16)
-        patches = (get("image_size", 224) // p) ** 2
-        embed = get("num_channels", 3) * p * p * h + h + h + (patches + 1) * h + 2 * h
-        return bool(getattr(cfg, "qkv_bias", True)), True, True, 4 * h, embed + pool
-    if mt == "gpt2":
-        return True, True, True, 4 * h, (vocab + get("n_positions", 1024)) * h + 2 * h
-    if mt == "distilbert":
-        return True, True, True, 4 * h, (vocab + get("max_position_embeddings", 512)) * h + 2 * h
-    types = getattr(cfg, "type_vocab_size", 2) or 0  # BERT family
-    return True, True, True, 4 * h, (vocab + get("max_position_embeddings", 512) + types) * h + 2 * h + pool
-
-
 def model_facts(config, pooler: bool = True) -> ModelFacts:
     """Architecture facts from a transformers config (or its dict), via methods' adapters."""
     key = (id(config), pooler)
@@ -232,11 +210,13 @@ def model_facts(config, pooler: bool = True) -> ModelFacts:
     adapter = get_adapter(SimpleNamespace(config=cfg))
     try:
         shape, head_dim = adapter.shape(), adapter.head_dim
+        biases, norms, embed = adapter.linear_biases(), adapter.norm_params(), adapter.embedding_params()
     except (AttributeError, TypeError) as exc:
         raise ValueError(f"config of type {cfg.model_type!r} lacks a field the cost model needs: {exc}") from None
-    qkv_bias, o_bias, ffn_bias, norms, embed = _arch_params(cfg, shape.hidden_size, pooler)
-    facts = ModelFacts(cfg.model_type, shape, head_dim, len(adapter.ffn_in), qkv_bias, o_bias, ffn_bias,
-                       adapter.o_inside_core, norms, embed, getattr(cfg, "vocab_size", 0) or 0)
+    h = shape.hidden_size
+    embed += (h * h + h) if pooler and adapter.has_pooler else 0
+    facts = ModelFacts(cfg.model_type, shape, head_dim, len(adapter.ffn_in), *biases, adapter.o_inside_core, norms,
+                       embed, getattr(cfg, "vocab_size", 0) or 0)
     if len(_FACTS) > 64:
         _FACTS.clear()
     _FACTS[key] = (config, facts)
