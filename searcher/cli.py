@@ -214,9 +214,9 @@ def cmd_export(args) -> int:
     if args.best or args.final is not None:  # final models first (slimformer finish; searcher/finish.py)
         from .finish import export_final_model
 
-        fmt = args.format or default_format(cfg.device.runtime)
-        require_format(fmt)
-        done = export_final_model(handle.url, study, args.final, out, args.force, _check_out_dir, fmt,
+        if args.format:
+            require_format(args.format)
+        done = export_final_model(handle.url, study, args.final, out, args.force, _check_out_dir, args.format,
                                   lambda: Workbench(cfg, log=_log))
         if done:
             print(done)

@@ -72,7 +72,8 @@ class DataSection(_Section):
 
 
 class DeviceSection(_Section):
-    runtime: str = Field("eager", description="eager, compile, onnxruntime or openvino (searcher/devices/registry.py)")
+    runtime: str = Field("eager", description="eager, compile, onnxruntime, openvino, or auto: the installed "
+                         "runtimes compete per candidate (searcher/devices/registry.py)")
     threads: int = Field(2, ge=1, le=512)
     batch_size: int = Field(1, ge=1, le=1024)
     seq_len: int = Field(128, ge=1, le=8192)

@@ -130,6 +130,7 @@ def run_finish(cfg: StudyConfig, *, storage=None, study_name=None, top: int = DE
     rows = check_corpus(cfg)
     metric = study.user_attrs.get("metric")
     bench = Workbench(cfg, log=log)
+    bench.adopt(study.user_attrs["baseline"])
     chosen = _candidates(study, bench, top, log)
     stored = {r["search_trial"] for r in final_rows(handle.url, handle.name)}
     todo = [t for t in chosen if t.number not in stored]
@@ -205,7 +206,9 @@ def _retime(study, bench, finals, handle, log) -> None:
     log(f"re-timing {len(rows)} final model(s) against the uncompressed model in one interleaved measurement "
         f"({rounds} rounds) ...")
     models = {str(r["search_trial"]): load_compressed(r["path"])[0] for r in rows}
-    samples = bench.paired_rounds(models)(rounds)
+    searched = {t.number: t for t in study.get_trials(deepcopy=False)}
+    runtimes = {n: searched[int(n)].user_attrs.get("runtime") if int(n) in searched else None for n in models}
+    samples = bench.paired_rounds(models, runtimes=runtimes)(rounds)
     trials = {}
     for n in models:
         ratios = [b / c for b, c in zip(samples["baseline"], samples[n])]
@@ -229,11 +232,14 @@ def render_finish(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def export_final_model(url: str, study, number: int | None, out, force: bool, check_out, fmt: str = "pytorch",
+def export_final_model(url: str, study, number: int | None, out, force: bool, check_out, fmt: str | None = None,
                        make_bench=None) -> str | None:
     """`export --final N` (number given): that search trial's final model; `export --best` (None):
     the best final model that holds the budget re-timed, or None when there is none (the caller
-    then exports the best search trial that holds). Returns the line to print."""
+    then exports the best search trial that holds). `fmt` None: the format of the runtime its search
+    trial was fastest in. Returns the line to print."""
+    from .devices.artifacts import default_format, require_format
+
     budget = study_budget(study)
     if number is None:
         row = best_holding_final(url, study.study_name, budget)
@@ -244,6 +250,10 @@ def export_final_model(url: str, study, number: int | None, out, force: bool, ch
         if row is None:
             raise UserError(f"trial {number} has no final model; run `slimformer finish` (it finishes the best "
                             "feasible trials) or export the search trial with --trial N")
+    if fmt is None:
+        searched = [t for t in study.get_trials(deepcopy=False) if t.number == row["search_trial"]]
+        fmt = default_format(searched[0].user_attrs.get("runtime", "eager") if searched else "eager")
+        require_format(fmt)
     check_out(out, force)
     return export_final(row, out, force, study.user_attrs.get("metric"), fmt, make_bench)
 

@@ -19,7 +19,7 @@ from .backends.progress import SearchProgress
 from .backends.signals import interruptible, protected
 from .backends.workers import check_scale_out, is_worker, run_workers
 from .config import StudyConfig
-from .devices.registry import check_space, get_runtime
+from .devices.registry import check_space, space_refusal
 from .errors import UserError
 from .study.owners import fail_stale_trials, owner_attrs, register_owner
 from .study.records import (
@@ -147,9 +147,12 @@ def _check_budget_reachable(cfg: StudyConfig, space, bench, log) -> None:
         raise UserError(f"budget size_mb {b.size_mb} is out of reach: the smallest plan in the space is {size:.1f} MB")
     if b.speedup is None and b.latency_ms is None:
         return
-    lat = bench.latency({"smallest": model}, rounds=max(6, cfg.device.rounds // 2))
-    speedup, ms = lat["smallest"].speedup, lat["smallest"].median_ms
-    log(f"smallest plan in the space: {speedup:.2f}x faster ({ms:.1f} ms)")
+    runtimes = bench.runtimes_for(cheap)
+    lat = bench.latency({rt: model for rt in runtimes}, rounds=max(6, cfg.device.rounds // 2),
+                        runtimes={rt: rt for rt in runtimes})
+    fastest = max(runtimes, key=lambda rt: lat[rt].speedup)
+    speedup, ms = lat[fastest].speedup, lat[fastest].median_ms
+    log(f"smallest plan in the space: {speedup:.2f}x faster ({ms:.1f} ms, {fastest})")
     slack = 1.15  # measurement noise allowance
     if b.speedup is not None and speedup * slack < b.speedup:
         raise UserError(f"budget speedup {b.speedup} is out of reach: the smallest plan in the space runs "
@@ -189,7 +192,8 @@ def _baseline(cfg: StudyConfig, bench, log) -> dict:
     lat = bench.latency({}, rounds=max(cfg.device.rounds, 20))["baseline"]
     size = model_size(bench.model)
     return {"quality": q["quality"], "metric": q["metric"], "latency_ms": lat.median_ms,
-            "latency_spread_ms": lat.p90_ms - lat.p10_ms, "size_mb": size["size_mb"], "params": size["params"]}
+            "latency_spread_ms": lat.p90_ms - lat.p10_ms, "size_mb": size["size_mb"], "params": size["params"],
+            **bench.baseline_facts()}
 
 
 def _default_space(cfg: StudyConfig, bench, log):
@@ -197,7 +201,7 @@ def _default_space(cfg: StudyConfig, bench, log):
     from slimformer.spaces import BitsDim, ImportanceDim, default_space
 
     space = default_space()
-    refusal = get_runtime(cfg.device.runtime).refusal(16)
+    refusal = space_refusal(cfg.device.runtime, 16)
     if refusal:
         space = space.model_copy(update={"bits": BitsDim(choices=[32, 8])})
         log(f"{refusal}: the default space leaves out bits 16")
@@ -334,6 +338,7 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
         for params in sensitivity:  # after the uniform plans (search.seed_sensitivity)
             study.enqueue_trial(params, user_attrs={SEEDED: "sensitivity"}, skip_if_exists=True)
     baseline = study.user_attrs["baseline"]
+    bench.adopt(baseline)
     fail_stale_trials(study, log)
     register_owner(study)
     done = sum(counted(t) for t in study.get_trials(deepcopy=False))

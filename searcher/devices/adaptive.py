@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -38,6 +38,8 @@ class SpeedupEstimate:
     verdict: str          # holds | misses | undecided (cap reached) | no latency budget
     candidate_ms: float   # candidate median (ms): a note, the ratio is the figure
     spread_ms: float      # candidate p90 - p10 (ms)
+    runtime: str | None = None  # the runtime these rounds ran the candidate in
+    runtime_speedups: dict | None = None  # device.runtime auto: each competing runtime's first estimate
 
     def attrs(self) -> dict:
         """The trial user attrs (INTERVAL_KEYS) this estimate is stored as."""
@@ -103,17 +105,31 @@ def speedup_target(budget, baseline_ms: float) -> float | None:
     return None
 
 
-def time_candidate(bench, model, baseline: dict) -> SpeedupEstimate:
-    """Adaptive timing of `model` against the uncompressed model on the study's device: the
-    first estimate uses device.rounds, then step = max(5, rounds // 2) more while undecided, up
-    to device.max_rounds (never fewer than device.rounds)."""
+def time_candidate(bench, model, baseline: dict, runtimes: tuple[str, ...] | None = None) -> SpeedupEstimate:
+    """Adaptive timing of `model` against the one baseline on the study's device: the first estimate
+    uses device.rounds, then step = max(5, rounds // 2) more while undecided, up to device.max_rounds
+    (never fewer than device.rounds).
+
+    With several `runtimes` (device.runtime auto) the candidate runs in each of them in the same
+    first rounds; the fastest (highest median paired ratio) counts and only it is timed further.
+    Choosing the best of a few noisy estimates flatters it slightly: the further rounds are unbiased,
+    and the search's final re-timing measures the chosen runtime afresh."""
     cfg = bench.cfg
     d = cfg.device
-    timer = bench.paired_rounds({"candidate": model})
+    runtimes = tuple(runtimes or bench.runtimes)
+    runners = {rt: bench.runner(model, rt) for rt in runtimes}
+    first = bench.paired_runners(runners)(d.rounds)
+    ratios = {rt: float(statistics.median(b / c for b, c in zip(first["baseline"], first[rt]))) for rt in runtimes}
+    best = max(runtimes, key=ratios.get)
+    timer = bench.paired_runners({"candidate": runners[best]}) if len(runtimes) > 1 else None
+    pending = [(first["baseline"], first[best])]
 
     def more(n: int):
-        samples = timer(n)
+        if pending:
+            return pending.pop()
+        samples = (timer or bench.paired_runners({"candidate": runners[best]}))(n)
         return samples["baseline"], samples["candidate"]
 
-    return adaptive_speedup(more, speedup_target(cfg.budget, baseline["latency_ms"]), cfg.budget.confidence,
-                            first=d.rounds, step=max(5, d.rounds // 2), cap=max(d.rounds, d.max_rounds))
+    est = adaptive_speedup(more, speedup_target(cfg.budget, baseline["latency_ms"]), cfg.budget.confidence,
+                           first=d.rounds, step=max(5, d.rounds // 2), cap=max(d.rounds, d.max_rounds))
+    return replace(est, runtime=best, runtime_speedups=ratios if len(runtimes) > 1 else None)

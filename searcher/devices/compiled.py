@@ -1,5 +1,6 @@
 """torch.compile: the built module compiled for the study's fixed input shape (same kernels choice as
-eager for int8 and bf16 layers)."""
+eager for int8 and bf16 layers). It does not compete under `device.runtime: auto`: compiling every
+candidate costs tens of seconds on a CPU, more than timing it."""
 
 from __future__ import annotations
 
@@ -16,4 +17,4 @@ def _runner(model, inputs, threads):
 
 
 RUNTIME = Runtime(name="compile", summary="torch.compile", artifact_format="pytorch", real_bits=(32, 16, 8),
-                  make_runner=_runner)
+                  competes=False, make_runner=_runner)

@@ -45,6 +45,7 @@ class Runtime:
     requires: tuple[str, ...] = ()  # modules it imports
     install_hint: str | None = None
     profiled: bool = False  # `slimformer profile --runtime NAME` has a microbenchmark grid for it
+    competes: bool = True  # timed for every candidate under `device.runtime: auto` when installed
     version: Callable[[], str | None] | None = None
     make_runner: Callable | None = None  # (model, inputs, threads) -> zero-argument callable
     build: Callable | None = None  # (model, inputs, folder, options) -> {"files": [...], ...}

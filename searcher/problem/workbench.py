@@ -9,14 +9,17 @@ import torch
 from slimformer.methods import Plan, apply_plan, get_adapter, model_size, plan_needs_calibration
 
 from ..config import StudyConfig
+from ..devices.eager import fastest_attention, set_attention
 from ..devices.latency import device_facts, measure_latency
-from ..devices.registry import check_runtime, get_runtime
+from ..devices.registry import check_runtime, get_runtime, runtimes_for_bits
 from ..errors import UserError
 from .data import is_builtin_source, load_rows
 from .models import load_model, load_preprocessor
 from .tasks import get_task
 
-__all__ = ["Workbench", "study_rows"]
+__all__ = ["Workbench", "study_rows", "BASELINE_RUNTIME"]
+
+BASELINE_RUNTIME = "eager"  # the one baseline is stock float32 PyTorch, whatever runtime candidates run in
 
 
 def study_rows(cfg: StudyConfig, which: str, limit: int | None = None):
@@ -34,7 +37,9 @@ class Workbench:
     def __init__(self, cfg: StudyConfig, log=print):
         self.cfg = cfg
         self.log = log
-        check_runtime(cfg.device.runtime)  # unknown or not installed: one clear line before any loading
+        self.runtimes = check_runtime(cfg.device.runtime)  # unknown or not installed: one line before any loading
+        self.attention: str | None = None  # the baseline's attention implementation, once chosen or adopted
+        self.attention_ms: dict[str, float] = {}
         torch.set_num_threads(cfg.device.threads)
         self.tokenizer = load_preprocessor(cfg.model.name, cfg.task.type)  # an image processor for images
         self.task = get_task(cfg.task.type, self.tokenizer, cfg.task.max_length, cfg.data.batch_size)
@@ -77,6 +82,7 @@ class Workbench:
     def build(self, plan: Plan, log=None, structure_only: bool = False, corpus=None, deadline: float | None = None):
         """The compressed model; `structure_only` skips data-dependent work (same shapes and kernels);
         `corpus` and `deadline`: distillation on a DistillCorpus, cut to end by then (see apply_plan)."""
+        self.choose_attention()  # candidates use the baseline's attention implementation
         if structure_only:
             return apply_plan(self.model, plan, None, structure_only=True, log=log)
         needs_data = plan_needs_calibration(plan, get_adapter(self.model).shape())
@@ -87,33 +93,76 @@ class Workbench:
                           deadline=deadline)
 
     def runner(self, model, runtime: str | None = None):
-        """A zero-argument callable running `model` on `self.inputs` in `runtime` (default the study's)."""
-        return get_runtime(runtime or self.cfg.device.runtime).runner(model, self.inputs, self.cfg.device.threads)
+        """A zero-argument callable running `model` on `self.inputs` in `runtime` (default: the study's
+        runtime, or its first with `device.runtime: auto`)."""
+        return get_runtime(runtime or self.runtimes[0]).runner(model, self.inputs, self.cfg.device.threads)
+
+    def runtimes_for(self, plan: Plan | None) -> tuple[str, ...]:
+        """The study's runtimes that can run `plan` as built (all of them without a plan)."""
+        if plan is None:
+            return self.runtimes
+        resolved = plan.resolve(get_adapter(self.model).shape())
+        return runtimes_for_bits(self.cfg.device.runtime, [resolved.bits[i] for i in resolved.layers])
+
+    # ----- the one baseline ---------------------------------------------------------------
+    def adopt(self, baseline: dict | None) -> None:
+        """Use the attention implementation a study's stored baseline chose, instead of timing it again
+        (every worker of a study then times against the same baseline; the stored choice wins)."""
+        if baseline and baseline.get("attention") and baseline["attention"] != self.attention:
+            self._use_attention(baseline["attention"], baseline.get("attention_ms", {}))
+
+    def choose_attention(self) -> str | None:
+        """The faster stock attention implementation of the float32 model on this device (timed once,
+        interleaved), adopted for the baseline and every candidate built from now on."""
+        if self.attention is None:
+            d = self.cfg.device
+            name, ms = fastest_attention(self.model, self.inputs, d.threads, max(d.rounds, 10), d.warmup)
+            self._use_attention(name, ms)
+        return self.attention
+
+    def _use_attention(self, name: str | None, ms: dict) -> None:
+        if name is not None and not set_attention(self.model, name):
+            raise UserError(f"the study's baseline used attention implementation {name!r}, which this model "
+                            "cannot use here")
+        self.attention, self.attention_ms = name or "default", dict(ms)
+
+    def baseline_facts(self) -> dict:
+        """What the baseline is: stored with the study's baseline."""
+        self.choose_attention()
+        return {"attention": self.attention, "attention_ms": self.attention_ms, "baseline_runtime": BASELINE_RUNTIME}
 
     @cached_property
     def _baseline_runner(self):
-        return self.runner(self.model)  # built once: an ONNX export or a compile is not free
+        self.choose_attention()
+        return get_runtime(BASELINE_RUNTIME).runner(self.model, self.inputs, self.cfg.device.threads)
 
     def quality(self, model, full: bool = False) -> dict:
         with torch.inference_mode():
             return self.task.quality(model, self.full_validation if full else self.validation)
 
-    def latency(self, models: dict[str, torch.nn.Module], rounds: int | None = None) -> dict:
-        """Interleaved timing of the named models against the uncompressed baseline."""
-        return self.latency_of({name: self.runner(m) for name, m in models.items()}, rounds)
+    def latency(self, models: dict[str, torch.nn.Module], rounds: int | None = None,
+                runtimes: dict[str, str] | None = None) -> dict:
+        """Interleaved timing of the named models against the one baseline (`runtimes`: name -> the
+        runtime it runs in, default the study's)."""
+        runtimes = runtimes or {}
+        return self.latency_of({name: self.runner(m, runtimes.get(name)) for name, m in models.items()}, rounds)
 
     def latency_of(self, runners: dict, rounds: int | None = None) -> dict:
-        """Interleaved timing of zero-argument callables against the uncompressed baseline."""
+        """Interleaved timing of zero-argument callables against the one baseline."""
         d = self.cfg.device
         return measure_latency({"baseline": self._baseline_runner, **runners}, baseline="baseline",
                                rounds=rounds or d.rounds, warmup=d.warmup, threads=d.threads)
 
-    def paired_rounds(self, models: dict[str, torch.nn.Module]):
+    def paired_rounds(self, models: dict[str, torch.nn.Module], runtimes: dict[str, str] | None = None):
         """A function timing n more interleaved rounds of the baseline and the named models (their
         runners are built once; the first call warms up); returns each one's per-round ms."""
+        runtimes = runtimes or {}
+        return self.paired_runners({name: self.runner(m, runtimes.get(name)) for name, m in models.items()})
+
+    def paired_runners(self, runners: dict):
+        """As `paired_rounds`, for runners already built (zero-argument callables)."""
         d = self.cfg.device
-        runners = {"baseline": self._baseline_runner}
-        runners.update({name: self.runner(m) for name, m in models.items()})
+        runners = {"baseline": self._baseline_runner, **runners}
         calls = [0]
 
         def more(n: int) -> dict[str, list[float]]:
@@ -126,36 +175,38 @@ class Workbench:
 
     def facts(self) -> dict:
         d = self.cfg.device
-        facts = {**device_facts(d.threads, d.runtime), "batch_size": d.batch_size, "seq_len": d.seq_len}
-        if d.runtime != "eager":
-            facts.update(self.eager_reference)
+        facts = {**device_facts(d.threads, d.runtime), "batch_size": d.batch_size, "seq_len": d.seq_len,
+                 **self.baseline_facts()}
+        if self.runtimes != (BASELINE_RUNTIME,):
+            facts["uncompressed"] = self.uncompressed_speedups
         return facts
 
     @cached_property
-    def eager_reference(self) -> dict:
-        """The uncompressed model in eager PyTorch vs in this runtime, timed in the same rounds: what
-        the runtime itself buys (recorded with the device facts of a study)."""
+    def uncompressed_speedups(self) -> dict:
+        """The uncompressed model in each of the study's runtimes against the baseline, timed in the
+        same rounds: what a runtime alone buys (recorded with the device facts of a study)."""
         d = self.cfg.device
-        lat = measure_latency({"runtime": self._baseline_runner, "eager": self.runner(self.model, "eager")},
-                              baseline="eager", rounds=max(6, d.rounds // 2), warmup=d.warmup, threads=d.threads)
-        return {"eager_baseline_latency_ms": lat["eager"].median_ms,
-                "runtime_baseline_latency_ms": lat["runtime"].median_ms,
-                "runtime_speedup_over_eager": lat["runtime"].speedup}
+        lat = self.latency({rt: self.model for rt in self.runtimes}, rounds=max(6, d.rounds // 2),
+                           runtimes={rt: rt for rt in self.runtimes})
+        return {rt: {"latency_ms": lat[rt].median_ms, "speedup": lat[rt].speedup} for rt in self.runtimes}
 
     def score(self, model, plan: Plan | None = None, full: bool = False, rounds: int | None = None) -> dict:
         """quality, latency (median/spread), speedup vs the baseline, params and size."""
         q = self.quality(model, full)
-        lat = self.latency({"candidate": model}, rounds)
+        runtimes = self.runtimes_for(plan)
+        lat = self.latency({rt: model for rt in runtimes}, rounds, runtimes={rt: rt for rt in runtimes})
+        best = max(runtimes, key=lambda rt: lat[rt].speedup)  # with device.runtime auto: the fastest counts
         size = model_size(model, plan.group_size if plan else 64)
         return {
             **q,
-            "latency_ms": lat["candidate"].median_ms,
-            "latency_p10_ms": lat["candidate"].p10_ms,
-            "latency_p90_ms": lat["candidate"].p90_ms,
+            "latency_ms": lat[best].median_ms,
+            "latency_p10_ms": lat[best].p10_ms,
+            "latency_p90_ms": lat[best].p90_ms,
             "baseline_latency_ms": lat["baseline"].median_ms,
-            "speedup": lat["candidate"].speedup,
+            "speedup": lat[best].speedup,
             "params": size["params"],
             "size_mb": size["size_mb"],
             "simulated": size["simulated"],
-            "runtime": self.cfg.device.runtime,
+            "runtime": best,
+            "runtime_speedups": {rt: lat[rt].speedup for rt in runtimes},
         }

@@ -34,6 +34,7 @@ def _row(t) -> dict:
         "feasible": bool(a.get("feasible")), "simulated": bool(a.get("simulated")),
         "predicted_latency_ms": a.get("predicted_latency_ms"), "plan": a.get("plan"),
         "latency_source": a.get("latency_source", "measured"), "transferred_from": a.get("transferred_from"),
+        "runtime": a.get("runtime"), "runtime_speedups": a.get("runtime_speedups"),
     }
 
 
@@ -175,13 +176,13 @@ def render_text(rep: dict) -> str:
              + f", {b['latency_ms']:.1f} ms, {b['size_mb']:.1f} MB",
              "", f"feasible Pareto front (speedup interval: one-sided {conf:.0%} bounds from the trial's rounds):",
              f"{'trial':>5} {metric:>9} {'full':>7} {'test':>7} {'latency':>9} {'speedup':>8} {'interval':>14} "
-             f"{'rounds':>6} {'re-timed':>8} {'size MB':>8}"]
+             f"{'rounds':>6} {'re-timed':>8} {'size MB':>8}  runtime"]
     for r in rep["pareto"]:
         again = r.get("speedup_retimed")
         lines.append(f"{r['number']:>5} {r['quality']:>9.2f} {_full(r):>7} {_full(r, 'quality_test'):>7} "
                      f"{r['latency_ms']:>7.1f}ms {r['speedup']:>7.2f}x "
                      f"{_bounds(r.get('speedup_low'), r.get('speedup_high')):>14} {r.get('rounds') or '-'!s:>6} "
-                     f"{'-' if again is None else f'{again:.2f}x':>8} {r['size_mb']:>8.1f}"
+                     f"{'-' if again is None else f'{again:.2f}x':>8} {r['size_mb']:>8.1f}  {r.get('runtime') or '-'}"
                      + ("  over budget when re-timed" if r.get("holds_retimed") is False else "")
                      + ("  simulated bits" if r["simulated"] else "")
                      + ("  latency predicted" if r["latency_source"] == "predicted" else ""))
@@ -227,10 +228,12 @@ def _device_text(dev: dict | None) -> str:
         return "device: unknown"
     text = (f"device: {dev.get('cpu', '?')}, {dev.get('threads', '?')} threads, runtime {dev.get('runtime', '?')}, "
             f"batch {dev.get('batch_size', '?')} x {dev.get('seq_len', '?')} tokens (every latency is for this)")
-    if dev.get("eager_baseline_latency_ms"):  # a non-eager runtime: what the runtime alone buys
-        text += (f"\n  uncompressed model: {dev['runtime_baseline_latency_ms']:.2f} ms in {dev.get('runtime')} vs "
-                 f"{dev['eager_baseline_latency_ms']:.2f} ms in eager PyTorch (same rounds, "
-                 f"{dev['runtime_speedup_over_eager']:.2f}x from the runtime alone)")
+    if dev.get("attention"):
+        timed = ", ".join(f"{k} {v:.2f} ms" for k, v in (dev.get("attention_ms") or {}).items())
+        text += (f"\n  baseline: the uncompressed float32 model in eager PyTorch with {dev['attention']} attention"
+                 + (f" (the faster stock setting here: {timed})" if timed else ""))
+    for runtime, u in (dev.get("uncompressed") or {}).items():  # what each runtime alone buys
+        text += f"\n  uncompressed model in {runtime}: {u['latency_ms']:.2f} ms, {u['speedup']:.2f}x the baseline"
     return text
 
 

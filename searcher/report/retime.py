@@ -84,9 +84,11 @@ def retime(study, bench, log=print, k: int = RETIME_TOP) -> dict[int, Retimed]:
     if chosen:
         log(f"re-timing the {len(chosen)} best feasible trial(s) against the uncompressed model in one fresh "
             f"interleaved measurement ({rounds} rounds) ...")
+        bench.adopt(study.user_attrs["baseline"])
         models = {str(t.number): bench.build(Plan.from_dict(t.user_attrs["plan"]), structure_only=True)
                   for t in chosen}
-        samples = bench.paired_rounds(models)(rounds)
+        samples = bench.paired_rounds(models, runtimes={str(t.number): t.user_attrs.get("runtime") for t in chosen})(
+            rounds)
         base = samples["baseline"]
         baseline_ms = statistics.median(base)
         for t in chosen:

@@ -77,13 +77,14 @@ def evaluate(bench, plan: Plan, baseline: dict, quality: float | None = None) ->
 
     With `quality` given (a result transferred from another device) only the structure is
     built (no data-dependent work: the weights' values do not change the timing) and timed."""
+    bench.adopt(baseline)  # the study's attention choice for the baseline and the candidates
     t0 = time.perf_counter()
     model = bench.build(plan, structure_only=quality is not None)
     t1 = time.perf_counter()
     q = bench.quality(model)["quality"] if quality is None else quality
     if not math.isfinite(q):
         raise TrialFailed("quality is not a finite number (the compressed model diverged)")
-    est = time_candidate(bench, model, baseline)  # adaptive rounds, with the speedup's interval
+    est = time_candidate(bench, model, baseline, bench.runtimes_for(plan))  # adaptive rounds, with the interval
     t2 = time.perf_counter()
     size = model_size(model, plan.group_size)
     return {
@@ -93,7 +94,8 @@ def evaluate(bench, plan: Plan, baseline: dict, quality: float | None = None) ->
         "latency_spread_ms": est.spread_ms,
         "speedup": est.speedup, **est.attrs(), "size_mb": size["size_mb"], "params": size["params"],
         "simulated": size["simulated"], "build_s": t1 - t0, "eval_s": t2 - t1, LATENCY_SOURCE: "measured",
-        "runtime": bench.cfg.device.runtime,  # what export writes by default (the runtime's artifact format)
+        "runtime": est.runtime,  # what export writes by default (the runtime's artifact format)
+        **({"runtime_speedups": est.runtime_speedups} if est.runtime_speedups else {}),
     }
 
 

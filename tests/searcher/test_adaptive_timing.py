@@ -4,8 +4,6 @@ and the interval is what decides feasibility."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import optuna
 import pytest
@@ -84,13 +82,54 @@ def test_speedup_target_from_a_speedup_or_a_latency_budget():
     assert speedup_target({"size_mb": 5.0}, 30.0) is None
 
 
+class FakeBench:
+    """A Workbench's timing surface over fake runtimes: runtime name -> its true speedup; each runner
+    is the runtime's name, and each interleaved call times the baseline and every runner given."""
+
+    def __init__(self, cfg, speedups: dict[str, float], noise: float = 0.05):
+        self.cfg, self.runtimes = cfg, tuple(speedups)
+        self.speedups, self.noise, self.rng = speedups, noise, np.random.default_rng(0)
+        self.calls: list[tuple[tuple[str, ...], int]] = []  # (runners timed, rounds)
+
+    def runner(self, model, runtime):
+        return runtime
+
+    def paired_runners(self, runners: dict):
+        def more(n: int):
+            self.calls.append((tuple(runners.values()), n))
+            base = 20.0 * (1 + 0.2 * self.rng.random(n))
+            out = {"baseline": list(base)}
+            for name, rt in runners.items():
+                out[name] = list(base / (self.speedups[rt] * np.exp(self.noise * self.rng.standard_normal(n))))
+            return out
+
+        return more
+
+
 def test_time_candidate_uses_the_study_rounds_and_cap():
     cfg = load_study_config(data={"device": {"rounds": 6, "max_rounds": 14}, "budget": {"speedup": 2.0}})
-    timer = FakeTimer(2.0, 0.05, seed=0)
-    bench = SimpleNamespace(cfg=cfg, paired_rounds=lambda models: lambda n: dict(
-        zip(("baseline", "candidate"), timer(n))))
+    bench = FakeBench(cfg, {"eager": 2.0})
     est = time_candidate(bench, object(), {"latency_ms": 20.0})
-    assert timer.calls == [6, 5, 3] and est.rounds == 14 and est.confidence == 0.9
+    assert [n for _, n in bench.calls] == [6, 5, 3] and est.rounds == 14 and est.confidence == 0.9
+    assert est.runtime == "eager" and est.runtime_speedups is None
+
+
+def test_auto_times_every_runtime_first_then_only_the_fastest():
+    cfg = load_study_config(data={"device": {"rounds": 6, "max_rounds": 30}, "budget": {"speedup": 1.9}})
+    bench = FakeBench(cfg, {"eager": 1.5, "onnxruntime": 2.0, "openvino": 1.2}, noise=0.1)  # near the edge
+    est = time_candidate(bench, object(), {"latency_ms": 20.0})
+    assert bench.calls[0] == (("eager", "onnxruntime", "openvino"), 6)  # one interleaved first estimate
+    assert all(runners == ("onnxruntime",) for runners, _ in bench.calls[1:]) and len(bench.calls) > 1
+    assert est.runtime == "onnxruntime" and set(est.runtime_speedups) == {"eager", "onnxruntime", "openvino"}
+    assert est.runtime_speedups["openvino"] < est.runtime_speedups["eager"] < est.runtime_speedups["onnxruntime"]
+    assert est.rounds == sum(n for _, n in bench.calls)  # the first rounds count for the chosen runtime
+
+
+def test_auto_leaves_out_a_runtime_that_cannot_run_the_plan():
+    cfg = load_study_config(data={"device": {"rounds": 6}, "budget": {"speedup": 1.2}})
+    bench = FakeBench(cfg, {"eager": 1.6, "onnxruntime": 3.0})
+    est = time_candidate(bench, object(), {"latency_ms": 20.0}, runtimes=("eager",))  # e.g. bf16 layers
+    assert est.runtime == "eager" and all(runners == ("eager",) for runners, _ in bench.calls)
 
 
 def _result(speedup, low, high):

@@ -94,10 +94,13 @@ def test_profile_and_search_with_onnxruntime(tmp_path, make_study, cli, monkeypa
     done = [t for t in s.get_trials() if t.state == TrialState.COMPLETE]
     assert len(done) == 3 and all(t.user_attrs["predicted_latency_ms"] > 0 for t in done)
     dev = s.user_attrs["device"]
-    assert dev["runtime"] == "onnxruntime" and dev["eager_baseline_latency_ms"] > 0
+    assert dev["runtime"] == "onnxruntime" and dev["uncompressed"]["onnxruntime"]["speedup"] > 0
+    assert dev["attention"] in ("sdpa", "eager") and set(dev["attention_ms"]) == {"sdpa", "eager"}
+    assert s.user_attrs["baseline"]["baseline_runtime"] == "eager"  # the one baseline: stock PyTorch float32
     rep = cli("report", study, "--no-rescore")
     assert rep.returncode == 0, rep.stderr[-2000:]
-    assert "runtime onnxruntime" in rep.stdout and "in eager PyTorch" in rep.stdout
+    assert "runtime onnxruntime" in rep.stdout and "float32 model in eager PyTorch" in rep.stdout
+    assert "uncompressed model in onnxruntime" in rep.stdout
 
 
 def test_unknown_runtime_is_exit_2(make_study, cli, expect_user_error):
@@ -123,3 +126,40 @@ def test_missing_onnxruntime_is_exit_2(make_study, expect_user_error):
                  ["profile", "--runtime", "onnxruntime", "--quick"]):
         res = subprocess.run([sys.executable, "-c", block, *args], capture_output=True, text=True, timeout=300)
         expect_user_error(res, "pip install 'slimformer[onnx]'")
+
+
+def test_auto_runtime_search_records_every_runtime_and_export_follows_the_fastest(tmp_path, make_study, cli):
+    """device.runtime auto: each candidate is timed in every installed runtime that competes against
+    the one baseline (stock float32 PyTorch), the fastest counts, and export writes its format."""
+    import json
+
+    import optuna
+    from optuna.trial import TrialState
+    from slimformer.searcher.devices.artifacts import default_format
+    from slimformer.searcher.devices.registry import study_runtimes
+
+    competing = study_runtimes("auto")
+    assert set(competing) == {"eager", "onnxruntime", "openvino"}  # all three are in the test extra
+    study = make_study(device={"runtime": "auto", "rounds": 3, "max_rounds": 6}, search={"trials": 2, "seed_sensitivity": False},
+                       space={"heads": {"choices": [2, 4]}, "ffn": {"choices": [128, 256]}, "bits": [32, 8]})
+    res = cli("search", study)
+    assert res.returncode == 0, res.stderr[-3000:]
+    s = optuna.load_study(study_name="study", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    done = [t for t in s.get_trials() if t.state == TrialState.COMPLETE]
+    assert len(done) == 2
+    for t in done:
+        speeds = t.user_attrs["runtime_speedups"]
+        assert set(speeds) == set(competing)
+        assert t.user_attrs["runtime"] == max(speeds, key=speeds.get)
+    assert set(s.user_attrs["device"]["uncompressed"]) == set(competing)
+    assert s.user_attrs["baseline"]["baseline_runtime"] == "eager"
+    trial = done[0]
+    out = tmp_path / "export"
+    exp = cli("export", study, "--trial", str(trial.number), "--out", str(out))
+    assert exp.returncode == 0, exp.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else None
+    fmt = default_format(trial.user_attrs["runtime"])
+    if fmt == "pytorch":
+        assert (out / "model.safetensors").exists() or any(out.glob("*.safetensors"))
+    else:
+        assert manifest is not None and manifest["format"] == fmt
