@@ -158,12 +158,11 @@ def main() -> None:
 
 
 def write(rows, base, checks, facts, load_start, seconds) -> None:
-    import openvino
-    from slimformer.searcher.devices.onnxruntime import onnxruntime_version
+    from slimformer.searcher.devices import onnxruntime, openvino
 
     (HERE / "peers_results.json").write_text(json.dumps(
         {"rows": rows, "baseline": base, "artifact_checks": checks, "device": facts, "rounds": ROUNDS,
-         "openvino": openvino.get_version(), "onnxruntime": onnxruntime_version(), "seconds": seconds},
+         "openvino": openvino.RUNTIME.version(), "onnxruntime": onnxruntime.RUNTIME.version(), "seconds": seconds},
         indent=1, default=str))
     lines = ["# One-knob peers vs slimformer plans (all-MiniLM-L6-v2, STS-B dev)", "",
              f"Command: `ROUNDS={ROUNDS} PAIRS={PAIRS} python benchmarks/peers.py` ({seconds / 60:.1f} min). Batch 1, 128 tokens, {THREADS} threads, "

@@ -15,32 +15,12 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from ..errors import UserError
-from .runtime import ArtifactSession, Runtime
+from .runtime import ArtifactSession, Runtime, module_version, optional_module
 
-__all__ = ["RUNTIME", "INSTALL_HINT", "INT8_WEIGHTS", "require_onnxruntime", "onnxruntime_version",
-           "quantize_matmuls", "ort_session", "ort_runner"]
+__all__ = ["RUNTIME", "INSTALL_HINT", "INT8_WEIGHTS", "quantize_matmuls", "ort_session", "ort_runner"]
 
 INSTALL_HINT = "device.runtime onnxruntime needs: pip install 'slimformer[onnx]'"
 NO_BF16 = "ONNX Runtime's CPU provider has no fast bfloat16 kernels"
-
-
-def require_onnxruntime():
-    """The `onnxruntime` module, or UserError with the install line."""
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime
-    except ImportError:
-        raise UserError(INSTALL_HINT) from None
-    return onnxruntime
-
-
-def onnxruntime_version() -> str | None:
-    try:
-        import onnxruntime
-    except ImportError:
-        return None
-    return onnxruntime.__version__
 
 
 # ORT's dynamic int8 weight settings: signed per-channel weights, or unsigned 7-bit ones (reduce_range),
@@ -82,7 +62,7 @@ def quantize_matmuls(src: Path, dst: Path, prefixes: list[str] | None = None, we
 
 
 def ort_session(path: str | Path | bytes, threads: int):
-    ort = require_onnxruntime()
+    ort = optional_module("onnxruntime", INSTALL_HINT)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -128,5 +108,5 @@ RUNTIME = Runtime(
     name="onnxruntime", summary="ONNX Runtime, CPU", artifact_format="onnx", real_bits=(32, 8),
     refused={16: NO_BF16},
     refused_methods={"gptq": "ONNX Runtime re-rounds int8 layers with its own quantize_dynamic"},
-    requires=("onnx", "onnxruntime"), install_hint=INSTALL_HINT, profiled=True, version=onnxruntime_version,
-    build=build, load=load)
+    requires=("onnx", "onnxruntime"), install_hint=INSTALL_HINT, profiled=True,
+    version=lambda: module_version("onnxruntime"), build=build, load=load)

@@ -22,31 +22,13 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from ..errors import UserError
-from .runtime import ArtifactSession, Runtime
+from .runtime import ArtifactSession, Runtime, module_version, optional_module
 
-__all__ = ["RUNTIME", "INSTALL_HINT", "require_openvino", "openvino_version", "convert", "compile_ir", "save_ir",
+__all__ = ["RUNTIME", "INSTALL_HINT", "convert", "compile_ir", "save_ir",
            "IR_FILES"]
 
 INSTALL_HINT = "device.runtime openvino needs: pip install 'slimformer[openvino]'"
 IR_FILES = ("model.xml", "model.bin")
-
-
-def require_openvino():
-    """The `openvino` module, or UserError with the install line."""
-    try:
-        import openvino
-    except ImportError:
-        raise UserError(INSTALL_HINT) from None
-    return openvino
-
-
-def openvino_version() -> str | None:
-    try:
-        import openvino
-    except ImportError:
-        return None
-    return openvino.get_version()
 
 
 def _matmul_names(model) -> list[str]:
@@ -55,7 +37,7 @@ def _matmul_names(model) -> list[str]:
 
 def convert(onnx_path: str | Path, int8_modules: list[str] = ()):
     """The OpenVINO model of a float32 ONNX export; the MatMuls of `int8_modules` get int8 weights."""
-    ov = require_openvino()
+    ov = optional_module("openvino", INSTALL_HINT)
     model = ov.convert_model(str(onnx_path))
     if not int8_modules:
         return model
@@ -82,7 +64,7 @@ def convert(onnx_path: str | Path, int8_modules: list[str] = ()):
 
 def compile_ir(model, threads: int):
     """Compiled for the CPU: `threads` threads, LATENCY hint, float32 precision, no pinning."""
-    ov = require_openvino()
+    ov = optional_module("openvino", INSTALL_HINT)
     config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
               "ENABLE_CPU_PINNING": False}
     return ov.Core().compile_model(model, "CPU", config)
@@ -90,7 +72,7 @@ def compile_ir(model, threads: int):
 
 def save_ir(model, folder: Path) -> list[str]:
     """model.xml + model.bin in `folder` (weights kept in their precision: no float16 compression)."""
-    ov = require_openvino()
+    ov = optional_module("openvino", INSTALL_HINT)
     ov.save_model(model, str(folder / IR_FILES[0]), compress_to_fp16=False)
     return list(IR_FILES)
 
@@ -109,7 +91,7 @@ def build(model, inputs: dict, folder: Path, options: dict) -> dict:
 def load(files: dict[str, bytes], threads: int) -> ArtifactSession:
     import numpy as np
 
-    ov = require_openvino()
+    ov = optional_module("openvino", INSTALL_HINT)
     weights = ov.Tensor(np.frombuffer(files["model.bin"], dtype=np.uint8).copy())
     compiled = compile_ir(ov.Core().read_model(files["model.xml"].decode(), weights), threads)
     request = compiled.create_infer_request()
@@ -124,4 +106,5 @@ def load(files: dict[str, bytes], threads: int) -> ArtifactSession:
 RUNTIME = Runtime(
     name="openvino", summary="OpenVINO, CPU", artifact_format="openvino", real_bits=(32, 8),
     refused={16: "its CPU inference precision is pinned to float32 here (bf16 only pays with AMX)"},
-    requires=("onnx", "openvino", "nncf"), install_hint=INSTALL_HINT, version=openvino_version, build=build, load=load)
+    requires=("onnx", "openvino", "nncf"), install_hint=INSTALL_HINT,
+    version=lambda: module_version("openvino", lambda ov: ov.get_version()), build=build, load=load)

@@ -19,7 +19,24 @@ from pathlib import Path
 
 from ..errors import UserError
 
-__all__ = ["Runtime", "ArtifactSession"]
+__all__ = ["Runtime", "ArtifactSession", "optional_module", "module_version"]
+
+
+def optional_module(name: str, hint: str):
+    """The module `name`, imported; UserError with `hint` (the install line) when it is missing."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise UserError(hint) from None
+
+
+def module_version(name: str, read: Callable = lambda module: module.__version__) -> str | None:
+    """`read(module)` (its `__version__` unless told) of an installed module; None when it is missing."""
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        return None
+    return read(module)
 
 
 class ArtifactSession:
@@ -54,10 +71,7 @@ class Runtime:
     def require(self) -> None:
         """UserError with the install line when a module this runtime needs is missing."""
         for module in self.requires:
-            try:
-                importlib.import_module(module)
-            except ImportError:
-                raise UserError(self.install_hint or f"device.runtime {self.name} needs the module {module}") from None
+            optional_module(module, self.install_hint or f"device.runtime {self.name} needs the module {module}")
 
     def installed(self) -> bool:
         try:
