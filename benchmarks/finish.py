@@ -107,12 +107,13 @@ def main() -> None:
         finished = bench.build(final_plan(trial_plan.to_dict(), cfg.task.type, args.steps), corpus=corpus,
                                log=lambda m: print(f"  {m}", flush=True) if "distill step" in m else None)
         entry["finish_s"] = time.monotonic() - t0
+        entry["load_average_15min"] = os.getloadavg()[2]  # over the training: above the threads, minutes are inflated
         entry["finished"] = {"validation": bench.quality(finished, full=True)["quality"],
                              "test": bench.test_quality(finished)}
         print(f"{name} finished: {entry['finished']} ({entry['finish_s'] / 60:.1f} min)", flush=True)
         from slimformer.methods import save_compressed
 
-        out = Path(args.out + "_models") / name
+        out = Path(args.out + "_models") / name  # not committed (.gitignore): peers.py loads them
         save_compressed(finished, None, out, tokenizer=bench.tokenizer, force=True)
         entry["path"] = str(out)
         models[f"{name} finished"] = finished
@@ -158,8 +159,9 @@ def report(res: dict, out: str) -> None:
             f"average {load[0]:.1f} before and {load[1]:.1f} after the timing on {res['device'].get('cores')} cores "
             "(above the thread count, the minutes are inflated and the speedups noisy); all models and the "
             "baseline were timed in the same interleaved rounds. "
-            f"{res['steps']} steps is what fits in a short run here; issue 16 measured 1,000 steps (2x) and 2,000 "
-            "(3x) on all 5,749 train pairs.")
+            f"Both plans got --steps {res['steps']}; issue 16's own table used 1,000 steps (2x) and 2,000 (3x). "
+            "The speedups are eager PyTorch against the study's baseline at the time of the run (stock float32 "
+            "PyTorch, default attention); other runtimes are compared in peers_results.md.")
     write_md(out, lines, note)
 
 
