@@ -65,6 +65,7 @@ def device_facts(threads: int | None = None, runtime: str = "eager") -> dict:
         "torch": torch.__version__,
         "runtime": runtime,
         "python": platform.python_version(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # as the environment gave it to libgomp
     }
     from .registry import RUNTIMES
 

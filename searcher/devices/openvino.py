@@ -17,6 +17,8 @@ activations without calibration (NNCF PTQ), which this runtime does not do. bits
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 import warnings
@@ -54,8 +56,8 @@ def convert(onnx_path: str | Path, int8_modules: list[str] = ()):
     nncf_log = logging.getLogger("nncf")
     level = nncf_log.level
     nncf_log.setLevel(logging.ERROR)  # NNCF prints a bit-width table for every call
-    try:
-        with warnings.catch_warnings():
+    try:  # and a rich progress bar on stdout: a search prints its own progress
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM, ignored_scope=ignored)
     finally:
