@@ -1,54 +1,43 @@
 """Create or resume a multi-objective Optuna study and run trials until it has the requested
 number of finished ones. Every finished trial is in the storage as soon as it ends.
 
+`run_search` is three steps: `prepare` (check the study file, bind the space, create or resume
+the study, measure the baseline and build the cost model, each once) gives a `SearchSession`;
+the chosen backend's `run(session)` runs the trials (backends/local.py, workers.py,
+raytune.py); the summary re-times the best trials.
+
 Imports: config, errors, spaces, methods, devices, cost, problem, study, backends, report.
 """
 
 from __future__ import annotations
 
-import time
-
 import optuna
-from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 from optuna.trial import TrialState
 from slimformer.methods import Plan, model_size
 from slimformer.methods.adapters import UnsupportedModelError, get_adapter
 
-from .backends.isolate import WorkerStartError, make_runner
-from .backends.progress import SearchProgress
-from .backends.signals import interruptible, protected
-from .backends.workers import check_scale_out, is_worker, run_workers
+from .backends import local, workers
+from .backends.workers import check_scale_out, is_worker
 from .config import StudyConfig
 from .devices.registry import check_space, space_refusal
 from .errors import UserError
-from .study.owners import fail_stale_trials, owner_attrs, register_owner
+from .study.owners import fail_stale_trials, register_owner
 from .study.records import (
     DIRECTIONS,
-    FAIL_REASON,
-    LATENCY_SOURCE,
-    REJECTED,
     SCHEMA,
     SEEDED,
-    TRANSFERRED_FROM,
-    TRANSFERRED_QUALITY,
     StudyHandle,
     best_feasible,
     counted,
     handle_for,
-    requeue,
-    taken,
 )
 from .study.seeds import sensitivity_seeds
-from .study.storage import (
-    check_storage,
-    open_storage,
-    storage_fault,
-    storage_file,
-)
+from .study.session import SearchSession
+from .study.storage import check_storage, open_storage, storage_file
 from .study.transfer import data_meta, transferable_trials
-from .study.trial import MAX_REJECTIONS_IN_A_ROW, Rejected, predicted, propose, record
 
-__all__ = ["run_search"]
+__all__ = ["run_search", "prepare"]
+
 
 def _study_exists(handle: StudyHandle) -> bool:
     """Whether the study is already stored, without creating a storage file."""
@@ -59,14 +48,14 @@ def _study_exists(handle: StudyHandle) -> bool:
     return handle.name in [s.study_name for s in optuna.study.get_all_study_summaries(storage)]
 
 
-def _sampler(name: str, seed: int | None, workers: int) -> optuna.samplers.BaseSampler:
+def _sampler(name: str, seed: int | None, parallel: int) -> optuna.samplers.BaseSampler:
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if name == "tpe":
             return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=8,
-                                              constant_liar=workers > 1)
+                                              constant_liar=parallel > 1)
         if name == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed, population_size=10)
         if name == "gp":
@@ -74,12 +63,14 @@ def _sampler(name: str, seed: int | None, workers: int) -> optuna.samplers.BaseS
         return optuna.samplers.RandomSampler(seed=seed)
 
 
-def _summary(study: optuna.Study, handle: StudyHandle, target: int, baseline: dict, predictor, bench, log) -> dict:
+def _summary(session: SearchSession, predictor) -> dict:
     """The search's final step: re-time the best feasible trials (searcher/report/retime.py); the best is
-    the best of them that holds the budget re-timed."""
+    the best of them that holds the budget re-timed. `predictor`: the cost model that saw this run's
+    trials (None when they ran in other processes), whose error is reported."""
     from .report.retime import best_holding, retime
 
-    again = {} if is_worker() else retime(study, bench, log)  # a worker's summary is not shown
+    study, handle, log = session.study, session.handle, session.log
+    again = {} if is_worker() else retime(study, session.bench, log)  # a worker's summary is not shown
     best = best_holding(study)
     searched = best_feasible(study)
     if predictor is not None and predictor.n >= 3:
@@ -87,8 +78,8 @@ def _summary(study: optuna.Study, handle: StudyHandle, target: int, baseline: di
         log(f"cost model on this study: MAPE {err['mape'] * 100:.1f}%, Spearman {err['spearman']:.3f} "
             f"(leave-one-out, n={err['n']})")
     done = sum(counted(t) for t in study.get_trials(deepcopy=False))
-    return {"study": handle.name, "storage": handle.url, "finished": done, "target": target,
-            "baseline": baseline, "best": _brief(best, again), "best_search": _brief(searched, again)}
+    return {"study": handle.name, "storage": handle.url, "finished": done, "target": session.target,
+            "baseline": session.baseline, "best": _brief(best, again), "best_search": _brief(searched, again)}
 
 
 def _brief(trial, again: dict) -> dict | None:
@@ -162,8 +153,8 @@ def _check_budget_reachable(cfg: StudyConfig, space, bench, log) -> None:
                         f"takes {ms:.1f} ms here; widen the space or relax the budget")
 
 
-def _predictor(cfg: StudyConfig, bench, study, log):
-    """The calibrated cost model for this device, re-fitted on the study's measured trials."""
+def _predictor(cfg: StudyConfig, bench, log):
+    """The calibrated cost model for this device (not yet fitted on any trial; see `_calibrate`)."""
     from .cost.costfit import CalibratedPredictor
     from .cost.profile import RUNTIMES, ProfileError, find_profile
 
@@ -178,12 +169,17 @@ def _predictor(cfg: StudyConfig, bench, study, log):
         log(f"no device profile for this CPU/{cfg.device.threads} threads/{cfg.device.runtime}: candidates are "
             f"measured without cost-model screening (make one with `slimformer profile --threads {cfg.device.threads}`)")
         return None
-    pred = CalibratedPredictor(profile, bench.model.config, cfg.device.seq_len, cfg.device.batch_size,
+    return CalibratedPredictor(profile, bench.model.config, cfg.device.seq_len, cfg.device.batch_size,
                                pooler=getattr(bench.model, "pooler", None) is not None)
-    for t in () if study is None else study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+
+
+def _calibrate(predictor, study: optuna.Study) -> None:
+    """Re-fit the cost model on the study's measured trials."""
+    if predictor is None:
+        return
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if "plan" in t.user_attrs and t.user_attrs.get("latency_ms"):
-            pred.observe(Plan.from_dict(t.user_attrs["plan"]), t.user_attrs["latency_ms"])
-    return pred
+            predictor.observe(Plan.from_dict(t.user_attrs["plan"]), t.user_attrs["latency_ms"])
 
 
 def _baseline(cfg: StudyConfig, bench, log) -> dict:
@@ -215,65 +211,66 @@ def _default_space(cfg: StudyConfig, bench, log):
     return space
 
 
-def _transfer_anchors(study) -> int:
-    """Transferred trials whose latency was measured here (they calibrate the cost model)."""
-    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-               if TRANSFERRED_FROM in t.user_attrs and t.user_attrs.get(LATENCY_SOURCE) == "measured")
-
-
-def _run_one(study, cfg, space, baseline, predictor, runner, bar, may_reject: bool) -> str:
-    """Ask, propose, evaluate (interruptible), record, tell. Returns done | failed | rejected."""
-    trial = study.ask()
-    for key, value in owner_attrs().items():
-        trial.set_user_attr(key, value)
-    try:
-        with get_heartbeat_thread(trial._trial_id, study._storage):
-            known = trial.user_attrs.get(TRANSFERRED_QUALITY)  # quality transferred from another device's study
-            plan = propose(trial, cfg, space, baseline, predictor, may_reject and known is None)
-            if known is not None and cfg.transfer.latency == "predict" and _transfer_anchors(study) >= \
-                    cfg.transfer.anchors:
-                result = predicted(predictor, plan, baseline, known)
-            else:
-                with interruptible():
-                    result = runner.evaluate(plan, baseline, trial.number, quality=known)
-            values = record(trial, cfg, baseline, plan, result, predictor)
-    except Rejected as exc:
-        trial.set_user_attr(REJECTED, str(exc))
-        study.tell(trial, state=TrialState.PRUNED)
-        bar.trial_rejected(trial.number, str(exc))
-        return "rejected"
-    except (KeyboardInterrupt, WorkerStartError) as exc:  # the trial is abandoned and queued again
-        requeue(study, trial, "interrupted (Ctrl-C / SIGTERM)" if isinstance(exc, KeyboardInterrupt) else str(exc))
-        raise
-    except Exception as exc:  # noqa: BLE001 - a failed candidate must not stop the study
-        if storage_fault(exc):  # ... but a locked/full/read-only storage does (exit 2; retried on resume)
-            raise
-        reason = getattr(exc, "reason", None) or \
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        trial.set_user_attr(FAIL_REASON, reason)
-        study.tell(trial, state=TrialState.FAIL)
-        bar.trial_failed(trial.number, reason)
-        return "failed"
-    frozen = study.tell(trial, values)
-    bar.trial_done(frozen, best_feasible(study))
-    return "done"
-
-
 def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | None = None,
                storage: str | None = None, study_name: str | None = None, seed: int | None = None,
                log=print, progress: bool = True) -> dict:
     """Create or resume the study and run it to `trials` finished trials; returns a summary."""
-    from slimformer.spaces import Space, SpaceError
+    session = prepare(cfg, trials=trials, timeout=timeout, storage=storage, study_name=study_name, seed=seed,
+                      log=log, progress=progress)
+    backend = _backend(cfg)
+    backend.run(session)
+    # K worker processes each calibrate their own cost model: the parent's saw none of their trials
+    return _summary(session, None if backend is workers else session.predictor)
 
-    from .problem.workbench import Workbench
 
+def _backend(cfg: StudyConfig):
+    """The backend module that runs the trials (each has `run(session)`)."""
+    if cfg.search.backend == "ray":  # Ray Tune (searcher/backends/raytune.py; imports Ray)
+        from .backends import raytune
+
+        return raytune
+    if cfg.search.workers > 1 and not is_worker():  # K processes on this storage (searcher/backends/workers.py)
+        return workers
+    return local  # this process (searcher/backends/local.py); also what each worker runs
+
+
+def prepare(cfg: StudyConfig, *, trials: int | None = None, timeout: float | None = None,
+            storage: str | None = None, study_name: str | None = None, seed: int | None = None,
+            log=print, progress: bool = True) -> SearchSession:
+    """Check the study file, bind the space to the model, create or resume the study (a new one
+    is written only after every check and measurement) and build the cost model: the session a
+    backend runs."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     handle = handle_for(cfg, storage, study_name)
     check_storage(handle.url)
     check_scale_out(cfg, handle.url)
     target = trials or cfg.search.trials
-    timeout = timeout or cfg.search.timeout
     seed = cfg.search.seed if seed is None else seed
+    bench, space = _bind_space(cfg, log)
+    meta = _study_meta(cfg, space, bench)
+    predictor = _predictor(cfg, bench, log)
+    study = _open_study(cfg, handle, space, bench, meta, predictor, target, seed, log)
+    baseline = study.user_attrs["baseline"]
+    bench.adopt(baseline)
+    fail_stale_trials(study, log)
+    register_owner(study)
+    done = sum(counted(t) for t in study.get_trials(deepcopy=False))
+    log(f"study {handle.name!r} in {handle.url}: {done} finished trial(s), running to {target}")
+    for line in space.describe():
+        log(f"  {line}")
+    _calibrate(predictor, study)
+    return SearchSession(cfg=cfg, study=study, handle=handle, space=space, bench=bench,
+                         baseline=baseline, predictor=predictor, target=target,
+                         timeout=timeout or cfg.search.timeout, seed=seed, log=log, progress=progress,
+                         run_search=run_search)
+
+
+def _bind_space(cfg: StudyConfig, log):
+    """The workbench (model, data, timer) and the search space bound to its model, checked."""
+    from slimformer.spaces import Space, SpaceError
+
+    from .problem.workbench import Workbench
+
     if cfg.space is not None:  # bit-widths the runtime cannot run: one line before any model is loaded
         from slimformer.spaces import parse_space_config
 
@@ -300,74 +297,40 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
                         "which need data.calibration")
     if cfg.search.seed_sensitivity and cfg.data.calibration is None:
         raise UserError("search.seed_sensitivity needs data.calibration")
-    meta = _study_meta(cfg, space, bench)
+    return bench, space
 
-    existing = _study_exists(handle)
-    transferred, sensitivity = [], []
-    if not existing:  # everything is checked and measured before the storage is first written
-        if cfg.transfer.source is not None:
-            transferred = transferable_trials(cfg, meta, log)
-            if cfg.transfer.latency == "predict" and _predictor(cfg, bench, None, lambda msg: None) is None:
-                raise UserError("transfer.latency: predict needs this device's cost model: run `slimformer "
-                                f"profile --threads {cfg.device.threads}` first, or use transfer.latency: measure")
-            if len(transferred) > target:
-                log(f"note: {target} of the {len(transferred)} transferred trials run now (--trials {target})")
-        _check_budget_reachable(cfg, space, bench, log)
-        first_baseline = _baseline(cfg, bench, log)
-        if cfg.search.seed_sensitivity and cfg.transfer.source is None:
-            sensitivity = sensitivity_seeds(space, bench, log)
-    study_storage = open_storage(handle.url)
-    if existing:
-        study = optuna.load_study(study_name=handle.name, storage=study_storage,
-                                  sampler=_sampler(cfg.search.sampler, seed, cfg.search.workers))
+
+def _open_study(cfg: StudyConfig, handle: StudyHandle, space, bench, meta: dict, predictor, target: int,
+                seed: int | None, log) -> optuna.Study:
+    """The stored study, checked against the file; or a new one, with its metadata, the measured
+    baseline and the queued plans (transferred, uniform, sensitivity-seeded)."""
+    sampler = _sampler(cfg.search.sampler, seed, cfg.search.workers)
+    if _study_exists(handle):
+        study = optuna.load_study(study_name=handle.name, storage=open_storage(handle.url), sampler=sampler)
         _check_compatible(study, meta, cfg)
-    else:
-        study = optuna.create_study(
-            storage=study_storage, study_name=handle.name,
-            directions=[DIRECTIONS[o] for o in cfg.search.objectives],
-            sampler=_sampler(cfg.search.sampler, seed, cfg.search.workers),
-        )
-        for key, value in meta.items():
-            study.set_user_attr(key, value)
-        study.set_user_attr("baseline", first_baseline)
-        for params, attrs in transferred:
-            study.enqueue_trial(params, user_attrs=attrs)
-        if cfg.search.seed_uniform and cfg.transfer.source is None:
-            for params in space.uniform_plans():
-                study.enqueue_trial(params, user_attrs={SEEDED: True}, skip_if_exists=True)
-        for params in sensitivity:  # after the uniform plans (search.seed_sensitivity)
-            study.enqueue_trial(params, user_attrs={SEEDED: "sensitivity"}, skip_if_exists=True)
-    baseline = study.user_attrs["baseline"]
-    bench.adopt(baseline)
-    fail_stale_trials(study, log)
-    register_owner(study)
-    done = sum(counted(t) for t in study.get_trials(deepcopy=False))
-    log(f"study {handle.name!r} in {handle.url}: {done} finished trial(s), running to {target}")
-    for line in space.describe():
-        log(f"  {line}")
-    predictor = _predictor(cfg, bench, study, log)
-    if cfg.search.backend == "ray":  # Ray Tune runs the trials (searcher/backends/raytune.py)
-        from .backends.raytune import run_ray
-
-        run_ray(cfg, study, handle, space, baseline, predictor, target, timeout, log)
-        return _summary(study, handle, target, baseline, predictor, bench, log)
-    if cfg.search.workers > 1 and not is_worker():  # K processes on this storage (searcher/backends/workers.py)
-        run_workers(cfg, study, handle, target, timeout, seed, log, run_search)
-        return _summary(study, handle, target, baseline, None, bench, log)
-    rejected_in_a_row = 0
-    started = time.monotonic()
-    bar = SearchProgress(target, done, baseline, enabled=progress, log=log)
-    runner = make_runner(cfg, bench, target, study, log)
-    with bar:
-        try:
-            while taken(study) < target and (timeout is None or time.monotonic() - started < timeout):
-                if is_heartbeat_enabled(study._storage):  # another host's crashed trial must not hold a slot
-                    fail_stale_trials(study, log)
-                with protected():  # a stop request waits for storage writes, abandons a running candidate
-                    outcome = _run_one(study, cfg, space, baseline, predictor, runner, bar,
-                                       cfg.search.prescreen and rejected_in_a_row < MAX_REJECTIONS_IN_A_ROW)
-                rejected_in_a_row = rejected_in_a_row + 1 if outcome == "rejected" else 0
-                done += outcome != "rejected"
-        finally:
-            runner.close()
-    return _summary(study, handle, target, baseline, predictor, bench, log)
+        return study
+    transferred, sensitivity = [], []  # everything is checked and measured before the storage is first written
+    if cfg.transfer.source is not None:
+        transferred = transferable_trials(cfg, meta, log)
+        if cfg.transfer.latency == "predict" and predictor is None:
+            raise UserError("transfer.latency: predict needs this device's cost model: run `slimformer "
+                            f"profile --threads {cfg.device.threads}` first, or use transfer.latency: measure")
+        if len(transferred) > target:
+            log(f"note: {target} of the {len(transferred)} transferred trials run now (--trials {target})")
+    _check_budget_reachable(cfg, space, bench, log)
+    first_baseline = _baseline(cfg, bench, log)
+    if cfg.search.seed_sensitivity and cfg.transfer.source is None:
+        sensitivity = sensitivity_seeds(space, bench, log)
+    study = optuna.create_study(storage=open_storage(handle.url), study_name=handle.name,
+                                directions=[DIRECTIONS[o] for o in cfg.search.objectives], sampler=sampler)
+    for key, value in meta.items():
+        study.set_user_attr(key, value)
+    study.set_user_attr("baseline", first_baseline)
+    for params, attrs in transferred:
+        study.enqueue_trial(params, user_attrs=attrs)
+    if cfg.search.seed_uniform and cfg.transfer.source is None:
+        for params in space.uniform_plans():
+            study.enqueue_trial(params, user_attrs={SEEDED: True}, skip_if_exists=True)
+    for params in sensitivity:  # after the uniform plans (search.seed_sensitivity)
+        study.enqueue_trial(params, user_attrs={SEEDED: "sensitivity"}, skip_if_exists=True)
+    return study

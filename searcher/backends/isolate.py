@@ -26,6 +26,7 @@ import time
 from slimformer.methods import Plan
 
 from ..config import StudyConfig
+from ..study.session import SearchSession
 from ..study.trial import evaluate
 from .faults import fault_for, inject
 
@@ -271,18 +272,18 @@ class IsolatedRunner:
             self._kill()
 
 
-def make_runner(cfg: StudyConfig, bench, target: int, study=None, log=print):
-    """The runner for this search: isolated worker (search.isolate) or in-process."""
-    if not isolation_enabled(cfg, target):
-        return InProcessRunner(bench)
+def make_runner(session: SearchSession):
+    """The runner for this search: an isolated worker (search.isolate) or this process."""
+    cfg, log = session.cfg, session.log
+    if not isolation_enabled(cfg, session.target):
+        return InProcessRunner(session.bench)
     if cfg.device.runtime == "compile":
         log("note: isolated trials with runtime compile recompile in every fresh worker")
-    slowest = 0.0
-    if study is not None:
-        from optuna.trial import TrialState
+    from optuna.trial import TrialState
 
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            a = t.user_attrs
-            slowest = max(slowest, float(a.get("build_s", 0) or 0) + float(a.get("eval_s", 0) or 0))
+    slowest = 0.0
+    for t in session.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        a = t.user_attrs
+        slowest = max(slowest, float(a.get("build_s", 0) or 0) + float(a.get("eval_s", 0) or 0))
     s = cfg.search
     return IsolatedRunner(cfg, log=log, timeout=s.trial_timeout, memory_mb=s.trial_memory_mb, slowest_s=slowest)

@@ -32,12 +32,13 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from ..study.owners import owner_attrs  # noqa: E402
 from ..study.records import FAIL_REASON, REJECTED, requeue  # noqa: E402
+from ..study.session import SearchSession  # noqa: E402
 from ..study.storage import storage_file  # noqa: E402
 from ..study.trial import MAX_REJECTIONS_IN_A_ROW, Rejected, propose, record  # noqa: E402
 from .faults import FAULT_ENV, inject, parse_faults  # noqa: E402
 from .workers import worker_threads  # noqa: E402
 
-__all__ = ["run_ray", "SlimformerSearch"]
+__all__ = ["run", "SlimformerSearch"]
 
 RESULT = "slimformer_result"  # the Tune metric holding `trial.evaluate`'s result (JSON)
 _BENCHES: dict = {}  # one Workbench per study config in each Ray worker process (kept across trials)
@@ -72,14 +73,15 @@ def _evaluate_plan(config: dict, cfg=None, baseline=None, faults=None) -> None:
 class SlimformerSearch(OptunaSearch):
     """OptunaSearch on an existing slimformer study: same plans, user attrs and constraints."""
 
-    def __init__(self, study, cfg, space, baseline, predictor, progress):
-        self._given_study = study
-        self.cfg, self.slim_space, self.baseline, self.predictor = cfg, space, baseline, predictor
+    def __init__(self, session: SearchSession, progress):
+        study = self._given_study = session.study
+        self.cfg, self.slim_space, self.baseline = session.cfg, session.space, session.baseline
+        self.predictor = session.predictor
         self.progress = progress
         self.plans, self.heartbeats = {}, {}
         self.rejected_in_a_row = 0
         modes = ["max" if d.name == "MAXIMIZE" else "min" for d in study.directions]
-        super().__init__(space=self._define, metric=list(cfg.search.objectives), mode=modes)
+        super().__init__(space=self._define, metric=list(self.cfg.search.objectives), mode=modes)
 
     def _setup_study(self, mode):
         self._ot_study = self._given_study
@@ -168,8 +170,8 @@ def ray_folder(cfg, handle) -> Path:
     return base / f"{handle.name}-ray"
 
 
-def run_ray(cfg, study, handle, space, baseline, predictor, target: int, timeout: float | None, log) -> None:
-    """Run the study to `target` counted trials with Ray Tune (cfg.search.workers at once)."""
+def run(session: SearchSession) -> None:
+    """Run the study to `session.target` counted trials with Ray Tune (cfg.search.workers at once)."""
     import logging
 
     import ray
@@ -178,6 +180,7 @@ def run_ray(cfg, study, handle, space, baseline, predictor, target: int, timeout
     from ..study.records import counted
     from .progress import SearchProgress
 
+    cfg, study, log, target, baseline = session.cfg, session.study, session.log, session.target, session.baseline
     done = sum(counted(t) for t in study.get_trials(deepcopy=False))
     missing = target - done
     if missing <= 0:
@@ -198,15 +201,15 @@ def run_ray(cfg, study, handle, space, baseline, predictor, target: int, timeout
     log(f"Ray Tune: {missing} trial(s), {k} at once, {threads} CPU(s)/torch thread(s) each, "
         f"{'cluster ' + address if address else 'a local Ray on this machine'}")
     bar = SearchProgress(target, done, baseline, enabled=False, log=log)
-    searcher = SlimformerSearch(study, cfg, space, baseline, predictor, bar)
+    searcher = SlimformerSearch(session, bar)
     trainable = tune.with_resources(tune.with_parameters(_evaluate_plan, cfg=tcfg, baseline=baseline,
                                                         faults=parse_faults(os.environ.get(FAULT_ENV, ""))),
                                     {"cpu": threads})
-    storage_path = str(ray_folder(cfg, handle))
+    storage_path = str(ray_folder(cfg, session.handle))
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=missing, max_concurrent_trials=k,
-                                    time_budget_s=timeout, reuse_actors=True,
+                                    time_budget_s=session.timeout, reuse_actors=True,
                                     trial_dirname_creator=lambda t: f"t{t.trial_id}"),
         run_config=tune.RunConfig(name=time.strftime("run-%Y%m%d-%H%M%S"), storage_path=storage_path, verbose=0),
     )

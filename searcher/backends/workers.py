@@ -2,8 +2,9 @@
 storage (Optuna's distributed mode: every worker asks and tells the same study).
 
 The parent creates or resumes the study (metadata, baseline measured once, seeded plans) and
-then starts the workers with `spawn`. Each worker is `run_search` on the existing study with its
-own sampler seed and `device.threads // K` torch threads. A worker starts a trial only while
+hands the prepared session to `run`, which starts the workers with `spawn`. Each worker is
+`run_search` on the existing study (so it runs the local backend) with its own sampler seed
+and `device.threads // K` torch threads. A worker starts a trial only while
 finished + running trials (all workers) are below the target, so the study stops at the total;
 the check and the start are not one atomic step, so in the worst case up to K-1 trials beyond
 the target can finish (it needs two workers to look within the same few milliseconds).
@@ -24,8 +25,9 @@ import time
 
 from ..errors import UserError
 from ..study.owners import fail_stale_trials
+from ..study.session import SearchSession
 
-__all__ = ["check_scale_out", "is_worker", "run_workers", "with_scale_out", "worker_threads"]
+__all__ = ["check_scale_out", "is_worker", "run", "with_scale_out", "worker_threads"]
 
 _WORKER: int | None = None  # this process's worker index, in a worker
 STOP_GRACE_S = 30  # how long stopped workers get to put their trial back in the queue
@@ -102,11 +104,14 @@ def _ignore_stops() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def run_workers(cfg, study, handle, target: int, timeout: float | None, seed: int | None, log, search) -> None:
-    """Run the study to `target` counted trials with cfg.search.workers processes, each running
-    `search` (a module-level function: `spawn` sends it by name) on the existing study."""
+def run(session: SearchSession) -> None:
+    """Run the study to `session.target` counted trials with cfg.search.workers processes, each
+    running `session.run_search` (a module-level function: `spawn` sends it by name) on the
+    existing study."""
     from ..study.records import counted
 
+    cfg, study, handle, log = session.cfg, session.study, session.handle, session.log
+    target, timeout, seed, search = session.target, session.timeout, session.seed, session.run_search
     k = cfg.search.workers
     threads = worker_threads(cfg)
     wcfg = cfg.model_copy(update={"device": cfg.device.model_copy(update={"threads": threads})})

@@ -2,7 +2,8 @@
 
 records (handles, which trials count, the best feasible trial), storage (SQLite, journal,
 PostgreSQL; owners and stale trials), trial (propose, evaluate, record), transfer (trials from
-another device's study), seeds (sensitivity-seeded plans).
+another device's study), seeds (sensitivity-seeded plans), session (SearchSession: a prepared
+study, what a backend is handed).
 
 Imports: config, errors, spaces, methods, devices, problem, cost. (Never backends, search, report or
 cli: the backends import the study, and a study is read without running anything.)
