@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import optuna
 from optuna.trial import TrialState
-from slimformer.methods import Plan, model_size
+from slimformer.methods import Plan, model_size, plan_needs_calibration
 from slimformer.methods.adapters import UnsupportedModelError, get_adapter
 
 from .backends import local, workers
@@ -287,12 +287,9 @@ def _bind_space(cfg: StudyConfig, log):
         space = Space.from_dict(space_cfg, shape)
     except SpaceError as exc:
         raise UserError(str(exc)) from None
-    largest = space.largest_plan()
-    quant = space.config  # gptq / smoothing are calibrated, whether searched or a one-choice constant
-    needs_calib = any(p in ("importance", "distill_steps", "recovery") for p in space.distributions()) or \
-        largest.importance == "fisher" or largest.recovery != "none" or \
-        "gptq" in getattr(quant.quant_method, "choices", ()) or any(a > 0 for a in getattr(quant.smooth, "choices", ()))
-    if needs_calib and cfg.data.calibration is None:
+    # one choice decides whether a plan reads calibration batches (each method's rule, methods/registry.py),
+    # so some plan of the space does when one of its choice plans does (searched or a one-choice constant)
+    if cfg.data.calibration is None and any(plan_needs_calibration(p, shape) for p in space.choice_plans()):
         raise UserError("the space searches fisher importance, mask tuning, distillation, gptq or smoothing, "
                         "which need data.calibration")
     if cfg.search.seed_sensitivity and cfg.data.calibration is None:

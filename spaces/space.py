@@ -202,7 +202,11 @@ class Space:
         self._walk(pick)
         return params
 
-    def _extreme(self, largest: bool, sizes: str = "max", bits: int | None = None) -> dict[str, Any]:
+    def _extreme(self, largest: bool, sizes: str = "max", bits: int | None = None,
+                 fixed: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Params of an extreme plan (`fixed`: parameters set to the given value instead)."""
+        fixed = fixed or {}
+
         def policy(kind: str, dist: BaseDistribution) -> Any:
             if isinstance(dist, IntDistribution):  # depth
                 return dist.high if largest else dist.low
@@ -216,7 +220,8 @@ class Space:
                 return (0 if 0 in c else c[-1]) if largest else (nonzero[0] if nonzero else 0)
             return c[0]  # importance: magnitude; quant_method: rtn; smooth: lowest; distill: fewest steps
 
-        return self._params_with(lambda name: policy(self._kind[name], self._dists[name]))
+        return self._params_with(lambda name: fixed[name] if name in fixed else
+                                 policy(self._kind[name], self._dists[name]))
 
     def largest_plan(self) -> Plan:
         """The most expensive plan: full depth, largest heads/FFN, dense, highest bits."""
@@ -225,6 +230,20 @@ class Space:
     def smallest_plan(self) -> Plan:
         """The cheapest plan: fewest layers/heads/neurons, lowest non-zero rank, lowest bits."""
         return self.plan_from_params(self._extreme(largest=False))
+
+    def choice_plans(self) -> list[Plan]:
+        """The smallest plan with one parameter at a time set to each of its choices: every single
+        choice of the space in one plan (on the smallest model, whose lowest bits quantize where
+        the space can), for rules that one choice decides (e.g. what needs calibration data). A
+        choice the walk does not read there (a dropped layer's `heads_L11`) adds no plan."""
+        out: list[dict[str, Any]] = []
+        for name, dist in self._dists.items():
+            values = range(dist.low, dist.high + 1) if isinstance(dist, IntDistribution) else dist.choices
+            for value in values:
+                params = self._extreme(largest=False, fixed={name: value})
+                if params not in out:
+                    out.append(params)
+        return [self.plan_from_params(params) for params in out]
 
     def uniform_plans(self) -> list[dict[str, Any]]:
         """Params dicts to `study.enqueue_trial`: the baseline (largest plan) first, then uniform

@@ -119,8 +119,9 @@ def test_unknown_runtime_for_profile(cli, expect_user_error):
 
 
 @pytest.mark.parametrize("space", [{"bits": [32, 8], "quant_method": ["rtn", "gptq"]},
-                                   {"bits": [8], "smooth": [0.5]}])
-def test_gptq_or_smoothing_needs_calibration(space, make_study, capsys, monkeypatch, tmp_path):
+                                   {"bits": [8], "smooth": [0.5]},
+                                   {"heads": [2, 4], "distill": {"steps": [100]}}])  # a one-choice constant
+def test_calibrated_choices_need_calibration(space, make_study, capsys, monkeypatch, tmp_path):
     from slimformer.searcher.cli import main
 
     monkeypatch.chdir(tmp_path)

@@ -419,6 +419,22 @@ def test_quant_method_and_smooth_are_suggested_only_when_a_kept_layer_is_quantiz
     assert {("gptq", 0.5), ("rtn", 0.0)} <= seen
 
 
+def test_choice_plans_hold_every_choice_on_the_smallest_plan():
+    space = space_of({**QUANT, "importance": ["magnitude", "fisher"], "recovery": ["mask_tuning"],
+                      "distill": {"steps": [0, 50]}})
+    plans = space.choice_plans()
+    small = space.smallest_plan()
+    assert small in plans and len(set(plans)) == len(plans)
+    assert {p.importance for p in plans} == {"magnitude", "fisher"} and {p.recovery for p in plans} == {"mask_tuning"}
+    assert {p.distill.steps for p in plans} == {0, 50}
+    assert {p.layers for p in plans} == {tuple(range(d)) for d in range(1, 7)}  # every depth
+    quantized = [p for p in plans if any(p.bits[i] == 8 for i in p.layers)]
+    assert {(p.quant_method, p.smooth) for p in quantized} == {("rtn", 0.0), ("gptq", 0.0), ("rtn", 0.5)}
+    one_change = [p for p in plans if p.layers == small.layers]  # apart from depth: one choice off the smallest
+    assert all(sum(getattr(p, f) != getattr(small, f) for f in ("importance", "quant_method", "smooth", "distill"))
+               <= 1 for p in one_change)
+
+
 def test_quant_dims_take_the_cheapest_choice_in_seeded_plans():
     space = space_of(QUANT)
     assert space.largest_plan().quant_method == "rtn" and space.smallest_plan().smooth == 0.0
