@@ -1,58 +1,18 @@
 """Eager PyTorch: the module as `apply_plan` built it (bits 8: torch.ao dynamic int8 Linear on a real
 int8 kernel; bits 16: bfloat16 with cast hooks, fast only with AMX/AVX512-BF16).
 
-It is also where the one baseline lives: every speedup is measured against the uncompressed float32
-model in eager PyTorch with the faster of the stock attention implementations of transformers
-(`fastest_attention`: both timed once per study, interleaved; the choice is stored with the study's
-baseline and every candidate built in PyTorch uses it too)."""
+It is also the runtime of the one baseline: every speedup is measured against the uncompressed float32
+model in eager PyTorch with the faster of transformers' stock attention implementations
+(searcher/devices/attention.py)."""
 
 from __future__ import annotations
 
-import copy
-
-from .latency import measure_latency
 from .runtime import Runtime
 
-__all__ = ["RUNTIME", "ATTENTION_IMPLEMENTATIONS", "attention_of", "set_attention", "fastest_attention"]
-
-ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")  # transformers' stock ones that need no extra package
-
+__all__ = ["RUNTIME"]
 
 def _runner(model, inputs, threads):
     return lambda: model(**inputs)
-
-
-def attention_of(model) -> str | None:
-    return getattr(getattr(model, "config", None), "_attn_implementation", None)
-
-
-def set_attention(model, name: str) -> bool:
-    """Switch a transformers model to attention implementation `name`; False when it cannot use it."""
-    if attention_of(model) == name:
-        return True
-    if not hasattr(model, "set_attn_implementation"):
-        return False
-    try:
-        model.set_attn_implementation(name)
-    except (ValueError, ImportError, NotImplementedError):
-        return False
-    return attention_of(model) == name
-
-
-def fastest_attention(model, inputs: dict, threads: int, rounds: int, warmup: int) -> tuple[str | None, dict]:
-    """(the faster stock attention implementation of `model`, {implementation: median ms}), timed in
-    interleaved rounds on float32 copies; ({}, current) when the model can use only one."""
-    copies = {}
-    for name in ATTENTION_IMPLEMENTATIONS:
-        m = copy.deepcopy(model)
-        if set_attention(m, name):
-            copies[name] = m.eval()
-    if len(copies) < 2:
-        return attention_of(model), {}
-    lat = measure_latency({name: _runner(m, inputs, threads) for name, m in copies.items()}, rounds=rounds,
-                          warmup=warmup, threads=threads)
-    ms = {name: res.median_ms for name, res in lat.items()}
-    return min(ms, key=ms.get), ms
 
 
 RUNTIME = Runtime(name="eager", summary="PyTorch eager (default)", artifact_format="pytorch", real_bits=(32, 16, 8),

@@ -9,7 +9,7 @@ import torch
 from slimformer.methods import Plan, apply_plan, get_adapter, model_size, plan_needs_calibration
 
 from ..config import StudyConfig
-from ..devices.eager import fastest_attention, set_attention
+from ..devices.attention import fastest_attention, set_attention
 from ..devices.latency import device_facts, measure_latency
 from ..devices.registry import check_runtime, get_runtime, runtimes_for_bits
 from ..errors import UserError
