@@ -44,7 +44,6 @@ def _import_all() -> None:
     import importlib
     import pkgutil
 
-    importlib.import_module("slimformer.searcher")  # first: it sets OMP_WAIT_POLICY before torch loads
     import slimformer.methods
     import slimformer.searcher
 

@@ -27,7 +27,6 @@ from pathlib import Path
 warnings.simplefilter("ignore")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import slimformer.searcher  # noqa: E402,F401 - first: it sets OMP_WAIT_POLICY before torch loads
 import torch  # noqa: E402
 from slimformer.methods import Plan  # noqa: E402
 

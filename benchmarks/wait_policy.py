@@ -1,6 +1,6 @@
-"""Why slimformer runs PyTorch with OMP_WAIT_POLICY=PASSIVE: stock float32 all-MiniLM-L6-v2 (batch 1,
-128 tokens, 2 threads) timed in fresh processes with OpenMP's idle threads spinning (ACTIVE, what
-libgomp does by default) or sleeping (PASSIVE), on the machine as it is and with other CPU-bound work
+"""What other work on the machine does to PyTorch's timings: float32 all-MiniLM-L6-v2 (batch 1,
+128 tokens, 2 threads) timed in fresh processes with OpenMP's idle threads always spinning (ACTIVE;
+unset, libgomp spins a while and then sleeps) or sleeping (PASSIVE), on the machine as it is and with other CPU-bound work
 beside it (`--busy` single-threaded Python loops, the kind of load a shared machine or a second job
 puts there). ONNX Runtime float32 is timed in the same processes, with spinning off as slimformer's
 runtime sets it, as the reference that load alone moves.

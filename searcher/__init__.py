@@ -2,17 +2,10 @@
 
 Heavy modules load lazily so `slimformer --help` starts fast.
 
-Importing this package sets OMP_WAIT_POLICY=PASSIVE unless the environment already sets it: PyTorch's
-OpenMP threads then sleep instead of spinning between parallel regions, as ONNX Runtime's do
-(searcher/devices/onnxruntime.py turns spinning off). libgomp reads it once, when torch loads, so it
-applies to the CLI, its workers and any process that imports slimformer.searcher before torch.
-Spinning threads steal the cores of everything timed beside them: with other work on a 2-core machine
-PyTorch float32 ran more than 10x slower spinning than sleeping (benchmarks/wait_policy_results.md).
+OpenMP's wait policy is left as the environment gives it: stock PyTorch is the baseline. Its spinning
+idle threads are fastest on a quiet machine and slow PyTorch far more than the runtimes beside it when
+other work shares the cores (benchmarks/wait_policy_results.md); the device facts record the policy.
 """
-
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __all__ = ["load_study_config", "run_search", "report_study"]
 
