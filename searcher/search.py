@@ -139,8 +139,7 @@ def _check_budget_reachable(cfg: StudyConfig, space, bench, log) -> None:
     if b.speedup is None and b.latency_ms is None:
         return
     runtimes = bench.runtimes_for(cheap)
-    lat = bench.latency({rt: model for rt in runtimes}, rounds=max(6, cfg.device.rounds // 2),
-                        runtimes={rt: rt for rt in runtimes})
+    lat = bench.latency_in(model, runtimes, rounds=max(6, cfg.device.rounds // 2))
     fastest = max(runtimes, key=lambda rt: lat[rt].speedup)
     speedup, ms = lat[fastest].speedup, lat[fastest].median_ms
     log(f"smallest plan in the space: {speedup:.2f}x faster ({ms:.1f} ms, {fastest})")

@@ -118,17 +118,19 @@ def time_candidate(bench, model, baseline: dict, runtimes: tuple[str, ...] | Non
     d = cfg.device
     runtimes = tuple(runtimes or bench.runtimes)
     runners = {rt: bench.runner(model, rt) for rt in runtimes}
-    first = bench.paired_runners(runners)(d.rounds)
+    timer = bench.paired_runners(runners)
+    first = timer(d.rounds)
     ratios = {rt: float(statistics.median(b / c for b, c in zip(first["baseline"], first[rt]))) for rt in runtimes}
     best = max(runtimes, key=ratios.get)
-    timer = bench.paired_runners({"candidate": runners[best]}) if len(runtimes) > 1 else None
+    if len(runtimes) > 1:  # the others are not timed any further
+        timer = bench.paired_runners({best: runners[best]})
     pending = [(first["baseline"], first[best])]
 
     def more(n: int):
         if pending:
             return pending.pop()
-        samples = (timer or bench.paired_runners({"candidate": runners[best]}))(n)
-        return samples["baseline"], samples["candidate"]
+        samples = timer(n)
+        return samples["baseline"], samples[best]
 
     est = adaptive_speedup(more, speedup_target(cfg.budget, baseline["latency_ms"]), cfg.budget.confidence,
                            first=d.rounds, step=max(5, d.rounds // 2), cap=max(d.rounds, d.max_rounds))

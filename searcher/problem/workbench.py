@@ -9,7 +9,7 @@ import torch
 from slimformer.methods import Plan, apply_plan, get_adapter, model_size, plan_needs_calibration
 
 from ..config import StudyConfig
-from ..devices.attention import fastest_attention, set_attention
+from ..devices.attention import ATTENTION_IMPLEMENTATIONS, fastest_attention, set_attention
 from ..devices.latency import device_facts, measure_latency
 from ..devices.registry import check_runtime, get_runtime, runtimes_for_bits
 from ..errors import UserError
@@ -108,8 +108,9 @@ class Workbench:
     def adopt(self, baseline: dict | None) -> None:
         """Use the attention implementation a study's stored baseline chose, instead of timing it again
         (every worker of a study then times against the same baseline; the stored choice wins)."""
-        if baseline and baseline.get("attention") and baseline["attention"] != self.attention:
-            self._use_attention(baseline["attention"], baseline.get("attention_ms", {}))
+        stored = (baseline or {}).get("attention")
+        if stored in ATTENTION_IMPLEMENTATIONS and stored != self.attention:  # "default": nothing to switch
+            self._use_attention(stored, baseline.get("attention_ms", {}))
 
     def choose_attention(self) -> str | None:
         """The faster stock attention implementation of the float32 model on this device (timed once,
@@ -146,6 +147,10 @@ class Workbench:
         runtime it runs in, default the study's)."""
         runtimes = runtimes or {}
         return self.latency_of({name: self.runner(m, runtimes.get(name)) for name, m in models.items()}, rounds)
+
+    def latency_in(self, model, runtimes, rounds: int | None = None) -> dict:
+        """Interleaved timing of one model in each of `runtimes` against the one baseline, keyed by runtime."""
+        return self.latency({rt: model for rt in runtimes}, rounds, runtimes={rt: rt for rt in runtimes})
 
     def latency_of(self, runners: dict, rounds: int | None = None) -> dict:
         """Interleaved timing of zero-argument callables against the one baseline."""
@@ -186,15 +191,14 @@ class Workbench:
         """The uncompressed model in each of the study's runtimes against the baseline, timed in the
         same rounds: what a runtime alone buys (recorded with the device facts of a study)."""
         d = self.cfg.device
-        lat = self.latency({rt: self.model for rt in self.runtimes}, rounds=max(6, d.rounds // 2),
-                           runtimes={rt: rt for rt in self.runtimes})
+        lat = self.latency_in(self.model, self.runtimes, rounds=max(6, d.rounds // 2))
         return {rt: {"latency_ms": lat[rt].median_ms, "speedup": lat[rt].speedup} for rt in self.runtimes}
 
     def score(self, model, plan: Plan | None = None, full: bool = False, rounds: int | None = None) -> dict:
         """quality, latency (median/spread), speedup vs the baseline, params and size."""
         q = self.quality(model, full)
         runtimes = self.runtimes_for(plan)
-        lat = self.latency({rt: model for rt in runtimes}, rounds, runtimes={rt: rt for rt in runtimes})
+        lat = self.latency_in(model, runtimes, rounds)
         best = max(runtimes, key=lambda rt: lat[rt].speedup)  # with device.runtime auto: the fastest counts
         size = model_size(model, plan.group_size if plan else 64)
         return {
