@@ -90,7 +90,7 @@ def test_ray_driver_killed_then_resumed(tmp_path, make_study, cli, ray_address):
         except Exception:  # noqa: BLE001 - not created yet
             continue
         finished = {t.number: t.params for t in trials if t.state == TrialState.COMPLETE}
-        now = [t for t in trials if t.state == TrialState.RUNNING and t.params]
+        now = [t for t in trials if t.state == TrialState.RUNNING and "plan" in t.user_attrs]  # sampled in full
         if finished and now:
             running = now[0]
     assert running is not None, "the Ray search never had a finished and a running trial"

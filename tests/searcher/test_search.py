@@ -18,7 +18,9 @@ def _study(path):
 
 
 def _wait_running_after(proc, path, n_complete, deadline=240):
-    """Wait until the study has n_complete finished trials and one RUNNING with params."""
+    """Wait until the study has n_complete finished trials and one RUNNING whose plan is sampled
+    (the `plan` attribute is written after the last parameter: a trial seen with only its first
+    parameters is still sampling, and its retry would rightly hold more parameters)."""
     end = time.time() + deadline
     while time.time() < end:
         time.sleep(0.2)
@@ -31,7 +33,7 @@ def _wait_running_after(proc, path, n_complete, deadline=240):
         except Exception:  # noqa: BLE001 - the study may not exist yet
             continue
         done = sum(t.state == TrialState.COMPLETE for t in trials)
-        running = [t for t in trials if t.state == TrialState.RUNNING and t.params]
+        running = [t for t in trials if t.state == TrialState.RUNNING and "plan" in t.user_attrs]
         if done >= n_complete and running:
             return {t.number: t.params for t in trials if t.state == TrialState.COMPLETE}, running[0]
     raise AssertionError("the search never reached the expected state")

@@ -88,7 +88,7 @@ def test_double_ctrl_c_then_resume(tmp_path, make_study, cli, start):
     path = make_study(search={"trials": 4, "isolate": False})
     proc = start(path, hang=1)  # trial 1 runs until interrupted
     trials = _wait(path, lambda ts: sum(t.state == TrialState.COMPLETE for t in ts) >= 1 and
-                   any(t.number == 1 and t.state == TrialState.RUNNING and t.params for t in ts))
+                   any(t.number == 1 and t.state == TrialState.RUNNING and "plan" in t.user_attrs for t in ts))
     finished = {t.number: t.values for t in trials if t.state == TrialState.COMPLETE}
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGINT)
@@ -116,7 +116,7 @@ def test_sigterm_abandons_a_hung_isolated_trial(tmp_path, make_study):
     env = {**os.environ, "SLIMFORMER_FAULT": "hang:1"}
     proc = subprocess.Popen([sys.executable, "-m", "slimformer.searcher.cli", "search", str(path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    _wait(path, lambda ts: any(t.number == 1 and t.state == TrialState.RUNNING and t.params for t in ts))
+    _wait(path, lambda ts: any(t.number == 1 and t.state == TrialState.RUNNING and "plan" in t.user_attrs for t in ts))
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)

@@ -32,7 +32,7 @@ def _wait_running(url, name="study", deadline=240, number=None):
             trials = _study(url, name).get_trials(deepcopy=False)
         except Exception:  # noqa: BLE001 - not created yet
             continue
-        running = [t for t in trials if t.state == TrialState.RUNNING and t.params and "pid" in t.user_attrs
+        running = [t for t in trials if t.state == TrialState.RUNNING and "plan" in t.user_attrs and "pid" in t.user_attrs
                    and number in (None, t.number)]
         if running:
             return running[0]
