@@ -255,8 +255,10 @@ class BertAdapter(Adapter):
 
     def embedding_params(self) -> int:
         cfg, h = self.config, self.hidden_size
+        e = _cfg_or(cfg, "embedding_size", h)  # ELECTRA: embeddings narrower than the layers, projected up
         types = getattr(cfg, "type_vocab_size", 2) or 0
-        return (_cfg_or(cfg, "vocab_size", 0) + _cfg_or(cfg, "max_position_embeddings", 512) + types) * h + 2 * h
+        tables = (_cfg_or(cfg, "vocab_size", 0) + _cfg_or(cfg, "max_position_embeddings", 512) + types) * e + 2 * e
+        return tables + (e * h + h if e != h else 0)
 
 
 @register_adapter

@@ -175,6 +175,19 @@ def test_predicted_size_matches_a_built_model(plan, profile, config):
     assert pred["simulated"] == real["simulated"]
 
 
+def test_predicted_params_count_narrow_embeddings(profile):
+    """ELECTRA's embeddings are narrower than its layers (embedding_size) and projected up: the
+    cost model counts them at their own width, plus the projection."""
+    import transformers
+    from slimformer.methods import model_size
+
+    config = transformers.ElectraConfig(vocab_size=100, embedding_size=16, hidden_size=HIDDEN,
+                                        num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                                        intermediate_size=FFN, max_position_embeddings=64)
+    real = model_size(transformers.ElectraModel(config))["params"]  # ELECTRA has no pooler
+    assert predict(Plan(), config, profile, pooler=False)["params"] == real
+
+
 def test_config_without_model_type_is_a_clear_error(profile):
     with pytest.raises(ValueError, match="model_type"):
         model_facts({"hidden_size": 32})
