@@ -10,11 +10,17 @@ The two plans were fixed before this run from earlier results files (runtimes_re
 int8; heads 6 + FFN 768 + int8), with Fisher importance on the quickstart's calibration split; no
 distillation (the finish stage of the finished-models issue is what recovers quality).
 
-Rerun: python benchmarks/peers.py   (writes benchmarks/peers_results.md and .json; ~6 min on 2 cores)
+`--artifact LABEL=DIR` (repeatable) adds an exported artifact as a user gets it, for example the
+quickstart's best after `slimformer finish` and `slimformer export --best` (benchmarks/repeatability.py
+--finish leaves one in runs/repeatability/seed0-finish/exported).
+
+Rerun: python benchmarks/peers.py [--artifact LABEL=DIR ...]   (writes benchmarks/peers_results.md and .json;
+~6 min on 2 cores)
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import os
@@ -106,6 +112,22 @@ def slimformer_plans(bench, tmp: Path, log) -> tuple[dict, dict]:
     return out, manifests
 
 
+def exported(bench, specs: list[str]) -> tuple[dict, dict]:
+    """LABEL=DIR artifacts written by `slimformer export --format onnx|openvino`, loaded from their
+    sha256-checked files as a user runs them."""
+    from slimformer.searcher.devices.artifacts import ArtifactModel, open_artifact
+
+    out, manifests = {}, {}
+    for spec in specs:
+        label, _, folder = spec.partition("=")
+        if not label or not folder:
+            sys.exit(f"peers.py: --artifact wants LABEL=DIR, got {spec!r}")
+        manifest, session = open_artifact(Path(folder), THREADS)
+        out[label] = ArtifactModel(session, bench.model.config)
+        manifests[label] = manifest["verification"]
+    return out, manifests
+
+
 def runner_of(model, inputs):
     from slimformer.searcher.devices.artifacts import ArtifactModel
 
@@ -120,6 +142,10 @@ def main() -> None:
     from slimformer.searcher.devices.latency import measure_latency
     from slimformer.searcher.problem.workbench import Workbench
 
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--artifact", action="append", default=[], metavar="LABEL=DIR",
+                    help="an exported onnx/openvino artifact to time beside the peers (repeatable)")
+    args = ap.parse_args()
     started, load_start = time.time(), load()
     torch.set_num_threads(THREADS)
 
@@ -132,6 +158,9 @@ def main() -> None:
         models = peers(bench, Path(tmp))
         plans, checks = slimformer_plans(bench, Path(tmp), log)
         models.update(plans)
+        given, given_checks = exported(bench, args.artifact)
+        models.update(given)
+        checks.update(given_checks)
         log(f"timing {len(models)} runners, {ROUNDS} interleaved rounds ...")
         runners = {name: runner_of(m, bench.inputs) for name, m in models.items()}
         stock = ("PyTorch float32, SDPA attention", "PyTorch float32, eager attention")
@@ -187,8 +216,8 @@ def write(rows, base, checks, facts, load_start, seconds) -> None:
               "runtimes (no spin-waiting): speedups over PyTorch are then inflated; compare the runners with each other "
               "and rerun on a quiet machine."]
     note = (f"{facts.get('cpu')}, {facts.get('cores')} cores ({', '.join(facts.get('flags', []))}), torch "
-            f"{facts.get('torch')}. The machine was SHARED with other jobs: load average (1/5/15 min) {load_start} at "
-            f"start, {load()} at the end; absolute ms move with load, paired per-round ratios much less.")
+            f"{facts.get('torch')}. Load average (1/5/15 min) {load_start} at start, {load()} at the end (2 cores: above "
+            f"about 2, other work shared them); absolute ms move with load, paired per-round ratios much less.")
     write_md(str(HERE / "peers_results"), lines, note)
 
 
