@@ -2,16 +2,19 @@
 
 For each seed: a fresh copy of studies/ (and an empty SLIMFORMER_CACHE: no device profile, as
 for a new user), `slimformer search studies/quickstart.yaml --seed N` as shipped (wall time),
-`slimformer export --best`, then in a FRESH process the exported artifact is loaded and timed
-against the uncompressed model in the study's runtime (60 interleaved rounds; speedup = median of
-the paired ratios, one-sided bootstrap bounds at budget.confidence, searcher/devices/adaptive.py) and
-scored on the full validation split (and on data.test when the study has one).
+with `--finish` then `slimformer finish` with its defaults (wall time), `slimformer export --best`
+in its default format (the runtime the trial was fastest in), then in a FRESH process the exported
+artifact itself (the ONNX or OpenVINO file, or the pytorch layout) is loaded and timed against the
+study's baseline (60 interleaved rounds; speedup = median of the paired ratios, one-sided bootstrap
+bounds at budget.confidence, searcher/devices/adaptive.py) and scored on the full validation split
+and on data.test.
 
-Resumable: results are kept in repeatability_results.json by seed; a seed already there is
-skipped, so more runs can be added later (`--seeds 2 3 4`). Each run takes about 6 minutes on a
-quiet 2-core machine.
+Resumable: results are kept in repeatability_results.json by run ("0" = seed 0 searched,
+"0+finish" = seed 0 searched and finished); a run already there is skipped, so more can be added
+later (`--seeds 2 3 4`).
 
     python benchmarks/repeatability.py --seeds 0 1 2 3 4
+    python benchmarks/repeatability.py --seeds 0 --finish
     python benchmarks/repeatability.py --report-only        # rewrite the .md from the .json
 """
 
@@ -44,16 +47,25 @@ def _cli(*args, cwd: Path, env: dict, log: Path) -> tuple[int, str]:
 
 
 def measure(artifact: str, study: str, rounds: int) -> dict:
-    """In this (fresh) process: the exported artifact against the uncompressed model."""
+    """In this (fresh) process: the exported artifact against the study's baseline."""
     from slimformer.methods import load_compressed
     from slimformer.searcher.config import load_study_config
     from slimformer.searcher.devices.adaptive import speedup_interval, speedup_target
+    from slimformer.searcher.devices.artifacts import ArtifactModel, is_artifact, open_artifact
     from slimformer.searcher.problem.workbench import Workbench
 
     cfg = load_study_config(study)
     bench = Workbench(cfg, log=lambda msg: None)
-    model, _, plan = load_compressed(artifact)
-    samples = bench.paired_rounds({"candidate": model})(rounds)
+    folder = Path(artifact)
+    if is_artifact(folder):  # the runtime's own file, as a user runs it
+        manifest, session = open_artifact(folder, cfg.device.threads)
+        model = ArtifactModel(session, bench.model.config)
+        feed = {k: v.numpy() for k, v in bench.inputs.items()}
+        runner, fmt = (lambda: session(feed)), manifest["format"]
+    else:
+        model = load_compressed(artifact)[0]
+        runner, fmt = bench.runner(model, None), "pytorch"
+    samples = bench.paired_runners({"candidate": runner})(rounds)
     ratios = [b / c for b, c in zip(samples["baseline"], samples["candidate"])]
     low, high = speedup_interval(ratios, cfg.budget.confidence)
     base_ms = statistics.median(samples["baseline"])
@@ -65,12 +77,13 @@ def measure(artifact: str, study: str, rounds: int) -> dict:
         "quality_full": bench.quality(model, full=True)["quality"],
         "baseline_quality_full": bench.quality(bench.model, full=True)["quality"],
         "quality_test": bench.test_quality(model),  # None without data.test
-        "runtime": cfg.device.runtime,
+        "baseline_quality_test": bench.test_quality(bench.model),
+        "format": fmt, "baseline_setting": bench.baseline_facts(),
     }
 
 
-def run_seed(seed: int, rounds: int) -> dict:
-    folder = RUNS / f"seed{seed}"
+def run_seed(seed: int, rounds: int, finish: bool) -> dict:
+    folder = RUNS / (f"seed{seed}" + ("-finish" if finish else ""))
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     shutil.copytree(ROOT / "studies", folder / "studies")
@@ -84,16 +97,26 @@ def run_seed(seed: int, rounds: int) -> dict:
     row = {"seed": seed, "wall_s": wall, "search_exit": code, "search_summary": out.strip().splitlines()[:3]}
     if code != 0:
         return row
+    if finish:
+        print(f"seed {seed}: finishing the best plans (slimformer finish, defaults) ...", flush=True)
+        t0 = time.monotonic()
+        code, out = _cli("finish", STUDY, cwd=folder, env=env, log=log)
+        row.update(finish_wall_s=time.monotonic() - t0, finish_exit=code, finish_summary=out.strip().splitlines())
+        if code != 0:
+            return row
     code, out = _cli("export", STUDY, "--best", "--out", "exported", cwd=folder, env=env, log=log)
     row["export_exit"] = code
     if code != 0:
         row["export_error"] = log.read_text().strip().splitlines()[-1]
         return row
-    from slimformer.methods.export import META
+    from slimformer.methods.export import MANIFEST, META
 
-    meta = json.loads((folder / "exported" / META).read_text())
-    metrics = meta["metrics"]
-    row.update(trial=metrics["trial"], quality_search=metrics["quality"], speedup_search=metrics["speedup"],
+    exported = folder / "exported"
+    metrics = (json.loads((exported / META).read_text())["metrics"] if (exported / META).is_file()
+               else json.loads((exported / MANIFEST).read_text())["trial"])
+    final = "final_of_trial" in metrics  # the final model of a search trial (slimformer finish)
+    row.update(trial=metrics["final_of_trial"] if final else metrics["trial"], final=final,
+               steps=metrics.get("steps"), quality_search=metrics["quality"], speedup_search=metrics["speedup"],
                search_low=metrics.get("speedup_low"), retimed=metrics.get("retimed"))
     print(f"seed {seed}: exported trial {row['trial']}; re-measuring it in a fresh process ...", flush=True)
     res = subprocess.run([sys.executable, __file__, "--measure", str(folder / "exported"), str(folder / STUDY),
@@ -105,46 +128,64 @@ def run_seed(seed: int, rounds: int) -> dict:
     return row
 
 
+def _key(seed: int, finish: bool) -> str:
+    return f"{seed}+finish" if finish else str(seed)
+
+
 def report(results: dict, note: str) -> None:
-    rows = [results[k] for k in sorted(results, key=int)]
+    rows = [results[k] for k in sorted(results, key=lambda k: (int(k.split("+")[0]), k))]
     lines = ["# Repeatability of the quickstart", "",
-             "`python benchmarks/repeatability.py --seeds ...`: the quickstart (`studies/quickstart.yaml`, "
-             "as shipped) from a fresh copy of `studies/` per seed, `export --best`, and the exported artifact "
-             "re-measured in a fresh process (speedup vs the uncompressed model in interleaved rounds, "
-             "one-sided bootstrap bounds; quality on the whole validation split and on data.test).", "",
-             "| seed | wall time | exported trial | search split | full split | test | speedup (search) | "
-             "re-timed in the search | fresh process [low, high] | holds |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    held, fulls = [], []
+             "`python benchmarks/repeatability.py --seeds ... [--finish]`: the quickstart "
+             "(`studies/quickstart.yaml`, as shipped) from a fresh copy of `studies/` per run, with `--finish` "
+             "then `slimformer finish` (its defaults), `export --best` in its default format, and the exported "
+             "artifact itself re-measured in a fresh process (speedup vs the study's baseline, stock float32 "
+             "PyTorch, in interleaved rounds, one-sided bootstrap bounds; quality on the whole validation split "
+             "and on data.test, which nothing selected on).", "",
+             "| run | search time | finish time | exported | format | validation (search) | full validation | "
+             "test (change) | speedup in the search | re-timed | fresh process [low, high] | holds |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    held, fulls, searched = [], [], []
     for r in rows:
+        run = _key(r["seed"], "finish_wall_s" in r)
+        fin = f"{r['finish_wall_s'] / 60:.1f} min" if "finish_wall_s" in r else "-"
         f = r.get("fresh")
         if f is None:
-            why = r.get("export_error") or r.get("measure_error") or f"search exit {r.get('search_exit')}"
-            lines.append(f"| {r['seed']} | {r['wall_s'] / 60:.1f} min | - | - | - | - | - | - | {why} | no |")
+            why = (r.get("export_error") or r.get("measure_error") or
+                   (f"finish exit {r['finish_exit']}" if r.get("finish_exit") else f"search exit {r.get('search_exit')}"))
+            lines.append(f"| {run} | {r['wall_s'] / 60:.1f} min | {fin} | - | - | - | - | - | - | - | {why} | no |")
             held.append(False)
             continue
         again = r.get("retimed") or {}
+        what = (f"final model of trial {r['trial']} ({r['steps']} steps)" if r.get("final") else f"trial {r['trial']}")
+        test = "-" if f.get("quality_test") is None else (
+            f"{f['quality_test']:.2f} ({f['quality_test'] - f['baseline_quality_test']:+.2f})")
         lines.append(
-            f"| {r['seed']} | {r['wall_s'] / 60:.1f} min | {r['trial']} | {r['quality_search']:.2f} | "
-            f"{f['quality_full']:.2f} | {'-' if f.get('quality_test') is None else round(f['quality_test'], 2)} | "
-            f"{r['speedup_search']:.2f}x | "
+            f"| {run} | {r['wall_s'] / 60:.1f} min | {fin} | {what} | {f.get('format', 'pytorch')} | "
+            f"{'-' if r.get('final') else round(r['quality_search'], 2)} | {f['quality_full']:.2f} | {test} | "
+            f"{'-' if r['speedup_search'] is None else format(r['speedup_search'], '.2f') + 'x'} | "
             + (f"{again['speedup']:.2f}x [{again['low']:.2f}, {again['high']:.2f}]" if again else "-")
             + f" | {f['speedup']:.2f}x [{f['low']:.2f}, {f['high']:.2f}] | {'yes' if f['holds'] else 'no'} |")
         held.append(f["holds"])
         fulls.append(f["quality_full"])
+        searched.append(r["wall_s"])
     lines.append("")
+    fresh = [r["fresh"] for r in rows if r.get("fresh")]
     if rows:
-        conf = next((r["fresh"]["confidence"] for r in rows if r.get("fresh")), 0.9)
-        base = next((r["fresh"]["baseline_quality_full"] for r in rows if r.get("fresh")), None)
+        conf = fresh[0]["confidence"] if fresh else 0.9
         exported = sum(r.get("export_exit") == 0 for r in rows)
         lines.append(f"- runs: {len(rows)}; `export --best` exported a model in {exported} (it refuses when no "
                      f"re-timed trial holds); exported bests that hold the budget in the fresh process "
                      f"(one-sided {conf:.0%} lower bound >= target): {sum(held)} of {exported}")
-        if fulls:
-            lines.append(f"- full-split quality: min {min(fulls):.2f}, max {max(fulls):.2f}, spread "
-                         f"{max(fulls) - min(fulls):.2f} points (target: at most 0.5)"
-                         + (f"; uncompressed {base:.2f}" if base is not None else ""))
-        lines.append(f"- wall time per run: median {statistics.median(r['wall_s'] for r in rows) / 60:.1f} min")
+        if fresh:
+            lines.append(f"- uncompressed: {fresh[0]['baseline_quality_full']:.2f} full validation"
+                         + ("" if fresh[0].get("baseline_quality_test") is None
+                            else f", {fresh[0]['baseline_quality_test']:.2f} test")
+                         + (f"; baseline setting {fresh[0]['baseline_setting']}" if fresh[0].get("baseline_setting")
+                            else ""))
+        if len(fulls) > 1:
+            lines.append(f"- full-validation quality: min {min(fulls):.2f}, max {max(fulls):.2f}, spread "
+                         f"{max(fulls) - min(fulls):.2f} points (target: at most 0.5)")
+        lines.append(f"- search wall time per run: median {statistics.median(r['wall_s'] for r in rows) / 60:.1f} min")
     write_md(str(OUT), lines, note)
 
 
@@ -152,9 +193,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4])
     ap.add_argument("--rounds", type=int, default=60, help="interleaved rounds of the fresh-process timing")
-    ap.add_argument("--note", default="2-core VM shared with 6 other helpers' tests and runs (load average 4-16 "
-                    "during the runs; the uncompressed model took about 2.4 s per call instead of tens of ms); "
-                    "the quickstart takes about 6 min per run on a quiet machine")
+    ap.add_argument("--finish", action="store_true", help="run `slimformer finish` (defaults) before exporting")
+    ap.add_argument("--note", default="2-core VM, nothing else running")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--measure", nargs=2, metavar=("ARTIFACT", "STUDY"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -164,12 +204,13 @@ def main() -> None:
     path = OUT.with_suffix(".json")
     results = json.loads(path.read_text()) if path.is_file() else {}
     for seed in [] if args.report_only else args.seeds:
-        if str(seed) in results:
-            print(f"seed {seed}: already in {path.name}, skipped")
+        key = _key(seed, args.finish)
+        if key in results:
+            print(f"run {key}: already in {path.name}, skipped")
             continue
-        row = run_seed(seed, args.rounds)
-        # re-read before writing: another instance may have added its seeds meanwhile
-        results = {**(json.loads(path.read_text()) if path.is_file() else {}), str(seed): row}
+        row = run_seed(seed, args.rounds, args.finish)
+        # re-read before writing: another instance may have added its runs meanwhile
+        results = {**(json.loads(path.read_text()) if path.is_file() else {}), key: row}
         path.write_text(json.dumps(results, indent=1, sort_keys=True))
         report(results, args.note)
     report(results, args.note)
