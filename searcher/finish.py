@@ -166,8 +166,9 @@ def run_finish(cfg: StudyConfig, *, storage=None, study_name=None, top: int = DE
         plan = final_plan(cand.user_attrs["plan"], cfg.task.type, steps)
         model = bench.build(plan, log=log, corpus=corpus, deadline=plan_deadline)
         ran = plan_of(model).distill.steps
-        val = bench.quality(model, full=True)["quality"]
-        test = bench.test_quality(model)
+        scored = bench.deployed(model, cand.user_attrs.get("runtime"))  # as its runtime runs it, as exported
+        val = bench.quality(scored, full=True)["quality"]
+        test = bench.test_quality(scored)
         out = final_folder(cfg, handle.name, cand.number)
         out.parent.mkdir(parents=True, exist_ok=True)
         size = model_size(model, plan.group_size)

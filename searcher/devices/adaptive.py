@@ -105,7 +105,8 @@ def speedup_target(budget, baseline_ms: float) -> float | None:
     return None
 
 
-def time_candidate(bench, model, baseline: dict, runtimes: tuple[str, ...] | None = None) -> SpeedupEstimate:
+def time_candidate(bench, model, baseline: dict, runtimes: tuple[str, ...] | None = None,
+                   runners: dict | None = None) -> SpeedupEstimate:
     """Adaptive timing of `model` against the one baseline on the study's device: the first estimate
     uses device.rounds, then step = max(5, rounds // 2) more while undecided, up to device.max_rounds
     (never fewer than device.rounds).
@@ -113,11 +114,12 @@ def time_candidate(bench, model, baseline: dict, runtimes: tuple[str, ...] | Non
     With several `runtimes` (device.runtime auto) the candidate runs in each of them in the same
     first rounds; the fastest (highest median paired ratio) counts and only it is timed further.
     Choosing the best of a few noisy estimates flatters it slightly: the further rounds are unbiased,
-    and the search's final re-timing measures the chosen runtime afresh."""
+    and the search's final re-timing measures the chosen runtime afresh. `runners` (runtime -> the
+    candidate's runner in it, built by the caller to score the same artifact) replace building them."""
     cfg = bench.cfg
     d = cfg.device
-    runtimes = tuple(runtimes or bench.runtimes)
-    runners = {rt: bench.runner(model, rt) for rt in runtimes}
+    runtimes = tuple(runners or runtimes or bench.runtimes)
+    runners = runners or {rt: bench.runner(model, rt) for rt in runtimes}
     timer = bench.paired_runners(runners)
     first = timer(d.rounds)
     ratios = {rt: float(statistics.median(b / c for b, c in zip(first["baseline"], first[rt]))) for rt in runtimes}

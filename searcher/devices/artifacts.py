@@ -170,6 +170,7 @@ def write_artifact(fmt: str, bench, model, out: Path, info: dict, options: dict 
             "format": fmt, "format_version": ARTIFACT_VERSION, "model_files": facts["files"],
             "inputs": {k: dims[k] for k in session.inputs}, "outputs": session.outputs,
             "dynamic_axes": True, "int8_layers": facts["int8_layers"], "int8_weights": facts["int8_weights"],
+            **({"compile_config": facts["compile_config"]} if facts.get("compile_config") else {}),
             "verification": {"max_abs_diff": art.max_abs_diff, "checked_calls": min(art.calls, CHECK_CALLS),
                              **{k: v for k, v in quality.items()}, "split": "full validation"},
             **info,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import UserError
 
-__all__ = ["Runtime", "ArtifactSession", "optional_module", "module_version"]
+__all__ = ["Runtime", "ArtifactSession", "ArtifactRunner", "optional_module", "module_version"]
 
 
 def optional_module(name: str, hint: str):
@@ -49,6 +49,18 @@ class ArtifactSession:
         import numpy as np
 
         return self.run({k: np.asarray(v) for k, v in feed.items() if k in self.inputs})
+
+
+class ArtifactRunner:
+    """A zero-argument callable running an artifact session on fixed inputs; `session` is kept, so
+    the artifact that was timed can also be scored."""
+
+    def __init__(self, session: ArtifactSession, inputs: dict):
+        self.session = session
+        self.feed = {k: v.numpy() for k, v in inputs.items() if k in session.inputs}
+
+    def __call__(self) -> list:
+        return self.session(self.feed)
 
 
 @dataclass(frozen=True)
@@ -89,9 +101,7 @@ class Runtime:
         """A zero-argument callable running the built candidate on `inputs` as this runtime runs it."""
         if self.build is None:
             return self.make_runner(model, inputs, threads)
-        session = self.artifact_session(model, inputs, threads, options)
-        feed = {k: v.numpy() for k, v in inputs.items() if k in session.inputs}
-        return lambda: session(feed)
+        return ArtifactRunner(self.artifact_session(model, inputs, threads, options), inputs)
 
     def artifact_session(self, model, inputs: dict, threads: int, options: dict | None = None) -> ArtifactSession:
         """The candidate's artifact, built in a private folder and loaded from its bytes."""

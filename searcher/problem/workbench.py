@@ -97,6 +97,24 @@ class Workbench:
         runtime, or its first with `device.runtime: auto`)."""
         return get_runtime(runtime or self.runtimes[0]).runner(model, self.inputs, self.cfg.device.threads)
 
+    def runners_for(self, model, plan: Plan | None) -> dict:
+        """runtime -> `model`'s runner in it, for each of the study's runtimes that can run `plan`."""
+        return {rt: self.runner(model, rt) for rt in self.runtimes_for(plan)}
+
+    def as_run(self, model, runner):
+        """What to score so that quality is that of the artifact a runner times: for ONNX Runtime and
+        OpenVINO its session, called like the PyTorch model; the PyTorch model itself otherwise."""
+        from ..devices.artifacts import ArtifactModel
+
+        session = getattr(runner, "session", None)
+        return model if session is None else ArtifactModel(session, model.config)
+
+    def deployed(self, model, runtime: str | None):
+        """`model` as `runtime` runs it (built afresh), for scoring; see `as_run`."""
+        if runtime is None or get_runtime(runtime).build is None:
+            return model
+        return self.as_run(model, self.runner(model, runtime))
+
     def runtimes_for(self, plan: Plan | None) -> tuple[str, ...]:
         """The study's runtimes that can run `plan` as built (all of them without a plan)."""
         if plan is None:

@@ -60,7 +60,7 @@ def _rescore(study, bench, rows: list[dict], log, test: bool = False) -> tuple[f
     if todo or "baseline" not in stored or (test and "baseline_test" not in stored):
         for r in todo:
             log(f"re-scoring trial {r['number']} on the full validation split" + (" and on test ..." if test else " ..."))
-            model = bench().build(Plan.from_dict(r["plan"]))
+            model = bench().deployed(bench().build(Plan.from_dict(r["plan"])), r.get("runtime"))  # as the search scored it
             trials[str(r["number"])] = bench().quality(model, full=True)["quality"]
             if test:
                 tests[str(r["number"])] = bench().test_quality(model)

@@ -17,6 +17,7 @@ import pytest
 INT8_TOLERANCE = 0.1
 
 LOADER = r"""
+import json
 import sys
 import numpy as np
 fmt, folder, feed_path, out_path = sys.argv[1:]
@@ -30,7 +31,8 @@ if fmt == "onnx":
     run = lambda f: sess.run(None, {k: f[k] for k in names})[0]
 else:
     import openvino as ov
-    compiled = ov.Core().compile_model(f"{folder}/model.xml", "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    config = json.load(open(f"{folder}/manifest.json"))["compile_config"]  # what it was timed with
+    compiled = ov.Core().compile_model(f"{folder}/model.xml", "CPU", config)
     names = [i.get_any_name() for i in compiled.inputs]
     run = lambda f: compiled({k: f[k] for k in names})[0]
 out = run(feed)

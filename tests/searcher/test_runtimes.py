@@ -163,3 +163,23 @@ def test_auto_runtime_search_records_every_runtime_and_export_follows_the_fastes
         assert (out / "model.safetensors").exists() or any(out.glob("*.safetensors"))
     else:
         assert manifest is not None and manifest["format"] == fmt
+
+
+def test_a_trial_scores_the_artifact_its_runtime_times(make_study):
+    """With an artifact runtime the trial's quality is that of the ONNX Runtime session that was
+    timed (what `export` hands over), not that of the PyTorch model it was exported from: their
+    int8 kernels quantize activations differently, so the two differ for an int8 plan."""
+    from slimformer.methods import Plan
+    from slimformer.searcher.config import load_study_config
+    from slimformer.searcher.problem.workbench import Workbench
+    from slimformer.searcher.study.trial import evaluate
+
+    bench = Workbench(load_study_config(make_study(device={"runtime": "onnxruntime"})), log=lambda msg: None)
+    plan = Plan(ffn=128, bits=8)
+    result = evaluate(bench, plan, {"latency_ms": 10.0})
+    assert result["runtime"] == "onnxruntime"
+    model = bench.build(plan)
+    artifact = bench.quality(bench.deployed(model, "onnxruntime"))["quality"]
+    pytorch = bench.quality(model)["quality"]
+    assert abs(artifact - pytorch) > 1e-6  # the two int8 kernels really differ on this plan
+    assert result["quality"] == pytest.approx(artifact, abs=1e-9)
