@@ -180,8 +180,8 @@ def report(results: dict, note: str) -> None:
             lines.append(f"- uncompressed: {fresh[0]['baseline_quality_full']:.2f} full validation"
                          + ("" if fresh[0].get("baseline_quality_test") is None
                             else f", {fresh[0]['baseline_quality_test']:.2f} test")
-                         + (f"; baseline setting {fresh[0]['baseline_setting']}" if fresh[0].get("baseline_setting")
-                            else ""))
+                         + (f"; the baseline: stock float32 PyTorch with {fresh[0]['baseline_setting']['attention']} "
+                            "attention (the faster of sdpa and eager here)" if fresh[0].get("baseline_setting") else ""))
         if len(fulls) > 1:
             lines.append(f"- full-validation quality: min {min(fulls):.2f}, max {max(fulls):.2f}, spread "
                          f"{max(fulls) - min(fulls):.2f} points (target: at most 0.5)")
