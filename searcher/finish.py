@@ -273,6 +273,9 @@ def export_final(row: dict, out: Path, force: bool, metric: str, fmt: str = "pyt
         metrics = {k: row.get(k) for k in ("quality", "test_quality", "size_mb", "params", "simulated", "steps")}
         metrics.update({"speedup": row.get("speedup_retimed"), "final_of_trial": row["search_trial"],
                         "metric": metric})
+        if row.get("speedup_retimed") is not None:  # the interval of finish's re-timing, as for search trials
+            metrics["retimed"] = {"speedup": row["speedup_retimed"], "low": row["retimed_low"],
+                                  "high": row["retimed_high"], "holds": row["holds"]}
         if fmt == "pytorch":
             from slimformer.methods import save_compressed
 

@@ -78,6 +78,8 @@ def test_finish_stores_final_models_apart_and_export_takes_them(study, cli):
     assert f"final model of trial {best}" in res.stdout
     meta = json.loads((study.parent / "best" / "slimformer.json").read_text())
     assert meta["metrics"]["final_of_trial"] == best
+    timed = meta["metrics"]["retimed"]  # finish's re-timing travels with the export, interval included
+    assert timed["low"] <= timed["speedup"] <= timed["high"] and timed["holds"] is True
     other = (linked - {best}).pop()
     res = cli("export", study, "--final", other, "--out", study.parent / "other")
     assert res.returncode == 0 and f"final model of trial {other}" in res.stdout
