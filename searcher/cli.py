@@ -174,7 +174,7 @@ def cmd_search(args) -> int:
         print(Plan.from_dict(best["plan"]).to_yaml().rstrip())
     print(f"report: slimformer report {study_file} --html report.html")
     if best is not None:
-        print(f"export: slimformer export {study_file} --best --out compressed/")
+        print(f"then: slimformer finish {study_file} && slimformer export {study_file} --best --out compressed/")
     return 0
 
 
