@@ -33,17 +33,6 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "denormals_results"
 
 
-def ort_runner(onnx_bytes: bytes, threads: int, flush: bool):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.set_denormal_as_zero", "1" if flush else "0")
-    return ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
-
-
 def main() -> None:
     import numpy as np
     import openvino as ov
@@ -77,14 +66,12 @@ def main() -> None:
             onnx_bytes = (folder / "onnx" / "model.onnx").read_bytes()
             ir = ov.Core().read_model(str(folder / "ov" / "model.xml"))
             for flush in (False, True):
-                sess = ort_runner(onnx_bytes, threads, flush)
+                sess = ortrt.ort_session(onnx_bytes, threads, {"session.set_denormal_as_zero": "1" if flush else "0"})
                 f = {i.name: feed[i.name] for i in sess.get_inputs()}
                 name = f"{label}, ONNX Runtime, flush {'on' if flush else 'off'}"
                 runners[name] = (lambda s=sess, f=f: s.run(None, f))
                 outputs[name] = runners[name]()[0]
-                config = {**ovrt.COMPILE_CONFIG, "CPU_DENORMALS_OPTIMIZATION": flush,
-                          "INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": False}
-                compiled = ov.Core().compile_model(ir, "CPU", config)
+                compiled = ovrt.compile_ir(ir, threads, {"CPU_DENORMALS_OPTIMIZATION": flush})
                 req = compiled.create_infer_request()
                 g = {i.get_any_name(): feed[i.get_any_name()] for i in compiled.inputs}
                 name = f"{label}, OpenVINO, flush {'on' if flush else 'off'}"

@@ -130,10 +130,10 @@ def exported(bench, specs: list[str]) -> tuple[dict, dict]:
 
 def runner_of(model, inputs):
     from slimformer.searcher.devices.artifacts import ArtifactModel
+    from slimformer.searcher.devices.runtime import ArtifactRunner
 
     if isinstance(model, ArtifactModel):
-        feed = {k: v.numpy() for k, v in inputs.items()}
-        return lambda: model.session(feed)
+        return ArtifactRunner(model.session, inputs)
     return lambda: model(**inputs)
 
 

@@ -52,6 +52,7 @@ def measure(artifact: str, study: str, rounds: int) -> dict:
     from slimformer.searcher.config import load_study_config
     from slimformer.searcher.devices.adaptive import speedup_interval, speedup_target
     from slimformer.searcher.devices.artifacts import ArtifactModel, is_artifact, open_artifact
+    from slimformer.searcher.devices.runtime import ArtifactRunner
     from slimformer.searcher.problem.workbench import Workbench
 
     cfg = load_study_config(study)
@@ -60,8 +61,7 @@ def measure(artifact: str, study: str, rounds: int) -> dict:
     if is_artifact(folder):  # the runtime's own file, as a user runs it
         manifest, session = open_artifact(folder, cfg.device.threads)
         model = ArtifactModel(session, bench.model.config)
-        feed = {k: v.numpy() for k, v in bench.inputs.items()}
-        runner, fmt = (lambda: session(feed)), manifest["format"]
+        runner, fmt = ArtifactRunner(session, bench.inputs), manifest["format"]
     else:
         model = load_compressed(artifact)[0]
         runner, fmt = bench.runner(model, None), "pytorch"

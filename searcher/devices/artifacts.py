@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 from ..errors import UserError
 from .registry import RUNTIMES
-from .runtime import ArtifactSession, Runtime
+from .runtime import ArtifactRunner, ArtifactSession, Runtime
 
 __all__ = ["ARTIFACT_FORMATS", "ARTIFACT_VERSION", "EXPORT_FORMATS", "build_artifact", "load_artifact",
            "ArtifactModel", "write_artifact", "default_format", "export_model", "is_artifact", "open_artifact",
@@ -135,8 +135,7 @@ def evaluate_artifact(bench, folder: Path, rounds: int | None = None) -> dict:
     manifest, session = open_artifact(folder, bench.cfg.device.threads)
     art = ArtifactModel(session, bench.model.config)
     q = bench.quality(art, full=True)
-    feed = {k: v.numpy() for k, v in bench.inputs.items()}
-    lat = bench.latency_of({"candidate": lambda: session(feed)}, rounds)
+    lat = bench.latency_of({"candidate": ArtifactRunner(session, bench.inputs)}, rounds)
     size = sum((folder / f).stat().st_size for f in manifest["model_files"]) / 2**20
     return {**q, "latency_ms": lat["candidate"].median_ms, "latency_p10_ms": lat["candidate"].p10_ms,
             "latency_p90_ms": lat["candidate"].p90_ms, "baseline_latency_ms": lat["baseline"].median_ms,

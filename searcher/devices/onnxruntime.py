@@ -61,7 +61,8 @@ def quantize_matmuls(src: Path, dst: Path, prefixes: list[str] | None = None, we
     return nodes
 
 
-def ort_session(path: str | Path | bytes, threads: int):
+def ort_session(path: str | Path | bytes, threads: int, config: dict[str, str] | None = None):
+    """An ORT CPU session as every runner here uses it; `config`: extra session config entries."""
     ort = optional_module("onnxruntime", INSTALL_HINT)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -69,6 +70,8 @@ def ort_session(path: str | Path | bytes, threads: int):
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for key, value in (config or {}).items():
+        so.add_session_config_entry(key, value)
     so.log_severity_level = 3
     return ort.InferenceSession(path if isinstance(path, bytes) else str(path), so,
                                 providers=["CPUExecutionProvider"])
@@ -99,9 +102,8 @@ def load(files: dict[str, bytes], threads: int) -> ArtifactSession:
 
 def ort_runner(model, inputs: dict, threads: int, weight_type: str = "s8"):
     """(zero-argument callable running the candidate in ORT, its session)."""
-    session = RUNTIME.artifact_session(model, inputs, threads, {"int8_weights": weight_type})
-    feed = {k: v.numpy() for k, v in inputs.items() if k in session.inputs}
-    return (lambda: session(feed)), session
+    runner = RUNTIME.runner(model, inputs, threads, {"int8_weights": weight_type})
+    return runner, runner.session
 
 
 RUNTIME = Runtime(

@@ -69,10 +69,10 @@ def convert(onnx_path: str | Path, int8_modules: list[str] = ()):
         nncf_log.setLevel(level)
 
 
-def compile_ir(model, threads: int):
-    """Compiled for the CPU: `threads` threads, COMPILE_CONFIG, no pinning."""
+def compile_ir(model, threads: int, overrides: dict | None = None):
+    """Compiled for the CPU: `threads` threads, COMPILE_CONFIG (with `overrides`), no pinning."""
     ov = optional_module("openvino", INSTALL_HINT)
-    config = {**COMPILE_CONFIG, "INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": False}
+    config = {**COMPILE_CONFIG, **(overrides or {}), "INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": False}
     return ov.Core().compile_model(model, "CPU", config)
 
 

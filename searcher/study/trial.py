@@ -96,7 +96,7 @@ def evaluate(bench, plan: Plan, baseline: dict, quality: float | None = None) ->
         "latency_spread_ms": est.spread_ms,
         "speedup": est.speedup, **est.attrs(), "size_mb": size["size_mb"], "params": size["params"],
         "simulated": size["simulated"], "build_s": t1 - t0, "eval_s": t2 - t1, LATENCY_SOURCE: "measured",
-        "runtime": est.runtime,  # what export writes by default (the runtime's artifact format); quality is its
+        "runtime": est.runtime,  # quality was scored in it; export writes its artifact format by default
         **({"runtime_speedups": est.runtime_speedups} if est.runtime_speedups else {}),
     }
 
