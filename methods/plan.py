@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Plan", "DistillSpec", "ModelShape", "IMPORTANCE", "BITS", "SIMULATED_BITS", "QUANT_METHODS"]
+__all__ = ["Plan", "DistillSpec", "ModelShape", "IMPORTANCE", "BITS", "SIMULATED_BITS", "QUANT_METHODS",
+           "INT8_WEIGHTS"]
 
 IMPORTANCE = ("magnitude", "fisher")
 BITS = (32, 16, 8, 4, 3, 2)
@@ -20,6 +21,9 @@ SIMULATED_BITS = (4, 3, 2)
 RECOVERY = ("none", "mask_tuning")
 DISTILL_LOSSES = ("logits", "hidden", "embedding", "attention")
 QUANT_METHODS = ("rtn", "gptq")
+# how a runtime that re-quantizes int8 layers itself (ONNX Runtime) stores their weights: "s8" signed
+# per-channel, "u8" unsigned 7-bit per-channel (reduce_range); the first is the default
+INT8_WEIGHTS = ("s8", "u8")
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,9 @@ class Plan:
     smooth: SmoothQuant alpha in [0, 1] (Xiao et al. 2023); 0 = off. Before quantization, the
         inputs of the Linears that read a LayerNorm are divided per channel by s and their weight
         columns multiplied by s (needs calibration data).
+    int8_weights: the weights of int8 layers in a runtime that quantizes them itself (ONNX Runtime):
+        "s8" (signed, per channel) or "u8" (unsigned 7-bit, reduce_range: no saturation of u8 x s8
+        products on CPUs without VNNI); other runtimes do not read it.
     """
 
     layers: tuple[int, ...] | None = None
@@ -121,6 +128,7 @@ class Plan:
     group_size: int = 64
     quant_method: str = "rtn"
     smooth: float = 0.0
+    int8_weights: str = INT8_WEIGHTS[0]
 
     def __post_init__(self) -> None:
         if self.layers is not None:
@@ -153,6 +161,8 @@ class Plan:
                 or not 0.0 <= self.smooth <= 1.0):
             raise ValueError(f"smooth must be a number in [0, 1] (the SmoothQuant alpha; 0 = off), got {self.smooth!r}")
         object.__setattr__(self, "smooth", float(self.smooth))
+        if self.int8_weights not in INT8_WEIGHTS:
+            raise ValueError(f"int8_weights must be one of {', '.join(INT8_WEIGHTS)}, got {self.int8_weights!r}")
         if isinstance(self.distill, dict):
             object.__setattr__(self, "distill", DistillSpec(**self.distill))
         elif not isinstance(self.distill, DistillSpec):

@@ -19,7 +19,7 @@ from slimformer.methods.adapters import UnsupportedModelError, get_adapter
 from .backends import local, workers
 from .backends.workers import check_scale_out, is_worker
 from .config import StudyConfig
-from .devices.registry import check_space, space_refusal
+from .devices.registry import check_space, get_runtime, space_refusal
 from .errors import UserError
 from .study.owners import fail_stale_trials, register_owner
 from .study.records import (
@@ -193,7 +193,8 @@ def _baseline(cfg: StudyConfig, bench, log) -> dict:
 
 def _default_space(cfg: StudyConfig, bench, log):
     """The default space, adapted to what this device and study can use."""
-    from slimformer.spaces import BitsDim, ImportanceDim, default_space
+    from slimformer.methods.plan import INT8_WEIGHTS
+    from slimformer.spaces import BitsDim, ImportanceDim, Int8WeightsDim, default_space
 
     space = default_space()
     refusal = space_refusal(cfg.device.runtime, 16)
@@ -207,6 +208,8 @@ def _default_space(cfg: StudyConfig, bench, log):
         space = space.model_copy(update={"importance": ImportanceDim(choices=["magnitude"]), "recovery": None,
                                          "distill": None})
         log("no data.calibration: the default space leaves out Fisher importance, mask tuning and distillation")
+    if any(get_runtime(n).reads_int8_weights for n in bench.runtimes):  # the int8 weights change its quality
+        space = space.model_copy(update={"int8_weights": Int8WeightsDim(choices=list(INT8_WEIGHTS))})
     return space
 
 
@@ -275,7 +278,8 @@ def _bind_space(cfg: StudyConfig, log):
 
         given = parse_space_config(cfg.space)
         check_space(cfg.device.runtime, given.bits.choices if given.bits is not None else [],
-                    getattr(given.quant_method, "choices", ()), str(cfg.path or "study"))
+                    getattr(given.quant_method, "choices", ()), str(cfg.path or "study"),
+                    getattr(given.int8_weights, "choices", ()))
     try:
         bench = Workbench(cfg, log=log)
         shape = get_adapter(bench.model).shape()

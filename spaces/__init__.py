@@ -10,6 +10,7 @@ from .config import (
     DepthDim,
     DistillDim,
     ImportanceDim,
+    Int8WeightsDim,
     QuantMethodDim,
     RankDim,
     RecoveryDim,
@@ -24,5 +25,6 @@ from .validation import format_validation_error, parse_space_config
 
 __all__ = [
     "Space", "SpaceConfig", "SpaceError", "WidthDim", "DepthDim", "BitsDim", "RankDim", "RecoveryDim",
-    "ImportanceDim", "DistillDim", "QuantMethodDim", "SmoothDim", "default_space", "parse_space_config", "format_validation_error",
+    "ImportanceDim", "DistillDim", "QuantMethodDim", "SmoothDim", "Int8WeightsDim", "default_space",
+    "parse_space_config", "format_validation_error",
 ]

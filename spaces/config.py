@@ -20,11 +20,20 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from slimformer.methods.plan import BITS, DISTILL_LOSSES, IMPORTANCE, QUANT_METHODS, RECOVERY, ModelShape
+from slimformer.methods.plan import (
+    BITS,
+    DISTILL_LOSSES,
+    IMPORTANCE,
+    INT8_WEIGHTS,
+    QUANT_METHODS,
+    RECOVERY,
+    ModelShape,
+)
 
 __all__ = [
     "SpaceConfig", "WidthDim", "DepthDim", "BitsDim", "RankDim", "ImportanceDim", "DistillDim",
-    "QuantMethodDim", "SmoothDim", "SpaceError", "default_space", "parse_tie", "width_choices",
+    "QuantMethodDim", "SmoothDim", "Int8WeightsDim", "SpaceError", "default_space", "parse_tie",
+    "width_choices",
 ]
 
 _TIE = re.compile(r"^block:(\d+)$")
@@ -164,6 +173,13 @@ class SmoothDim(_Section):
     choices: Fractions
 
 
+class Int8WeightsDim(_Section):
+    """How ONNX Runtime stores int8 weights: s8 (signed, per channel) or u8 (7-bit, reduce_range);
+    only searched in trials where a kept layer is int8."""
+
+    choices: _choices(Literal[INT8_WEIGHTS])
+
+
 class DistillDim(_Section):
     """Distillation; lr/losses/temperature/alpha are only searched in trials with steps > 0."""
 
@@ -182,7 +198,7 @@ class DistillDim(_Section):
         return value
 
 
-_DIMS = ("heads", "ffn", "bits", "rank", "importance", "recovery", "quant_method", "smooth")
+_DIMS = ("heads", "ffn", "bits", "rank", "importance", "recovery", "quant_method", "smooth", "int8_weights")
 
 
 class SpaceConfig(_Section):
@@ -197,6 +213,7 @@ class SpaceConfig(_Section):
     recovery: RecoveryDim | None = None
     quant_method: QuantMethodDim | None = None
     smooth: SmoothDim | None = None
+    int8_weights: Int8WeightsDim | None = None
     distill: DistillDim | None = None
 
     @model_validator(mode="before")
@@ -230,6 +247,9 @@ class SpaceConfig(_Section):
             if getattr(self, key) is not None and not rounded:
                 raise SpaceError(f"space.{key}: only searched where a layer is quantized, but space.bits has no "
                                  f"8/4/3/2 choice; add one to space.bits or remove space.{key}")
+        if self.int8_weights is not None and (self.bits is None or 8 not in self.bits.choices):
+            raise SpaceError("space.int8_weights: only searched where a layer is int8, but space.bits has no 8; "
+                             "add 8 to space.bits or remove space.int8_weights")
         if self.rank is not None:
             cap = min(shape.hidden_size, shape.intermediate_size)
             for i, r in enumerate(self.rank.choices):

@@ -6,7 +6,8 @@ Parameter names (fixed choice lists per name, as Optuna 5 requires):
 - per dimension `heads`, `ffn`, `rank`, `bits` by tie: `heads_L3` (per_layer, layer = ORIGINAL
   index), `heads_B1` (block:N, block b covers layers b*N .. b*N+N-1), `heads` (shared);
 - `importance`, `recovery`; `quant_method`, `smooth` only in trials where a kept layer is
-  quantized (bits 8/4/3/2: float32 and bfloat16 have no rounding to choose);
+  quantized (bits 8/4/3/2: float32 and bfloat16 have no rounding to choose); `int8_weights`
+  only in trials where a kept layer is int8;
 - `distill_steps`, then `distill_lr`, `distill_losses` (e.g. "embedding+hidden"),
   `distill_temperature`, `distill_alpha` only in trials with steps > 0.
 
@@ -31,7 +32,7 @@ from dataclasses import asdict
 from typing import Any
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
-from slimformer.methods.plan import QUANT_METHODS, DistillSpec, ModelShape, Plan
+from slimformer.methods.plan import INT8_WEIGHTS, QUANT_METHODS, DistillSpec, ModelShape, Plan
 
 from .config import FLOAT_BITS, SpaceConfig, parse_tie, width_choices
 from .validation import parse_space_config
@@ -84,6 +85,9 @@ class Space:
             self._add("quant_method", "quant_method", CategoricalDistribution(order))
         if config.smooth is not None:
             self._add("smooth", "smooth", CategoricalDistribution(sorted(set(config.smooth.choices))))
+        if config.int8_weights is not None:
+            order = [w for w in INT8_WEIGHTS if w in config.int8_weights.choices]
+            self._add("int8_weights", "int8_weights", CategoricalDistribution(order))
         if config.distill is not None:
             d = config.distill
             self._add("distill_steps", "distill_steps", CategoricalDistribution(sorted(set(d.steps))))
@@ -147,6 +151,8 @@ class Space:
         quantized = any(b not in FLOAT_BITS for b in values["bits"] or ())  # dropped layers carry 32
         quant = {key: self._choose(pick, key) if quantized and key in self._dists else default
                  for key, default in _QUANT.items()}
+        if "int8_weights" in self._dists and 8 in (values["bits"] or ()):
+            quant["int8_weights"] = self._choose(pick, "int8_weights")
         distill = DistillSpec()
         if "distill_steps" in self._dists:
             steps = self._choose(pick, "distill_steps")
@@ -359,6 +365,9 @@ class Space:
             if key in self._dists:
                 lines.append(f"{key}: {', '.join(map(str, self._dists[key].choices))} (only in trials where a "
                              "kept layer is quantized: bits 8/4/3/2)")
+        if "int8_weights" in self._dists:
+            lines.append(f"int8_weights: {', '.join(self._dists['int8_weights'].choices)} (ONNX Runtime's int8 "
+                         "weights; only in trials where a kept layer is int8)")
         if "distill_steps" in self._dists:
             parts = [f"steps {', '.join(map(str, self._dists['distill_steps'].choices))}"]
             parts += [f"{k} {', '.join(map(str, self._dists[f'distill_{k}'].choices))}" for k in _DISTILL]

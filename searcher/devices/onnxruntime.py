@@ -4,8 +4,9 @@ The candidate's float32 copy is exported to ONNX (`searcher.devices.graph`: HF n
 and sequence axes) and run by an ONNX Runtime CPU session (graph optimizations ALL, `device.threads`
 intra-op threads, one inter-op thread, no spin-waiting so the interleaved timings of other runners
 are not slowed by idle workers). Layers the plan stores in int8 become real ORT int8 (`quantize_dynamic`,
-only the MatMuls of those layers: DynamicQuantizeLinear + MatMulInteger), with signed per-channel
-weights (`s8`, default) or unsigned 7-bit ones (`u8`, reduce_range). bits 16 is refused (ORT's CPU
+only the MatMuls of those layers: DynamicQuantizeLinear + MatMulInteger), with the weights the plan's
+`int8_weights` names: signed per-channel (`s8`, default) or unsigned 7-bit (`u8`, reduce_range), a
+choice `space.int8_weights` searches. bits 16 is refused (ORT's CPU
 provider has no fast bfloat16 kernels); simulated 4/3/2 bits run in float32 as in eager. The artifact
 (`export --format onnx`) is model.onnx: the graph the latency runner ran.
 """
@@ -15,6 +16,8 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from slimformer.methods.plan import INT8_WEIGHTS as PLAN_INT8_WEIGHTS
+
 from .runtime import ArtifactSession, Runtime, module_version, optional_module
 
 __all__ = ["RUNTIME", "INSTALL_HINT", "INT8_WEIGHTS", "quantize_matmuls", "ort_session", "ort_runner"]
@@ -23,10 +26,12 @@ INSTALL_HINT = "device.runtime onnxruntime needs: pip install 'slimformer[onnx]'
 NO_BF16 = "ONNX Runtime's CPU provider has no fast bfloat16 kernels"
 
 
-# ORT's dynamic int8 weight settings: signed per-channel weights, or unsigned 7-bit ones (reduce_range),
-# which avoid the saturation of u8 x s8 products on CPUs without VNNI (ONNX Runtime's quantization docs)
+# ORT's dynamic int8 weight settings per plan.int8_weights: signed per-channel weights, or unsigned 7-bit
+# ones (reduce_range), which avoid the saturation of u8 x s8 products on CPUs without VNNI (ONNX
+# Runtime's quantization docs)
 INT8_WEIGHTS = {"s8": {"weight_type": "QInt8", "per_channel": True, "reduce_range": False},
                 "u8": {"weight_type": "QUInt8", "per_channel": True, "reduce_range": True}}
+assert tuple(INT8_WEIGHTS) == PLAN_INT8_WEIGHTS, "one setting per plan.int8_weights choice"
 
 
 def quantize_matmuls(src: Path, dst: Path, prefixes: list[str] | None = None, weight_type: str = "s8") -> list[str]:
@@ -78,10 +83,14 @@ def ort_session(path: str | Path | bytes, threads: int, config: dict[str, str] |
 
 
 def build(model, inputs: dict, folder: Path, options: dict) -> dict:
-    """model.onnx of a built candidate: its int8 layers as ORT int8 (options["int8_weights"]: s8 | u8)."""
+    """model.onnx of a built candidate: its int8 layers as ORT int8, weights as its plan's int8_weights
+    (options["int8_weights"] overrides it, for models built elsewhere)."""
+    from slimformer.methods import plan_of
+
     from .graph import export_onnx, float_copy, node_prefixes
 
-    weights = options.get("int8_weights", "s8")
+    plan = plan_of(model)
+    weights = options.get("int8_weights") or (plan.int8_weights if plan else PLAN_INT8_WEIGHTS[0])
     fmodel, int8 = float_copy(model, RUNTIME.refusal(16))
     path = folder / "model.onnx"
     if not int8:
@@ -110,5 +119,5 @@ RUNTIME = Runtime(
     name="onnxruntime", summary="ONNX Runtime, CPU", artifact_format="onnx", real_bits=(32, 8),
     refused={16: NO_BF16},
     refused_methods={"gptq": "ONNX Runtime re-rounds int8 layers with its own quantize_dynamic"},
-    requires=("onnx", "onnxruntime"), install_hint=INSTALL_HINT, profiled=True,
+    requires=("onnx", "onnxruntime"), install_hint=INSTALL_HINT, profiled=True, reads_int8_weights=True,
     version=lambda: module_version("onnxruntime"), build=build, load=load)

@@ -54,9 +54,13 @@ def space_refusal(name: str, bits: int) -> str | None:
     return None if not all(reasons) else "; ".join(reasons)
 
 
-def check_space(name: str, bits, quant_methods, where: str = "study") -> None:
+def check_space(name: str, bits, quant_methods, where: str = "study", int8_weights=()) -> None:
     """UserError when the searched space holds bit-widths or rounding the runtime cannot run as built
-    (with `auto`: that none of the competing runtimes can)."""
+    (with `auto`: that none of the competing runtimes can), or int8 weight types no runtime reads."""
+    if len(int8_weights) > 1 and not any(RUNTIMES[n].reads_int8_weights for n in study_runtimes(name)):
+        readers = ", ".join(n for n, r in RUNTIMES.items() if r.reads_int8_weights)
+        raise UserError(f"{where}: space.int8_weights: no runtime of device.runtime {name} reads it (only {readers} "
+                        "quantizes int8 layers itself); remove space.int8_weights")
     for b in bits:
         refusal = space_refusal(name, b)
         if refusal:

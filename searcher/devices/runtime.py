@@ -75,6 +75,7 @@ class Runtime:
     install_hint: str | None = None
     profiled: bool = False  # `slimformer profile --runtime NAME` has a microbenchmark grid for it
     competes: bool = True  # timed for every candidate under `device.runtime: auto` when installed
+    reads_int8_weights: bool = False  # quantizes int8 layers itself, with the weights plan.int8_weights names
     version: Callable[[], str | None] | None = None
     make_runner: Callable | None = None  # (model, inputs, threads) -> zero-argument callable
     build: Callable | None = None  # (model, inputs, folder, options) -> {"files": [...], ...}

@@ -54,6 +54,39 @@ def test_int8_layers_become_ort_int8(tiny_models, tmp_path):
     assert ops["MatMul"] >= 6  # layer 1's projections (and attention's own matmuls) stay float32
 
 
+def test_a_plans_int8_weights_choose_ort_s8_or_u8_reduce_range(tiny_models, tmp_path):
+    import numpy as np
+    import torch
+    from onnx import TensorProto, numpy_helper
+    from slimformer.methods import Plan, apply_plan
+    from slimformer.searcher.devices.onnxruntime import RUNTIME, ort_session
+
+    t, base = _tiny_bert(tiny_models)
+    inputs = t.inputs()
+    with torch.inference_mode():
+        ref = base(**inputs).logits.numpy()
+    got = {}
+    for weights in ("s8", "u8"):
+        folder = tmp_path / weights
+        folder.mkdir()
+        model = apply_plan(base, Plan(bits=8, int8_weights=weights))
+        facts = RUNTIME.build(model, inputs, folder, {})
+        assert facts["int8_weights"] == weights
+        graph = onnx.load(str(folder / "model.onnx")).graph
+        quantized = [i for i in graph.initializer if i.name.endswith("_quantized")]
+        assert quantized
+        want = TensorProto.INT8 if weights == "s8" else TensorProto.UINT8
+        assert {i.data_type for i in quantized} == {want}
+        span = max(int(numpy_helper.to_array(i).max()) - int(numpy_helper.to_array(i).min()) for i in quantized)
+        # reduce_range: 7-bit weights (no u8 x s8 product saturates without VNNI); s8 uses all 8 bits
+        assert span <= 128 if weights == "u8" else span > 200
+        sess = ort_session(folder / "model.onnx", 1)
+        feed = {k: v.numpy() for k, v in inputs.items() if k in {i.name for i in sess.get_inputs()}}
+        got[weights] = sess.run(None, feed)[0]
+        assert np.abs(got[weights] - ref).max() < 0.2 * np.abs(ref).max() + 1e-3  # int8 of the same model
+    assert not np.array_equal(got["s8"], got["u8"])  # the choice changes what runs
+
+
 def test_bf16_layers_are_refused(tiny_models):
     from slimformer.methods import Plan, apply_plan
     from slimformer.searcher.devices.graph import float_copy
@@ -117,6 +150,12 @@ def test_gptq_int8_with_onnxruntime_is_exit_2(make_study, cli, expect_user_error
     """ORT re-rounds int8 layers with its own quantize_dynamic: GPTQ's int8 values would not be what runs."""
     study = make_study(device={"runtime": "onnxruntime"}, space={"bits": [32, 8], "quant_method": ["rtn", "gptq"]})
     expect_user_error(cli("search", study), "space.quant_method", "onnxruntime")
+
+
+def test_int8_weights_without_a_runtime_reading_them_is_exit_2(make_study, cli, expect_user_error):
+    """Only ONNX Runtime quantizes int8 layers itself: searching its weight type elsewhere changes nothing."""
+    study = make_study(device={"runtime": "eager"}, space={"bits": [32, 8], "int8_weights": ["s8", "u8"]})
+    expect_user_error(cli("search", study), "space.int8_weights", "onnxruntime")
 
 
 def test_missing_onnxruntime_is_exit_2(make_study, expect_user_error):

@@ -419,6 +419,31 @@ def test_quant_method_and_smooth_are_suggested_only_when_a_kept_layer_is_quantiz
     assert {("gptq", 0.5), ("rtn", 0.0)} <= seen
 
 
+def test_int8_weights_are_suggested_only_when_a_kept_layer_is_int8():
+    space = space_of({"depth": {"min": 1}, "bits": {"choices": [32, 8, 4], "tie": "per_layer"},
+                      "int8_weights": ["u8", "s8"]})
+    assert space.distributions()["int8_weights"].choices == ("s8", "u8")  # s8 first: the default
+    assert any("int8_weights: s8, u8" in line for line in space.describe())
+    four_bit = {"depth": 1, "bits_L0": 4, "quant_method": "rtn"}
+    assert space.plan_from_params(four_bit).int8_weights == "s8"  # no int8 layer: not needed
+    with pytest.raises(ValueError, match="lack 'int8_weights'"):
+        space.plan_from_params({"depth": 1, "bits_L0": 8})
+    assert space.plan_from_params({"depth": 1, "bits_L0": 8, "int8_weights": "u8"}).int8_weights == "u8"
+    seen = set()
+    for trial, plan in ask_plans(space, 30)[1]:
+        assert ("int8_weights" in trial.params) == any(plan.bits[i] == 8 for i in plan.layers)
+        assert space.plan_from_params(trial.params) == plan
+        seen.add(plan.int8_weights)
+    assert seen == {"s8", "u8"}
+    with pytest.raises(SpaceError, match="space.int8_weights: only searched where a layer is int8"):
+        space_of({"bits": [32, 4], "int8_weights": ["s8", "u8"]})
+    with pytest.raises(SpaceError, match="int8_weights"):
+        parse_space_config({"bits": [8], "int8_weights": ["s4"]})
+    with pytest.raises(ValueError, match="int8_weights must be one of s8, u8"):
+        Plan(bits=8, int8_weights="u4")
+    assert Plan.from_dict(Plan(bits=8, int8_weights="u8").to_dict()).int8_weights == "u8"
+
+
 def test_choice_plans_hold_every_choice_on_the_smallest_plan():
     space = space_of({**QUANT, "importance": ["magnitude", "fisher"], "recovery": ["mask_tuning"],
                       "distill": {"steps": [0, 50]}})
