@@ -1,6 +1,13 @@
 """Latency protocol (DESIGN.md §6): warm-up, then interleaved rounds of every model in the
 same process at a fixed thread count; median and spread per model; speedup of each against
-the baseline from the same rounds; device facts recorded with every figure."""
+the baseline from the same rounds; device facts recorded with every figure.
+
+Every timed call starts after IDLE_GAP_MS of idle time, so no call runs while the threads of the
+call before it (another runtime's pool, PyTorch's OpenMP workers) are still settling: without the
+gap, a candidate's speedup depended on which runners shared its rounds (benchmarks/
+interleaving_results.md: OpenVINO 3.23x timed alone with the baseline, 3.78x timed beside the
+candidate's other runtimes; with a 10 ms gap 3.79x and 3.78x, and ONNX Runtime 3.43x and 3.34x).
+50 ms of idle time slows the next call instead (cooler caches)."""
 
 from __future__ import annotations
 
@@ -13,7 +20,9 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-__all__ = ["LatencyResult", "measure_latency", "device_facts", "fixed_threads"]
+__all__ = ["LatencyResult", "measure_latency", "device_facts", "fixed_threads", "IDLE_GAP_MS"]
+
+IDLE_GAP_MS = 10.0  # idle time before every timed call (see above)
 
 
 @dataclass
@@ -102,12 +111,13 @@ def measure_latency(
     warmup: int = 5,
     threads: int | None = None,
     repeat: int = 1,
+    gap_ms: float = IDLE_GAP_MS,
 ) -> dict[str, LatencyResult]:
     """Time every runner (a no-argument callable doing one inference) in interleaved rounds.
 
     Each round calls every runner `repeat` times (the round's figure is the mean per call),
-    so noise from other work on the machine hits all models alike. `baseline` names the
-    runner the speedups are computed against.
+    so noise from other work on the machine hits all models alike; `gap_ms` of idle time
+    precede every timed call. `baseline` names the runner the speedups are computed against.
     """
     if baseline is not None and baseline not in runners:
         raise ValueError(f"baseline {baseline!r} is not one of the runners {list(runners)}")
@@ -121,6 +131,7 @@ def measure_latency(
             order = names if r % 2 == 0 else names[::-1]  # alternate order: no model always goes first
             for name in order:
                 fn = runners[name]
+                time.sleep(gap_ms / 1e3)
                 t0 = time.perf_counter()
                 for _ in range(repeat):
                     fn()

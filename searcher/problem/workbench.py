@@ -151,7 +151,7 @@ class Workbench:
         return {"attention": self.attention, "attention_ms": self.attention_ms, "baseline_runtime": BASELINE_RUNTIME}
 
     @cached_property
-    def _baseline_runner(self):
+    def baseline_runner(self):
         self.choose_attention()
         return get_runtime(BASELINE_RUNTIME).runner(self.model, self.inputs, self.cfg.device.threads)
 
@@ -173,7 +173,7 @@ class Workbench:
     def latency_of(self, runners: dict, rounds: int | None = None) -> dict:
         """Interleaved timing of zero-argument callables against the one baseline."""
         d = self.cfg.device
-        return measure_latency({"baseline": self._baseline_runner, **runners}, baseline="baseline",
+        return measure_latency({"baseline": self.baseline_runner, **runners}, baseline="baseline",
                                rounds=rounds or d.rounds, warmup=d.warmup, threads=d.threads)
 
     def paired_rounds(self, models: dict[str, torch.nn.Module], runtimes: dict[str, str] | None = None):
@@ -185,7 +185,7 @@ class Workbench:
     def paired_runners(self, runners: dict):
         """As `paired_rounds`, for runners already built (zero-argument callables)."""
         d = self.cfg.device
-        runners = {"baseline": self._baseline_runner, **runners}
+        runners = {"baseline": self.baseline_runner, **runners}
         calls = [0]
 
         def more(n: int) -> dict[str, list[float]]:
