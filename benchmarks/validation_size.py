@@ -31,6 +31,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_md  # noqa: E402
+from selection import spearman as rank_corr  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "validation_size_results"
@@ -71,12 +72,6 @@ def rho(sims: np.ndarray, gold: np.ndarray) -> float:
     from scipy.stats import spearmanr
 
     return float(spearmanr(sims, gold).statistic * 100)
-
-
-def rank_corr(a, b) -> float:
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(a, b).statistic)
 
 
 def collect(path: str, extra: int, log) -> dict:
