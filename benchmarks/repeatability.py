@@ -11,7 +11,7 @@ and on data.test.
 
 Resumable: results are kept in repeatability_results.json by run ("0" = seed 0 searched,
 "0+finish" = seed 0 searched and finished, "0+finish@3.5x" = the same with the copy's budget.speedup
-set to 3.5 instead of the shipped value); a run already there is skipped, so more can be added
+set to 3.5 instead of the shipped value; `--tag T` adds " (T)"); a run already there is skipped, so more can be added
 later (`--seeds 2 3 4`).
 
     python benchmarks/repeatability.py --seeds 0 1 2 3 4
@@ -84,8 +84,9 @@ def measure(artifact: str, study: str, rounds: int) -> dict:
     }
 
 
-def run_seed(seed: int, rounds: int, finish: bool, speedup: float | None = None) -> dict:
-    folder = RUNS / (f"seed{seed}" + ("-finish" if finish else "") + (f"-{speedup:g}x" if speedup else ""))
+def run_seed(seed: int, rounds: int, finish: bool, speedup: float | None = None, tag: str | None = None) -> dict:
+    folder = RUNS / (f"seed{seed}" + ("-finish" if finish else "") + (f"-{speedup:g}x" if speedup else "")
+                     + (f"-{tag}" if tag else ""))
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     shutil.copytree(ROOT / "studies", folder / "studies")
@@ -105,7 +106,7 @@ def run_seed(seed: int, rounds: int, finish: bool, speedup: float | None = None)
     code, out = _cli("search", STUDY, "--seed", seed, cwd=folder, env=env, log=log)
     wall = time.monotonic() - t0
     row = {"seed": seed, "wall_s": wall, "search_exit": code, "search_summary": out.strip().splitlines()[:3],
-           **({"speedup_budget": speedup} if speedup else {})}
+           **({"speedup_budget": speedup} if speedup else {}), **({"tag": tag} if tag else {})}
     if code != 0:
         return row
     if finish:
@@ -139,8 +140,9 @@ def run_seed(seed: int, rounds: int, finish: bool, speedup: float | None = None)
     return row
 
 
-def _key(seed: int, finish: bool, speedup: float | None = None) -> str:
-    return (f"{seed}+finish" if finish else str(seed)) + (f"@{speedup:g}x" if speedup else "")
+def _key(seed: int, finish: bool, speedup: float | None = None, tag: str | None = None) -> str:
+    return ((f"{seed}+finish" if finish else str(seed)) + (f"@{speedup:g}x" if speedup else "")
+            + (f" ({tag})" if tag else ""))
 
 
 def report(results: dict, note: str) -> None:
@@ -157,7 +159,7 @@ def report(results: dict, note: str) -> None:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     held, fulls, searched = [], [], []
     for r in rows:
-        run = _key(r["seed"], "finish_wall_s" in r, r.get("speedup_budget"))
+        run = _key(r["seed"], "finish_wall_s" in r, r.get("speedup_budget"), r.get("tag"))
         fin = f"{r['finish_wall_s'] / 60:.1f} min" if "finish_wall_s" in r else "-"
         f = r.get("fresh")
         if f is None:
@@ -206,6 +208,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=60, help="interleaved rounds of the fresh-process timing")
     ap.add_argument("--finish", action="store_true", help="run `slimformer finish` (defaults) before exporting")
     ap.add_argument("--speedup", type=float, help="budget.speedup of the copied quickstart (default: as shipped)")
+    ap.add_argument("--tag", help="a label for the run's key and folder (e.g. what changed since the last run)")
     ap.add_argument("--note", default="2-core VM, nothing else running")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--measure", nargs=2, metavar=("ARTIFACT", "STUDY"), help=argparse.SUPPRESS)
@@ -216,11 +219,11 @@ def main() -> None:
     path = OUT.with_suffix(".json")
     results = json.loads(path.read_text()) if path.is_file() else {}
     for seed in [] if args.report_only else args.seeds:
-        key = _key(seed, args.finish, args.speedup)
+        key = _key(seed, args.finish, args.speedup, args.tag)
         if key in results:
             print(f"run {key}: already in {path.name}, skipped")
             continue
-        row = run_seed(seed, args.rounds, args.finish, args.speedup)
+        row = run_seed(seed, args.rounds, args.finish, args.speedup, args.tag)
         # re-read before writing: another instance may have added its runs meanwhile
         results = {**(json.loads(path.read_text()) if path.is_file() else {}), key: row}
         path.write_text(json.dumps(results, indent=1, sort_keys=True))
