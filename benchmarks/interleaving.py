@@ -35,17 +35,13 @@ OUT = HERE / "interleaving_results"
 GAPS_MS = (0, 5, 10, 50)  # 0: how the project timed until IDLE_GAP_MS
 
 
-def timed(runners: dict, rounds: int, gap_ms: float) -> dict[str, list[float]]:
-    """Milliseconds per call in interleaved rounds (searcher/devices/latency.py), `gap_ms` idle before each."""
+def speedups(runners: dict, rounds: int, gap_ms: float) -> dict[str, float]:
+    """Each runner's speedup over "baseline" in interleaved rounds (searcher/devices/latency.py: the
+    median of per-round ratios), `gap_ms` idle before each call."""
     from slimformer.searcher.devices.latency import measure_latency
 
-    lat = measure_latency(runners, rounds=rounds, warmup=2, gap_ms=gap_ms)
-    return {name: res.samples_ms for name, res in lat.items()}
-
-
-def speedups(samples: dict[str, list[float]]) -> dict[str, float]:
-    base = samples["baseline"]
-    return {k: statistics.median(b / c for b, c in zip(base, xs)) for k, xs in samples.items() if k != "baseline"}
+    lat = measure_latency(runners, baseline="baseline", rounds=rounds, warmup=2, gap_ms=gap_ms)
+    return {name: res.speedup for name, res in lat.items() if name != "baseline"}
 
 
 def main() -> None:
@@ -77,8 +73,8 @@ def main() -> None:
         for gap in GAPS_MS:
             for rt, fn in runners.items():
                 contexts.setdefault(f"{rt} alone, idle gap {gap} ms", []).append(
-                    speedups(timed({"baseline": baseline, rt: fn}, args.rounds, gap)))
-            together = speedups(timed({"baseline": baseline, **runners}, args.rounds, gap))
+                    speedups({"baseline": baseline, rt: fn}, args.rounds, gap))
+            together = speedups({"baseline": baseline, **runners}, args.rounds, gap)
             for rt in runners:
                 contexts.setdefault(f"{rt} with the others, idle gap {gap} ms", []).append({rt: together[rt]})
     rows = {name: [next(iter(r.values())) for r in reps] for name, reps in contexts.items()}
