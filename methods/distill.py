@@ -201,7 +201,7 @@ def distill(model: nn.Module, stage: DistillStage, ctx: Context) -> nn.Module:
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
     total = [spec.steps]  # cut by the deadline after the probe
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total[0]))
-    model.eval()  # no dropout: short recovery runs are steadier without it
+    model.train(spec.dropout)  # off unless asked: short recovery runs are steadier without it
     started = time.monotonic()
     # attention maps need eager attention; the finally puts the model's own implementation back
     with _eager_attention(model, "attention" in spec.losses), _eager_attention(teacher, "attention" in spec.losses):
@@ -230,6 +230,7 @@ def distill(model: nn.Module, stage: DistillStage, ctx: Context) -> nn.Module:
                 ctx.log(f"distill step {step}/{total[0]} loss {loss.item():.4f} ({elapsed:.0f} s, "
                         f"about {elapsed / step * (total[0] - step):.0f} s left)")
     ctx.notes["distill_steps"] = total[0]
+    model.eval()
     for p in model.parameters():
         p.requires_grad_(trainable[id(p)])
     return model

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["Plan", "DistillSpec", "ModelShape", "IMPORTANCE", "BITS", "SIMULATED_BITS", "QUANT_METHODS",
-           "INT8_WEIGHTS"]
+           "INT8_WEIGHTS", "ATTENTION_IMPLEMENTATIONS"]
 
 IMPORTANCE = ("magnitude", "fisher")
 BITS = (32, 16, 8, 4, 3, 2)
@@ -24,6 +24,9 @@ QUANT_METHODS = ("rtn", "gptq")
 # how a runtime that re-quantizes int8 layers itself (ONNX Runtime) stores their weights: "s8" signed
 # per-channel, "u8" unsigned 7-bit per-channel (reduce_range); the first is the default
 INT8_WEIGHTS = ("s8", "u8")
+# transformers' stock attention implementations that need no extra package: the baseline's is the faster
+# of them on the study's device, and a plan's `attention` may name either for its candidate in PyTorch
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class DistillSpec:
     losses: tuple[str, ...] = ("embedding",)
     lr: float = 1e-4
     freeze_embeddings: bool = True
+    dropout: bool = False  # train with the model's dropout on (long runs: `slimformer finish`)
 
     def __post_init__(self) -> None:
         _check_int("distill.steps", self.steps, 0)
@@ -60,6 +64,8 @@ class DistillSpec:
             raise ValueError(f"distill.alpha must be a number in [0, 1], got {self.alpha!r}")
         if not isinstance(self.lr, (int, float)) or self.lr <= 0:
             raise ValueError(f"distill.lr must be a number > 0, got {self.lr!r}")
+        if not isinstance(self.dropout, bool):
+            raise ValueError(f"distill.dropout must be true or false, got {self.dropout!r}")
         if not isinstance(self.losses, (str, list, tuple)):
             raise ValueError(f"distill.losses must be a loss name or a list of them, got {self.losses!r}")
         losses = (self.losses,) if isinstance(self.losses, str) else tuple(self.losses)
@@ -115,6 +121,8 @@ class Plan:
     int8_weights: the weights of int8 layers in a runtime that quantizes them itself (ONNX Runtime):
         "s8" (signed, per channel) or "u8" (unsigned 7-bit, reduce_range: no saturation of u8 x s8
         products on CPUs without VNNI); other runtimes do not read it.
+    attention: the attention implementation the candidate runs with in PyTorch ("sdpa" or "eager");
+        None = the baseline's. Runtimes that export a graph (ONNX Runtime, OpenVINO) do not read it.
     """
 
     layers: tuple[int, ...] | None = None
@@ -129,6 +137,7 @@ class Plan:
     quant_method: str = "rtn"
     smooth: float = 0.0
     int8_weights: str = INT8_WEIGHTS[0]
+    attention: str | None = None
 
     def __post_init__(self) -> None:
         if self.layers is not None:
@@ -163,6 +172,9 @@ class Plan:
         object.__setattr__(self, "smooth", float(self.smooth))
         if self.int8_weights not in INT8_WEIGHTS:
             raise ValueError(f"int8_weights must be one of {', '.join(INT8_WEIGHTS)}, got {self.int8_weights!r}")
+        if self.attention is not None and self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_IMPLEMENTATIONS)} (or null: the "
+                             f"baseline's), got {self.attention!r}")
         if isinstance(self.distill, dict):
             object.__setattr__(self, "distill", DistillSpec(**self.distill))
         elif not isinstance(self.distill, DistillSpec):

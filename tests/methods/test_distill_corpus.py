@@ -127,3 +127,36 @@ def test_calibration_batches_come_in_a_new_order_every_epoch(monkeypatch, steps)
     epochs = [order[i:i + 3] for i in range(0, steps, 3)]
     assert all(sorted(e) == [0, 1, 2] for e in epochs)
     assert len({tuple(e) for e in epochs}) > 1
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_dropout_is_on_during_distillation_only_when_asked(dropout, monkeypatch):
+    teacher = _model()  # BERT's default dropout 0.1 in its layers
+    student_seen = []
+
+    def record(mod, args):
+        student_seen.append(mod.training)
+
+    plan = Plan(heads=1, ffn=16, distill={"steps": 6, "losses": ["embedding"], "lr": 1e-3, "dropout": dropout})
+    calib = Calibration([_batch(["w a", "w b c"])])
+    import slimformer.methods.distill as D
+
+    orig = D._loss
+
+    def loss(model, *a):
+        if not student_seen:
+            for m in model.modules():
+                if isinstance(m, torch.nn.Dropout):
+                    m.register_forward_pre_hook(record)
+        return orig(model, *a)
+
+    monkeypatch.setattr(D, "_loss", loss)
+    student = apply_plan(teacher, plan, calib, corpus=_corpus(n=16))
+    assert student_seen and set(student_seen) == {dropout}  # every training forward pass, as asked
+    assert not student.training and not any(m.training for m in student.modules())  # handed back in eval mode
+    assert student.config.slimformer["plan"]["distill"]["dropout"] is dropout
+
+
+def test_dropout_must_be_a_boolean():
+    with pytest.raises(ValueError, match="distill.dropout must be true or false"):
+        Plan(distill={"steps": 1, "dropout": "yes"})
