@@ -18,6 +18,7 @@ from .masktune import MaskTuneSpec, mask_tune
 from .plan import Plan
 from .prune import PruneSpec, prune
 from .quantize import QuantSpec, needs_calibration, quantize
+from .surgery import attention_of, set_attention
 
 __all__ = ["Method", "METHODS", "apply_plan", "plan_of", "plan_needs_calibration", "CONFIG_KEY"]
 
@@ -69,6 +70,7 @@ def apply_plan(
 ) -> nn.Module:
     """A new, physically smaller copy of `model` built by `plan`; `model` is left untouched.
 
+    `plan.attention` (when set) is the attention implementation the copy runs with.
     `calibration` feeds Fisher importance, mask tuning and distillation. `structure_only` rebuilds the
     shapes only (used when loading a saved model whose weights then overwrite them). `corpus` (a
     DistillCorpus) is what distillation trains on instead of the calibration batches; `deadline`
@@ -102,6 +104,8 @@ def apply_plan(
     ran = ctx.notes.get("distill_steps", resolved.distill.steps)
     if ran != resolved.distill.steps:  # cut by the deadline: the stored plan says what ran
         resolved = replace(resolved, distill=replace(resolved.distill, steps=ran))
+    if resolved.attention is not None and not set_attention(student, resolved.attention):
+        raise ValueError(f"attention {resolved.attention!r}: this model cannot use that implementation")
     model.train(was_training)
     setattr(
         student.config,
@@ -111,6 +115,7 @@ def apply_plan(
             "original_config": original_config,
             "model_class": type(model).__name__,
             "simulated": resolved.simulated,
+            "source_attention": attention_of(model),  # what runs without the plan's `attention` (graph exports)
         },
     )
     student.eval()

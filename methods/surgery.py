@@ -1,6 +1,7 @@
 """Module surgery shared by the adapters and the methods: modules at dotted paths, GPT-2's Conv1D
 (a Linear with its weight stored transposed), slicing a Linear's input or output channels in
-place, and `NoAttention`, which stands in for an attention block that kept no heads.
+place, `NoAttention`, which stands in for an attention block that kept no heads, and switching a
+model's attention implementation (`set_attention`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 __all__ = ["module_at", "set_module_at", "is_conv1d", "conv1d_as_linear", "weight_out_in", "slice_out", "slice_in",
-           "NoAttention"]
+           "NoAttention", "attention_of", "set_attention"]
 
 
 def module_at(root: nn.Module, path: str) -> nn.Module:
@@ -86,3 +87,21 @@ class NoAttention(nn.Module):
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out, None
+
+
+def attention_of(model: nn.Module) -> str | None:
+    """The transformers attention implementation `model` runs with (config._attn_implementation)."""
+    return getattr(getattr(model, "config", None), "_attn_implementation", None)
+
+
+def set_attention(model: nn.Module, name: str) -> bool:
+    """Switch a transformers model to attention implementation `name`; False when it cannot use it."""
+    if attention_of(model) == name:
+        return True
+    if not hasattr(model, "set_attn_implementation"):
+        return False
+    try:
+        model.set_attn_implementation(name)
+    except (ValueError, ImportError, NotImplementedError):
+        return False
+    return attention_of(model) == name

@@ -193,8 +193,8 @@ def _baseline(cfg: StudyConfig, bench, log) -> dict:
 
 def _default_space(cfg: StudyConfig, bench, log):
     """The default space, adapted to what this device and study can use."""
-    from slimformer.methods.plan import INT8_WEIGHTS
-    from slimformer.spaces import BitsDim, ImportanceDim, Int8WeightsDim, default_space
+    from slimformer.methods.plan import ATTENTION_IMPLEMENTATIONS, INT8_WEIGHTS
+    from slimformer.spaces import AttentionDim, BitsDim, ImportanceDim, Int8WeightsDim, default_space
 
     space = default_space()
     refusal = space_refusal(cfg.device.runtime, 16)
@@ -210,6 +210,8 @@ def _default_space(cfg: StudyConfig, bench, log):
         log("no data.calibration: the default space leaves out Fisher importance, mask tuning and distillation")
     if any(get_runtime(n).reads_int8_weights for n in bench.runtimes):  # the int8 weights change its quality
         space = space.model_copy(update={"int8_weights": Int8WeightsDim(choices=list(INT8_WEIGHTS))})
+    if any(get_runtime(n).reads_attention for n in bench.runtimes):  # a pruned or int8 model may prefer the other
+        space = space.model_copy(update={"attention": AttentionDim(choices=list(ATTENTION_IMPLEMENTATIONS))})
     return space
 
 
@@ -279,7 +281,7 @@ def _bind_space(cfg: StudyConfig, log):
         given = parse_space_config(cfg.space)
         check_space(cfg.device.runtime, given.bits.choices if given.bits is not None else [],
                     getattr(given.quant_method, "choices", ()), str(cfg.path or "study"),
-                    getattr(given.int8_weights, "choices", ()))
+                    getattr(given.int8_weights, "choices", ()), getattr(given.attention, "choices", ()))
     try:
         bench = Workbench(cfg, log=log)
         shape = get_adapter(bench.model).shape()

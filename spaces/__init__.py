@@ -6,6 +6,7 @@ Imports: methods. Never imports: torch.
 """
 
 from .config import (
+    AttentionDim,
     BitsDim,
     DepthDim,
     DistillDim,
@@ -25,6 +26,6 @@ from .validation import format_validation_error, parse_space_config
 
 __all__ = [
     "Space", "SpaceConfig", "SpaceError", "WidthDim", "DepthDim", "BitsDim", "RankDim", "RecoveryDim",
-    "ImportanceDim", "DistillDim", "QuantMethodDim", "SmoothDim", "Int8WeightsDim", "default_space",
-    "parse_space_config", "format_validation_error",
+    "ImportanceDim", "DistillDim", "QuantMethodDim", "SmoothDim", "Int8WeightsDim", "AttentionDim",
+    "default_space", "parse_space_config", "format_validation_error",
 ]

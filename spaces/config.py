@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 from slimformer.methods.plan import (
+    ATTENTION_IMPLEMENTATIONS,
     BITS,
     DISTILL_LOSSES,
     IMPORTANCE,
@@ -32,7 +33,7 @@ from slimformer.methods.plan import (
 
 __all__ = [
     "SpaceConfig", "WidthDim", "DepthDim", "BitsDim", "RankDim", "ImportanceDim", "DistillDim",
-    "QuantMethodDim", "SmoothDim", "Int8WeightsDim", "SpaceError", "default_space", "parse_tie",
+    "QuantMethodDim", "SmoothDim", "Int8WeightsDim", "AttentionDim", "SpaceError", "CHOICE_ORDER", "default_space", "parse_tie",
     "width_choices",
 ]
 
@@ -180,6 +181,13 @@ class Int8WeightsDim(_Section):
     choices: _choices(Literal[INT8_WEIGHTS])
 
 
+class AttentionDim(_Section):
+    """The attention implementation a candidate runs with in PyTorch (sdpa or eager); only searched in
+    trials that keep an attention head."""
+
+    choices: _choices(Literal[ATTENTION_IMPLEMENTATIONS])
+
+
 class DistillDim(_Section):
     """Distillation; lr/losses/temperature/alpha are only searched in trials with steps > 0."""
 
@@ -198,7 +206,11 @@ class DistillDim(_Section):
         return value
 
 
-_DIMS = ("heads", "ffn", "bits", "rank", "importance", "recovery", "quant_method", "smooth", "int8_weights")
+_DIMS = ("heads", "ffn", "bits", "rank", "importance", "recovery", "quant_method", "smooth", "int8_weights",
+         "attention")
+# the categorical dimensions without a tie, each one's choices in this order (None: ascending)
+CHOICE_ORDER = {"importance": IMPORTANCE, "recovery": RECOVERY, "quant_method": QUANT_METHODS, "smooth": None,
+                "int8_weights": INT8_WEIGHTS, "attention": ATTENTION_IMPLEMENTATIONS}
 
 
 class SpaceConfig(_Section):
@@ -214,6 +226,7 @@ class SpaceConfig(_Section):
     quant_method: QuantMethodDim | None = None
     smooth: SmoothDim | None = None
     int8_weights: Int8WeightsDim | None = None
+    attention: AttentionDim | None = None
     distill: DistillDim | None = None
 
     @model_validator(mode="before")

@@ -7,7 +7,7 @@ Parameter names (fixed choice lists per name, as Optuna 5 requires):
   index), `heads_B1` (block:N, block b covers layers b*N .. b*N+N-1), `heads` (shared);
 - `importance`, `recovery`; `quant_method`, `smooth` only in trials where a kept layer is
   quantized (bits 8/4/3/2: float32 and bfloat16 have no rounding to choose); `int8_weights`
-  only in trials where a kept layer is int8;
+  only in trials where a kept layer is int8; `attention` only in trials that keep a head;
 - `distill_steps`, then `distill_lr`, `distill_losses` (e.g. "embedding+hidden"),
   `distill_temperature`, `distill_alpha` only in trials with steps > 0.
 
@@ -32,9 +32,9 @@ from dataclasses import asdict
 from typing import Any
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
-from slimformer.methods.plan import INT8_WEIGHTS, QUANT_METHODS, DistillSpec, ModelShape, Plan
+from slimformer.methods.plan import DistillSpec, ModelShape, Plan
 
-from .config import FLOAT_BITS, SpaceConfig, parse_tie, width_choices
+from .config import CHOICE_ORDER, FLOAT_BITS, SpaceConfig, parse_tie, width_choices
 from .validation import parse_space_config
 
 __all__ = ["Space"]
@@ -74,20 +74,11 @@ class Space:
             self._groups[key] = _tie_groups(key, dim.tie, n)
             for name, _layers in self._groups[key]:
                 self._add(name, key, CategoricalDistribution(choices))
-        if config.importance is not None:
-            order = [i for i in ("magnitude", "fisher") if i in config.importance.choices]
-            self._add("importance", "importance", CategoricalDistribution(order))
-        if config.recovery is not None:
-            order = [r for r in ("none", "mask_tuning") if r in config.recovery.choices]
-            self._add("recovery", "recovery", CategoricalDistribution(order))
-        if config.quant_method is not None:
-            order = [m for m in QUANT_METHODS if m in config.quant_method.choices]
-            self._add("quant_method", "quant_method", CategoricalDistribution(order))
-        if config.smooth is not None:
-            self._add("smooth", "smooth", CategoricalDistribution(sorted(set(config.smooth.choices))))
-        if config.int8_weights is not None:
-            order = [w for w in INT8_WEIGHTS if w in config.int8_weights.choices]
-            self._add("int8_weights", "int8_weights", CategoricalDistribution(order))
+        for key, order in CHOICE_ORDER.items():
+            dim = getattr(config, key)
+            if dim is not None:  # smooth ascending
+                choices = sorted(set(dim.choices)) if order is None else [c for c in order if c in dim.choices]
+                self._add(key, key, CategoricalDistribution(choices))
         if config.distill is not None:
             d = config.distill
             self._add("distill_steps", "distill_steps", CategoricalDistribution(sorted(set(d.steps))))
@@ -153,6 +144,8 @@ class Space:
                  for key, default in _QUANT.items()}
         if "int8_weights" in self._dists and 8 in (values["bits"] or ()):
             quant["int8_weights"] = self._choose(pick, "int8_weights")
+        attends = values["heads"] is None or any(values["heads"][i] for i in kept)  # a kept layer keeps a head
+        attention = self._choose(pick, "attention") if "attention" in self._dists and attends else None
         distill = DistillSpec()
         if "distill_steps" in self._dists:
             steps = self._choose(pick, "distill_steps")
@@ -161,7 +154,8 @@ class Space:
                 extra["losses"] = tuple(extra["losses"].split("+"))
                 distill = DistillSpec(steps=steps, **extra)
         layers = tuple(sorted(kept)) if "depth" in self._dists else None
-        return Plan(layers=layers, importance=importance, recovery=recovery, distill=distill, **quant, **values)
+        return Plan(layers=layers, importance=importance, recovery=recovery, distill=distill, attention=attention,
+                    **quant, **values)
 
     # ----- public API -------------------------------------------------------------------------
     def sample(self, trial: Any) -> Plan:
@@ -365,9 +359,10 @@ class Space:
             if key in self._dists:
                 lines.append(f"{key}: {', '.join(map(str, self._dists[key].choices))} (only in trials where a "
                              "kept layer is quantized: bits 8/4/3/2)")
-        if "int8_weights" in self._dists:
-            lines.append(f"int8_weights: {', '.join(self._dists['int8_weights'].choices)} (ONNX Runtime's int8 "
-                         "weights; only in trials where a kept layer is int8)")
+        for key, what in (("int8_weights", "ONNX Runtime's int8 weights; only in trials where a kept layer is int8"),
+                          ("attention", "PyTorch's attention implementation; only in trials that keep a head")):
+            if key in self._dists:
+                lines.append(f"{key}: {', '.join(self._dists[key].choices)} ({what})")
         if "distill_steps" in self._dists:
             parts = [f"steps {', '.join(map(str, self._dists['distill_steps'].choices))}"]
             parts += [f"{k} {', '.join(map(str, self._dists[f'distill_{k}'].choices))}" for k in _DISTILL]

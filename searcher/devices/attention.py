@@ -1,34 +1,19 @@
 """The attention implementation of the one baseline: transformers' stock ones (`sdpa`, `eager`) timed
 on float32 copies of the uncompressed model in interleaved rounds, once per study; the faster is
-stored with the study's baseline, and every candidate built in PyTorch uses it too."""
+stored with the study's baseline, and every candidate built in PyTorch uses it too unless its plan
+names one (`plan.attention`, searched by `space.attention`)."""
 
 from __future__ import annotations
 
 import copy
 
+from slimformer.methods.plan import ATTENTION_IMPLEMENTATIONS
+from slimformer.methods.surgery import attention_of, set_attention
+
 from .eager import RUNTIME as EAGER
 from .latency import measure_latency
 
-__all__ = ["ATTENTION_IMPLEMENTATIONS", "attention_of", "set_attention", "fastest_attention"]
-
-ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")  # transformers' stock ones that need no extra package
-
-
-def attention_of(model) -> str | None:
-    return getattr(getattr(model, "config", None), "_attn_implementation", None)
-
-
-def set_attention(model, name: str) -> bool:
-    """Switch a transformers model to attention implementation `name`; False when it cannot use it."""
-    if attention_of(model) == name:
-        return True
-    if not hasattr(model, "set_attn_implementation"):
-        return False
-    try:
-        model.set_attn_implementation(name)
-    except (ValueError, ImportError, NotImplementedError):
-        return False
-    return attention_of(model) == name
+__all__ = ["fastest_attention"]
 
 
 def fastest_attention(model, inputs: dict, threads: int, rounds: int, warmup: int) -> tuple[str | None, dict]:

@@ -17,4 +17,4 @@ def _runner(model, inputs, threads):
 
 
 RUNTIME = Runtime(name="compile", summary="torch.compile", artifact_format="pytorch", real_bits=(32, 16, 8),
-                  competes=False, make_runner=_runner)
+                  competes=False, reads_attention=True, make_runner=_runner)

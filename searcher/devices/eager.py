@@ -16,4 +16,4 @@ def _runner(model, inputs, threads):
 
 
 RUNTIME = Runtime(name="eager", summary="PyTorch eager (default)", artifact_format="pytorch", real_bits=(32, 16, 8),
-                  profiled=True, make_runner=_runner)
+                  profiled=True, reads_attention=True, make_runner=_runner)

@@ -50,15 +50,21 @@ def float_copy(model: nn.Module, refusal: str | None = None) -> tuple[nn.Module,
 
     torch.ao int8 Linears become nn.Linear with their dequantized weights (the int8 grid values,
     so a per-channel re-quantization lands on the same grid); bfloat16 layers raise UserError with
-    `refusal` (the runtime's reason)."""
+    `refusal` (the runtime's reason). A graph does not read the plan's `attention`: the copy runs the
+    implementation the model was built from."""
     from slimformer.methods.quantize import is_bf16
+    from slimformer.methods.registry import CONFIG_KEY
     from slimformer.methods.size import is_dynamic_int8
+    from slimformer.methods.surgery import set_attention
 
     for name, m in model.named_modules():
         if is_bf16(m):
             raise UserError(f"{refusal or 'bits 16 (bfloat16) layers cannot be exported'} (layer {name}); "
                             "leave 16 out of space.bits, or export --format pytorch")
     out = copy.deepcopy(model)
+    source = (getattr(getattr(out, "config", None), CONFIG_KEY, None) or {}).get("source_attention")
+    if source is not None:
+        set_attention(out, source)
     int8: list[str] = []
     for name, m in list(out.named_modules()):
         for child_name, child in list(m.named_children()):

@@ -54,13 +54,21 @@ def space_refusal(name: str, bits: int) -> str | None:
     return None if not all(reasons) else "; ".join(reasons)
 
 
-def check_space(name: str, bits, quant_methods, where: str = "study", int8_weights=()) -> None:
+# a space dimension only some runtimes read: the Runtime flag saying so, and what its readers do
+_READ_BY = {"int8_weights": ("reads_int8_weights", "quantizes int8 layers itself"),
+            "attention": ("reads_attention", "run the PyTorch module")}
+
+
+def check_space(name: str, bits, quant_methods, where: str = "study", int8_weights=(), attention=()) -> None:
     """UserError when the searched space holds bit-widths or rounding the runtime cannot run as built
-    (with `auto`: that none of the competing runtimes can), or int8 weight types no runtime reads."""
-    if len(int8_weights) > 1 and not any(RUNTIMES[n].reads_int8_weights for n in study_runtimes(name)):
-        readers = ", ".join(n for n, r in RUNTIMES.items() if r.reads_int8_weights)
-        raise UserError(f"{where}: space.int8_weights: no runtime of device.runtime {name} reads it (only {readers} "
-                        "quantizes int8 layers itself); remove space.int8_weights")
+    (with `auto`: that none of the competing runtimes can), or int8 weight types or attention
+    implementations no runtime of the study reads."""
+    for key, choices in (("int8_weights", int8_weights), ("attention", attention)):
+        flag, what = _READ_BY[key]
+        if len(choices) > 1 and not any(getattr(RUNTIMES[n], flag) for n in study_runtimes(name)):
+            readers = ", ".join(n for n, r in RUNTIMES.items() if getattr(r, flag))
+            raise UserError(f"{where}: space.{key}: no runtime of device.runtime {name} reads it (only {readers} "
+                            f"{what}); remove space.{key}")
     for b in bits:
         refusal = space_refusal(name, b)
         if refusal:

@@ -76,6 +76,7 @@ class Runtime:
     profiled: bool = False  # `slimformer profile --runtime NAME` has a microbenchmark grid for it
     competes: bool = True  # timed for every candidate under `device.runtime: auto` when installed
     reads_int8_weights: bool = False  # quantizes int8 layers itself, with the weights plan.int8_weights names
+    reads_attention: bool = False  # runs the PyTorch module, with the attention implementation plan.attention names
     version: Callable[[], str | None] | None = None
     make_runner: Callable | None = None  # (model, inputs, threads) -> zero-argument callable
     build: Callable | None = None  # (model, inputs, folder, options) -> {"files": [...], ...}

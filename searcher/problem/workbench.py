@@ -7,9 +7,11 @@ from functools import cached_property
 
 import torch
 from slimformer.methods import Plan, apply_plan, get_adapter, model_size, plan_needs_calibration
+from slimformer.methods.plan import ATTENTION_IMPLEMENTATIONS
+from slimformer.methods.surgery import set_attention
 
 from ..config import StudyConfig
-from ..devices.attention import ATTENTION_IMPLEMENTATIONS, fastest_attention, set_attention
+from ..devices.attention import fastest_attention
 from ..devices.latency import device_facts, measure_latency
 from ..devices.registry import check_runtime, get_runtime, runtimes_for_bits
 from ..errors import UserError
@@ -82,7 +84,7 @@ class Workbench:
     def build(self, plan: Plan, log=None, structure_only: bool = False, corpus=None, deadline: float | None = None):
         """The compressed model; `structure_only` skips data-dependent work (same shapes and kernels);
         `corpus` and `deadline`: distillation on a DistillCorpus, cut to end by then (see apply_plan)."""
-        self.choose_attention()  # candidates use the baseline's attention implementation
+        self.choose_attention()  # candidates use the baseline's attention implementation, or their plan's
         if structure_only:
             return apply_plan(self.model, plan, None, structure_only=True, log=log)
         needs_data = plan_needs_calibration(plan, get_adapter(self.model).shape())

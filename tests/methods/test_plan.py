@@ -26,7 +26,7 @@ FULL = Plan(
     quant_method="gptq",
     smooth=0.5,
 )
-PLANS = [Plan(), Plan(heads=2, ffn=16, bits=16), FULL]
+PLANS = [Plan(), Plan(heads=2, ffn=16, bits=16), FULL, Plan(heads=2, attention="eager")]
 
 
 @pytest.mark.parametrize("plan", PLANS)
@@ -53,6 +53,18 @@ def test_plain_data():
     assert Plan.from_dict({"distill": {"steps": 3}}).distill.steps == 3
     with pytest.raises(FrozenInstanceError):
         FULL.heads = 2
+
+
+def test_attention_names_a_stock_implementation_or_the_baselines():
+    assert Plan().attention is None and Plan.from_dict({}).attention is None  # None: the baseline's
+    for name in ("sdpa", "eager"):
+        plan = Plan.from_dict({"heads": 2, "attention": name})
+        assert plan.to_dict()["attention"] == name and plan.resolve(SHAPE).attention == name
+    for bad in ("flash_attention_2", "Eager", ""):
+        with pytest.raises(ValueError, match="attention must be one of sdpa, eager"):
+            Plan(attention=bad)
+    with pytest.raises(ValueError, match="attention must be one of sdpa, eager"):
+        Plan.from_yaml("attention: flex_attention")
 
 
 def test_scalar_shorthand_expands_per_layer():

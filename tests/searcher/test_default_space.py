@@ -29,6 +29,7 @@ def test_default_space_with_calibration_searches_recovery_and_distillation(tmp_p
     params = set().union(*(t.distributions for t in study.get_trials()))
     assert {"importance", "recovery", "distill_steps"} <= params
     assert "int8_weights" not in params and "int8_weights: s8, u8" not in res.stdout + res.stderr  # eager PyTorch does not read it
+    assert "attention" in params and "attention: sdpa, eager" in res.stdout + res.stderr  # eager PyTorch runs it
 
 
 def test_default_space_searches_ort_int8_weights_where_ort_times(tmp_path, make_study, cli):
@@ -41,3 +42,4 @@ def test_default_space_searches_ort_int8_weights_where_ort_times(tmp_path, make_
     done = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
     int8 = [t for t in done if 8 in t.user_attrs["plan"]["bits"]]
     assert int8 and all(t.params["int8_weights"] == t.user_attrs["plan"]["int8_weights"] for t in int8)
+    assert all("attention" not in t.params and t.user_attrs["plan"]["attention"] is None for t in done)  # a graph

@@ -444,6 +444,29 @@ def test_int8_weights_are_suggested_only_when_a_kept_layer_is_int8():
     assert Plan.from_dict(Plan(bits=8, int8_weights="u8").to_dict()).int8_weights == "u8"
 
 
+def test_attention_is_suggested_only_when_a_kept_layer_keeps_a_head():
+    space = space_of({"depth": {"min": 1}, "heads": {"choices": [0, 12], "tie": "per_layer"},
+                      "attention": ["eager", "sdpa"]})
+    assert space.distributions()["attention"].choices == ("sdpa", "eager")  # the fixed order
+    assert any("attention: sdpa, eager" in line for line in space.describe())
+    assert space.plan_from_params({"depth": 1, "heads_L0": 0}).attention is None  # no head: the baseline's
+    with pytest.raises(ValueError, match="lack 'attention'"):
+        space.plan_from_params({"depth": 1, "heads_L0": 12})
+    assert space.plan_from_params({"depth": 1, "heads_L0": 12, "attention": "eager"}).attention == "eager"
+    seen = set()
+    for trial, plan in ask_plans(space, 40)[1]:
+        assert ("attention" in trial.params) == any(plan.heads[i] > 0 for i in plan.layers)
+        assert (plan.attention is None) == ("attention" not in trial.params)
+        assert space.plan_from_params(trial.params) == plan
+        seen.add(plan.attention)
+    assert seen == {None, "sdpa", "eager"}
+    assert "attention" not in space_of({"heads": [6, 12]}).distributions()  # not asked for: not searched
+    assert space_of({"attention": ["eager"]}).largest_plan().attention == "eager"  # one choice: a constant
+    assert space_of({"attention": ["sdpa", "eager"]}).fingerprint() != space_of({"attention": ["sdpa"]}).fingerprint()
+    with pytest.raises(SpaceError, match="attention"):
+        parse_space_config({"attention": ["flash_attention_2"]})
+
+
 def test_choice_plans_hold_every_choice_on_the_smallest_plan():
     space = space_of({**QUANT, "importance": ["magnitude", "fisher"], "recovery": ["mask_tuning"],
                       "distill": {"steps": [0, 50]}})
