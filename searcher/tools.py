@@ -123,7 +123,7 @@ def add_tool_commands(sub) -> None:
                         description="Time linear layers, attention and per-layer overhead on this device.")
     pr.add_argument("--out", help="profile file (default: this device's cache entry, used automatically)")
     pr.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    pr.add_argument("--runtime", default="eager", help="eager (default) or onnxruntime")
+    pr.add_argument("--runtime", default="eager", help="eager (default), onnxruntime or openvino")
     pr.add_argument("--quick", action="store_true", help="a small grid (seconds; less accurate)")
     pr.add_argument("--hidden-sizes", type=_int_list, metavar="H,...",
                     help="hidden sizes to centre the width grid on (default 384, all-MiniLM-L6-v2's)")

@@ -47,7 +47,7 @@ def _modules() -> dict[str, Module]:
 
 def _read_imports(m: Module, mods: dict[str, Module]) -> None:
     package = m.name if m.path.name == "__init__.py" else m.name.rpartition(".")[0]
-    aliases = {}  # local name -> one of our modules (import x.y as z; from . import ortbench)
+    aliases = {}  # local name -> one of our modules (import x.y as z; from . import onnxbench)
     for node in ast.walk(m.tree):
         if isinstance(node, ast.Import):
             for a in node.names:
@@ -62,7 +62,7 @@ def _read_imports(m: Module, mods: dict[str, Module]) -> None:
                 source = node.module or ""
             for a in node.names:
                 sub = f"{source}.{a.name}"
-                if sub in mods:  # from . import ortbench
+                if sub in mods:  # from . import onnxbench
                     m.imports.append((sub, node.lineno))
                     aliases[a.asname or a.name] = sub
                     continue
@@ -165,7 +165,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_reader_sees_every_kind_of_import():
     """The checks below are only as good as the reader: function-level and relative imports count."""
     g = _graph()
-    assert "slimformer.searcher.cost.ortbench" in g["slimformer.searcher.cost.microbench"]  # `from . import ortbench` in a function
+    assert "slimformer.searcher.cost.onnxbench" in g["slimformer.searcher.cost.microbench"]  # `from . import onnxbench` in a function
     assert "slimformer.searcher.study.records" in g["slimformer.searcher.backends.workers"]  # function-level, `..`
     assert "slimformer.methods.plan" in g["slimformer.spaces.space"]
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

@@ -1,4 +1,4 @@
-"""The cost model: device profiles (microbenchmarks, eager and ONNX Runtime), the reference
+"""The cost model: device profiles (microbenchmarks: eager, ONNX Runtime, OpenVINO), the reference
 models, the analytic cost model and its online calibration on measured trials.
 
 Imports: devices, errors, methods.

@@ -152,17 +152,18 @@ def run_benchmarks(
     *, dtypes, tokens, widths, heads_grid, head_dims, hidden_sizes, device, passes, quick, step, runtime="eager",
     threads: int = 1,
 ) -> dict:
-    """All raw timings {key: ms}; `step(description, total)` drives a progress display.
-    `runtime` onnxruntime runs the same grid through ONNX Runtime (`searcher.cost.ortbench`)."""
+    """All raw timings {key: ms}; `step(description, total)` drives a progress display. A `runtime`
+    that reads ONNX (onnxruntime, openvino) runs the same grid as kernel graphs (`searcher.cost.onnxbench`)."""
     import torch
 
-    if runtime == "onnxruntime":
-        from . import ortbench
+    if runtime != "eager":
+        from . import onnxbench
 
-        linear_job = lambda dt, k, n, tokens, device: ortbench.linear_job(dt, k, n, tokens, threads)  # noqa: E731
-        activation_job = lambda dt, tokens, widths, device: ortbench.activation_job(tokens, widths, threads)  # noqa: E731
-        attention_job = lambda dt, d, h, seqs, device: ortbench.attention_job(d, h, seqs, threads)  # noqa: E731
-        overhead_job = lambda h, hd, dts, tokens, device: ortbench.overhead_job(h, hd, dts, tokens, threads)  # noqa: E731
+        rt = runtime
+        linear_job = lambda dt, k, n, tokens, device: onnxbench.linear_job(rt, dt, k, n, tokens, threads)  # noqa: E731
+        activation_job = lambda dt, tokens, widths, device: onnxbench.activation_job(rt, tokens, widths, threads)  # noqa: E731
+        attention_job = lambda dt, d, h, seqs, device: onnxbench.attention_job(rt, d, h, seqs, threads)  # noqa: E731
+        overhead_job = lambda h, hd, dts, tokens, device: onnxbench.overhead_job(rt, h, hd, dts, tokens, threads)  # noqa: E731
     else:
         linear_job, activation_job, attention_job, overhead_job = \
             _linear_job, _activation_job, _attention_job, _overhead_job

@@ -61,7 +61,7 @@ def fingerprint(threads: int, runtime: str = "eager", device: str | None = None)
 
     _check_runtime(runtime)
     facts = device_facts(threads, runtime)
-    facts["device"] = device or ("cpu" if runtime == "onnxruntime" else _default_device())
+    facts["device"] = device or ("cpu" if get_runtime(runtime).kernel is not None else _default_device())
     return facts
 
 
@@ -216,11 +216,12 @@ def profile_device(
         get_runtime(runtime).require()
     except UserError as exc:
         raise ProfileError(str(exc)) from None
-    if runtime == "onnxruntime":
-        from .ortbench import DTYPES as ORT_DTYPES
+    onnx_kernels = get_runtime(runtime).kernel is not None  # a runtime that reads ONNX: its CPU kernel graphs
+    if onnx_kernels:
+        from .onnxbench import DTYPES as ONNX_DTYPES
 
         if device not in (None, "cpu"):
-            raise ProfileError("runtime onnxruntime is profiled on the CPU only (device cpu)")
+            raise ProfileError(f"runtime {runtime} is profiled on the CPU only (device cpu)")
         device = "cpu"
     device = device or _default_device()
     if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
@@ -236,9 +237,9 @@ def profile_device(
     head_dims = tuple(int(d) for d in head_dims)
     widths, heads_grid = grid(hidden_sizes, head_dims, quick)
     dtypes = tuple(d for d in DTYPES if not (d == "int8" and device == "cuda"))  # dynamic int8 is CPU-only
-    if runtime == "onnxruntime":
-        dtypes = ORT_DTYPES  # no bfloat16: the runtime refuses bits 16
-    passes = passes or (1 if quick or runtime == "onnxruntime" else 2)  # ORT: one pass keeps it within minutes
+    if onnx_kernels:
+        dtypes = ONNX_DTYPES  # no bfloat16: the runtime refuses bits 16
+    passes = passes or (1 if quick or onnx_kernels else 2)  # ONNX kernels: one pass keeps it within minutes
     started = time.perf_counter()
     bar = _progress(progress)
     with bar, fixed_threads(threads):

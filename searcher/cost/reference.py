@@ -1,6 +1,6 @@
 """The reference models of a device profile: random BERTs cut by `apply_plan` from no layers to
-full width, timed by `searcher.cost.microbench` (eager) and `searcher.cost.ortbench` (ONNX
-Runtime) alike; the layer cost beyond the kernels is fitted from them."""
+full width, timed by `searcher.cost.microbench` (eager) and `searcher.cost.onnxbench` (ONNX
+Runtime, OpenVINO) alike; the layer cost beyond the kernels is fitted from them."""
 
 from __future__ import annotations
 

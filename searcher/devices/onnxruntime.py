@@ -20,7 +20,7 @@ from slimformer.methods.plan import INT8_WEIGHTS as PLAN_INT8_WEIGHTS
 
 from .runtime import ArtifactSession, Runtime, module_version, optional_module
 
-__all__ = ["RUNTIME", "INSTALL_HINT", "INT8_WEIGHTS", "quantize_matmuls", "ort_session", "ort_runner"]
+__all__ = ["RUNTIME", "INSTALL_HINT", "INT8_WEIGHTS", "quantize_matmuls", "ort_session", "ort_runner", "kernel"]
 
 INSTALL_HINT = "device.runtime onnxruntime needs: pip install 'slimformer[onnx]'"
 NO_BF16 = "ONNX Runtime's CPU provider has no fast bfloat16 kernels"
@@ -109,6 +109,21 @@ def load(files: dict[str, bytes], threads: int) -> ArtifactSession:
                            [o.name for o in sess.get_outputs()])
 
 
+def kernel(path: Path, threads: int, int8_modules=()):
+    """A microbenchmark kernel graph (float32 ONNX, `searcher.cost.onnxbench`) as this runtime runs a
+    candidate's: the MatMuls of `int8_modules` through `quantize_matmuls` (s8), in an `ort_session`;
+    returns run(feed)."""
+    from .graph import node_prefixes
+
+    if int8_modules:
+        quantized = path.with_name(f"{path.stem}-int8.onnx")
+        if not quantize_matmuls(path, quantized, node_prefixes(list(int8_modules)), PLAN_INT8_WEIGHTS[0]):
+            raise RuntimeError("no MatMul of the int8 modules was found in the kernel graph")
+        path = quantized
+    sess = ort_session(path.read_bytes(), threads)
+    return lambda feed: sess.run(None, feed)
+
+
 def ort_runner(model, inputs: dict, threads: int, weight_type: str = "s8"):
     """(zero-argument callable running the candidate in ORT, its session)."""
     runner = RUNTIME.runner(model, inputs, threads, {"int8_weights": weight_type})
@@ -120,4 +135,4 @@ RUNTIME = Runtime(
     refused={16: NO_BF16},
     refused_methods={"gptq": "ONNX Runtime re-rounds int8 layers with its own quantize_dynamic"},
     requires=("onnx", "onnxruntime"), install_hint=INSTALL_HINT, profiled=True, reads_int8_weights=True,
-    version=lambda: module_version("onnxruntime"), build=build, load=load)
+    version=lambda: module_version("onnxruntime"), build=build, load=load, kernel=kernel)

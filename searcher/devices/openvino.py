@@ -16,6 +16,7 @@ per-channel, only those layers' MatMuls; the embeddings stay float32): the MatMu
 weights and decompresses them in the kernel, activations stay float32. OpenVINO has no int8
 activations without calibration (NNCF PTQ), which this runtime does not do. bits 16 is refused
 (inference precision is pinned to float32); simulated 4/3/2 bits run in float32 as in eager.
+`slimformer profile --runtime openvino` runs the microbenchmark grid's kernel graphs through `kernel`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 from .runtime import ArtifactSession, Runtime, module_version, optional_module
 
 __all__ = ["RUNTIME", "INSTALL_HINT", "convert", "compile_ir", "save_ir",
-           "IR_FILES", "COMPILE_CONFIG"]
+           "IR_FILES", "COMPILE_CONFIG", "kernel"]
 
 INSTALL_HINT = "device.runtime openvino needs: pip install 'slimformer[openvino]'"
 # how the CPU plugin compiles every timed model; the manifest of an openvino artifact carries it
@@ -110,8 +111,28 @@ def load(files: dict[str, bytes], threads: int) -> ArtifactSession:
     return ArtifactSession(run, [i.get_any_name() for i in compiled.inputs], [o.get_any_name() for o in compiled.outputs])
 
 
+def kernel(path: Path, threads: int, int8_modules=()):
+    """A microbenchmark kernel graph (float32 ONNX, `searcher.cost.onnxbench`) as this runtime runs a
+    candidate's: `convert` (the MatMuls of `int8_modules` weight-compressed), `compile_ir`; returns
+    run(feed). NNCF computes the int8 weights with numpy here instead of compiling an OpenVINO model per
+    weight shape (about 0.5 s each): the graph it writes is the same."""
+    import os
+
+    key = "NNCF_DISABLE_OPTIMIZED_COMPRESSION"
+    before = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        model = convert(path, list(int8_modules))
+    finally:
+        if before is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = before
+    return compile_ir(model, threads).create_infer_request().infer
+
+
 RUNTIME = Runtime(
     name="openvino", summary="OpenVINO, CPU", artifact_format="openvino", real_bits=(32, 8),
     refused={16: "its CPU inference precision is pinned to float32 here (bf16 only pays with AMX)"},
-    requires=("onnx", "openvino", "nncf"), install_hint=INSTALL_HINT,
-    version=lambda: module_version("openvino", lambda ov: ov.get_version()), build=build, load=load)
+    requires=("onnx", "openvino", "nncf"), install_hint=INSTALL_HINT, profiled=True,
+    version=lambda: module_version("openvino", lambda ov: ov.get_version()), build=build, load=load, kernel=kernel)

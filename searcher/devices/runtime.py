@@ -2,11 +2,12 @@
 
 A `Runtime` says which bit-widths it runs on a real kernel and which it refuses (and why), which
 modules it needs and the line that installs them, whether `slimformer profile` has a microbenchmark
-grid for it, the artifact format `export` writes for a trial timed in it, and how a built candidate
-becomes a runnable thing: either `make_runner` (eager PyTorch, torch.compile: the module itself) or
-`build` + `load` (ONNX Runtime, OpenVINO: the artifact file(s) written into a folder, then loaded from
-their bytes). The latency runner of such a runtime IS the artifact `export` writes: the same two
-functions make both. `searcher.devices.registry` lists the runtimes.
+grid for it (and, for a runtime that reads ONNX, how that grid's kernel graphs run in it), the artifact
+format `export` writes for a trial timed in it, and how a built candidate becomes a runnable thing:
+either `make_runner` (eager PyTorch, torch.compile: the module itself) or `build` + `load` (ONNX
+Runtime, OpenVINO: the artifact file(s) written into a folder, then loaded from their bytes). The
+latency runner of such a runtime IS the artifact `export` writes: the same two functions make both.
+`searcher.devices.registry` lists the runtimes.
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ class Runtime:
     make_runner: Callable | None = None  # (model, inputs, threads) -> zero-argument callable
     build: Callable | None = None  # (model, inputs, folder, options) -> {"files": [...], ...}
     load: Callable | None = None  # ({file name: bytes}, threads) -> ArtifactSession
+    # (float32 ONNX file of one microbenchmark kernel graph, threads, int8 module names) -> run(feed): how
+    # `slimformer profile` runs its kernel graphs (searcher/cost/onnxbench.py) in a runtime that reads ONNX
+    kernel: Callable | None = None
 
     def require(self) -> None:
         """UserError with the install line when a module this runtime needs is missing."""

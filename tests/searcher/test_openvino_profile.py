@@ -1,0 +1,74 @@
+"""`slimformer profile --runtime openvino` on the smallest grid: the same tables as the other runtimes,
+timed through OpenVINO's own kernels (int8 Linear = NNCF weight-compressed MatMul), and `slimformer
+predict` uses the profile."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from conftest import run_in_process
+
+GRID = ("--quick", "--hidden-sizes", 64, "--head-dims", 16, "--tokens", 32)  # the tiny BERT's width
+
+
+@pytest.fixture(scope="module")
+def ov_profile(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ov-profile") / "openvino.json"
+    res = run_in_process("profile", "--runtime", "openvino", "--out", out, "--threads", 1, *GRID)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"device profile written to {out}" in res.stdout
+    return out
+
+
+def test_openvino_profile_has_the_tables_of_the_other_runtimes(ov_profile):
+    from slimformer.searcher.cost.profile import RUNTIMES, load_profile
+
+    assert "openvino" in RUNTIMES  # profiled=True in devices/openvino.py
+    profile = load_profile(ov_profile)
+    fp = profile["fingerprint"]
+    assert fp["runtime"] == "openvino" and fp["openvino"] and fp["device"] == "cpu" and fp["threads"] == 1
+    assert set(profile["linear"]) == {"float32", "int8"} and set(profile["attention"]) == {"float32"}
+    assert set(profile["overhead"]["bert"]["layer_ms"]) == {"float32", "int8"}
+    assert profile["linear"]["int8"]["ms"] != profile["linear"]["float32"]["ms"]  # timed apart, not copied
+
+
+def test_the_int8_kernel_is_the_runtimes_weight_compressed_matmul(tmp_path):
+    """The grid's int8 Linear goes through the runtime's own `convert`: int8 weight constants feed the
+    MatMul through a decompression (Convert, Multiply), and its input stays float32."""
+    import numpy as np
+    import onnx
+    import openvino as ov
+    from onnx import TensorProto, helper, numpy_helper
+    from slimformer.searcher.cost.onnxbench import LINEAR
+    from slimformer.searcher.devices.openvino import RUNTIME, convert
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((64, 128)).astype(np.float32), "w")
+    b = numpy_helper.from_array(rng.standard_normal(128).astype(np.float32), "b")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name=f"/m/{LINEAR}/MatMul"),
+             helper.make_node("Add", ["y", "b"], ["z"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "t", 64])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, "t", 128])], initializer=[w, b])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "k.onnx"))
+    model = convert(tmp_path / "k.onnx", [LINEAR])
+    consts = [op.get_element_type() for op in model.get_ops() if op.get_type_name() == "Constant"]
+    assert any(t == ov.Type.i8 for t in consts) and model.inputs[0].get_element_type() == ov.Type.f32
+    run = RUNTIME.kernel(tmp_path / "k.onnx", 1, [LINEAR])
+    out = next(iter(run({"x": np.ones((1, 4, 64), np.float32)}).values()))
+    assert out.shape == (1, 4, 128) and np.all(np.isfinite(out))
+
+
+def test_predict_with_the_openvino_profile_ranks_plans(ov_profile, tiny_model_dir, tmp_path):
+    def predict(plan: dict) -> dict:
+        path = tmp_path / f"plan{len(list(tmp_path.iterdir()))}.yaml"
+        path.write_text(yaml.safe_dump(plan))
+        res = run_in_process("predict", "--plan", path, "--model", tiny_model_dir, "--profile", ov_profile,
+                             "--runtime", "openvino", "--threads", 1, "--seq-len", 32, "--json")
+        assert res.returncode == 0, res.stderr[-2000:]
+        return json.loads(res.stdout)
+
+    full, half, one = predict({}), predict({"layers": [0, 1], "ffn": 128}), predict({"layers": [0], "heads": 1, "ffn": 32})
+    assert full["device"]["runtime"] == "openvino"
+    assert 0 < one["latency_ms"] < half["latency_ms"] < full["latency_ms"]
