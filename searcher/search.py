@@ -73,10 +73,9 @@ def _summary(session: SearchSession, predictor) -> dict:
     again = {} if is_worker() else retime(study, session.bench, log)  # a worker's summary is not shown
     best = best_holding(study)
     searched = best_feasible(study)
-    if predictor is not None and predictor.n >= 3:
-        err = predictor.error()
-        log(f"cost model on this study: MAPE {err['mape'] * 100:.1f}%, Spearman {err['spearman']:.3f} "
-            f"(leave-one-out, n={err['n']})")
+    for rt, err in ({} if predictor is None else predictor.errors()).items():  # runtimes with >= 3 measurements
+        log(f"cost model on this study{'' if len(predictor.predictors) == 1 else f' ({rt})'}: MAPE "
+            f"{err['mape'] * 100:.1f}%, Spearman {err['spearman']:.3f} (leave-one-out, n={err['n']})")
     done = sum(counted(t) for t in study.get_trials(deepcopy=False))
     return {"study": handle.name, "storage": handle.url, "finished": done, "target": session.target,
             "baseline": session.baseline, "best": _brief(best, again), "best_search": _brief(searched, again)}
@@ -153,32 +152,31 @@ def _check_budget_reachable(cfg: StudyConfig, space, bench, log) -> None:
 
 
 def _predictor(cfg: StudyConfig, bench, log):
-    """The calibrated cost model for this device (not yet fitted on any trial; see `_calibrate`)."""
-    from .cost.costfit import CalibratedPredictor
-    from .cost.profile import RUNTIMES, ProfileError, find_profile
+    """The calibrated cost model for this device, one predictor per runtime the study times candidates
+    in (searcher/cost/screen.py; not yet fitted on any trial, see `_calibrate`), or None."""
+    from .cost.profile import ProfileError
+    from .cost.screen import study_predictor
 
-    if cfg.device.runtime not in RUNTIMES:  # runtimes with a microbenchmark grid (devices/registry.py)
-        log(f"the cost model has no profiles for runtime {cfg.device.runtime!r} yet: every candidate is measured")
-        return None
     try:
-        profile = find_profile(cfg.device.threads, cfg.device.runtime, cfg.resolve_path(cfg.device.profile))
+        return study_predictor(bench.runtimes, cfg.device.threads, cfg.resolve_path(cfg.device.profile),
+                               bench.model.config, cfg.device.seq_len, cfg.device.batch_size,
+                               getattr(bench.model, "pooler", None) is not None, log)
     except ProfileError as exc:
         raise UserError(str(exc)) from None
-    if profile is None:
-        log(f"no device profile for this CPU/{cfg.device.threads} threads/{cfg.device.runtime}: candidates are "
-            f"measured without cost-model screening (make one with `slimformer profile --threads {cfg.device.threads}`)")
-        return None
-    return CalibratedPredictor(profile, bench.model.config, cfg.device.seq_len, cfg.device.batch_size,
-                               pooler=getattr(bench.model, "pooler", None) is not None)
 
 
 def _calibrate(predictor, study: optuna.Study) -> None:
-    """Re-fit the cost model on the study's measured trials."""
+    """Re-fit the cost model on the study's measured trials (each runtime on its own latency)."""
+    from .study.records import LATENCY_SOURCE
+    from .study.trial import runtime_latencies
+
     if predictor is None:
         return
+    base = study.user_attrs["baseline"]["latency_ms"]
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if "plan" in t.user_attrs and t.user_attrs.get("latency_ms"):
-            predictor.observe(Plan.from_dict(t.user_attrs["plan"]), t.user_attrs["latency_ms"])
+        a = t.user_attrs
+        if "plan" in a and a.get("latency_ms") and a.get(LATENCY_SOURCE, "measured") == "measured":
+            predictor.observe(Plan.from_dict(a["plan"]), runtime_latencies(a, base))
 
 
 def _baseline(cfg: StudyConfig, bench, log) -> dict:

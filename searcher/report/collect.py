@@ -17,7 +17,8 @@ from optuna.trial import TrialState
 from ..config import StudyConfig
 from ..errors import UserError
 from ..study.finals import final_rows, final_table
-from ..study.records import FAIL_REASON, best_feasible, handle_for, open_study
+from ..study.records import FAIL_REASON, PREDICTED_BY_RUNTIME, best_feasible, handle_for, open_study
+from ..study.trial import runtime_latencies
 from .retime import RETIMED_ATTR, best_holding, is_current, retime, retimed, study_budget
 
 __all__ = ["report_study", "pareto_front", "render_text", "write_html", "FULL_QUALITY_ATTR"]
@@ -35,6 +36,7 @@ def _row(t) -> dict:
         "predicted_latency_ms": a.get("predicted_latency_ms"), "plan": a.get("plan"),
         "latency_source": a.get("latency_source", "measured"), "transferred_from": a.get("transferred_from"),
         "runtime": a.get("runtime"), "runtime_speedups": a.get("runtime_speedups"),
+        "predicted_runtime_ms": a.get(PREDICTED_BY_RUNTIME),
     }
 
 
@@ -138,15 +140,13 @@ def report_study(cfg: StudyConfig, storage: str | None = None, study_name: str |
         # best under the budget: the best re-timed trial that holds (None: not re-timed, or none holds)
         "best": None if best is None else by_number.get(best.number),
         "best_search": None if searched is None else by_number.get(searched.number),
-        "cost_model": _cost_model_accuracy(rows),
+        "cost_model": _cost_model_accuracy(rows, study.user_attrs.get("baseline", {}).get("latency_ms")),
         # final models (slimformer finish), from the sibling study <name>:final (searcher/finals.py)
         "final": final_rows(handle.url, handle.name, study_budget(study)),
     }
 
 
-def _cost_model_accuracy(rows: list[dict]) -> dict:
-    pairs = [(r["predicted_latency_ms"], r["latency_ms"]) for r in rows
-             if r.get("predicted_latency_ms") and r["latency_source"] == "measured"]
+def _accuracy(pairs: list[tuple[float, float]]) -> dict:
     if len(pairs) < 3:
         return {"mape": None, "spearman": None, "n": len(pairs)}
     from scipy.stats import spearmanr
@@ -154,6 +154,23 @@ def _cost_model_accuracy(rows: list[dict]) -> dict:
     pred, meas = zip(*pairs)
     mape = sum(abs(p - m) / m for p, m in pairs) / len(pairs) * 100
     return {"mape": mape, "spearman": float(spearmanr(pred, meas).statistic), "n": len(pairs)}
+
+
+def _cost_model_accuracy(rows: list[dict], baseline_ms: float | None) -> dict:
+    """The prediction made before measuring vs the measurement (the counted runtime's), and under
+    `device.runtime: auto` per runtime (`by_runtime`: its prediction vs its own first estimate)."""
+    measured = [r for r in rows if r.get("predicted_latency_ms") and r["latency_source"] == "measured"]
+    out = _accuracy([(r["predicted_latency_ms"], r["latency_ms"]) for r in measured])
+    by_runtime: dict[str, list] = {}
+    for r in measured:
+        if r.get("predicted_runtime_ms") and baseline_ms:
+            got = runtime_latencies(r, baseline_ms)
+            for rt, ms in r["predicted_runtime_ms"].items():
+                if got.get(rt):
+                    by_runtime.setdefault(rt, []).append((ms, got[rt]))
+    if by_runtime:
+        out["by_runtime"] = {rt: _accuracy(pairs) for rt, pairs in sorted(by_runtime.items())}
+    return out
 
 
 def _bounds(low, high) -> str:
@@ -217,9 +234,11 @@ def render_text(rep: dict) -> str:
     if rep.get("final"):
         lines += ["", "final models (slimformer finish; valid = the full validation split):", *final_table(rep["final"])]
     cm = rep["cost_model"]
-    if cm["n"]:
-        lines.append(f"cost model: MAPE {cm['mape']:.1f}%, Spearman {cm['spearman']:.3f} over {cm['n']} trials"
-                     if cm["mape"] is not None else f"cost model: {cm['n']} predictions (too few to score)")
+    for what, acc in [("", cm)] + [(f" ({rt})", a) for rt, a in (cm.get("by_runtime") or {}).items()]:
+        if acc["n"]:
+            lines.append(f"cost model{what}: MAPE {acc['mape']:.1f}%, Spearman {acc['spearman']:.3f} over {acc['n']} "
+                         "trials" if acc["mape"] is not None else f"cost model{what}: {acc['n']} predictions (too few "
+                         "to score)")
     return "\n".join(lines)
 
 

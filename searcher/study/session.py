@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from slimformer.spaces import Space
 
     from ..config import StudyConfig
-    from ..cost.costfit import CalibratedPredictor
+    from ..cost.screen import StudyPredictor
     from ..problem.workbench import Workbench
     from .records import StudyHandle
 
@@ -35,7 +35,7 @@ class SearchSession:
     space: Space  # the search space bound to the model
     bench: Workbench  # this process's model, data and timer
     baseline: dict  # the uncompressed model as the study stored it (quality, latency, size)
-    predictor: CalibratedPredictor | None  # the cost model, re-fitted on the study's measured trials
+    predictor: StudyPredictor | None  # the cost model (per runtime), re-fitted on the study's measured trials
     target: int  # counted trials the study runs to
     timeout: float | None  # seconds for this run (None: no limit)
     seed: int | None  # the sampler's seed (a worker process adds its index)

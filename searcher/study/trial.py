@@ -17,9 +17,10 @@ from slimformer.methods import Plan, model_size
 
 from ..config import StudyConfig
 from ..devices.adaptive import speedup_target, time_candidate
-from .records import CONSTRAINTS, LATENCY_SOURCE, RETRY_OF, SEEDED
+from .records import CONSTRAINTS, LATENCY_SOURCE, PREDICTED_BY_RUNTIME, RETRY_OF, SEEDED
 
-__all__ = ["MAX_REJECTIONS_IN_A_ROW", "TrialFailed", "Rejected", "propose", "evaluate", "predicted", "record", "constraints_of", "latency_limit"]
+__all__ = ["MAX_REJECTIONS_IN_A_ROW", "TrialFailed", "Rejected", "propose", "evaluate", "predicted", "record", "constraints_of", "latency_limit",
+           "runtime_latencies"]
 
 
 class TrialFailed(Exception):
@@ -60,16 +61,26 @@ def propose(trial, cfg: StudyConfig, space, baseline: dict, predictor=None, may_
     """Sample the trial's plan; raise `Rejected` when the cost model rules it out."""
     plan = space.sample(trial)
     trial.set_user_attr("plan", plan.to_dict())
-    if predictor is not None:
-        pred = predictor.predict(plan)["latency_ms"]
-        trial.set_user_attr("predicted_latency_ms", pred)
+    if predictor is not None:  # a cost.screen.StudyPredictor: one calibrated predictor per runtime
+        pred = predictor.predict(plan)
+        trial.set_user_attr("predicted_latency_ms", pred["latency_ms"])  # in the fastest predicted runtime
+        if len(pred["by_runtime"]) > 1:
+            trial.set_user_attr(PREDICTED_BY_RUNTIME, pred["by_runtime"])
         limit = latency_limit(cfg, baseline)
-        margin = predictor.margin()
         anchored = trial.user_attrs.get(SEEDED) or RETRY_OF in trial.user_attrs  # always measured
-        if may_reject and not anchored and limit is not None and pred * (1 - margin) > limit:
-            raise Rejected(f"predicted {pred:.1f} ms exceeds the {limit:.1f} ms budget beyond the "
-                           f"cost model's {margin:.0%} error margin")
+        if may_reject and not anchored and limit is not None:
+            reason = predictor.rejection(plan, limit)  # only when even the fastest runtime is clearly over
+            if reason:
+                raise Rejected(reason)
     return plan
+
+
+def runtime_latencies(attrs: dict, baseline_ms: float) -> dict:
+    """Each runtime's measured latency (ms) of a trial: the counted runtime's `latency_ms`, and under
+    `device.runtime: auto` the others' from their first estimate (`runtime_speedups`)."""
+    out = {rt: baseline_ms / s for rt, s in (attrs.get("runtime_speedups") or {}).items() if s and s > 0}
+    out[attrs.get("runtime")] = attrs["latency_ms"]
+    return out
 
 
 def evaluate(bench, plan: Plan, baseline: dict, quality: float | None = None) -> dict:
@@ -112,7 +123,7 @@ def predicted(predictor, plan: Plan, baseline: dict, quality: float) -> dict:
         "latency_spread_ms": None, "speedup": baseline["latency_ms"] / pred["latency_ms"],
         "size_mb": pred["size_mb"], "params": pred["params"],
         "simulated": any(resolved.bits[i] in SIMULATED_BITS for i in resolved.layers),
-        "build_s": 0.0, "eval_s": 0.0, LATENCY_SOURCE: "predicted",
+        "build_s": 0.0, "eval_s": 0.0, LATENCY_SOURCE: "predicted", "runtime": pred["runtime"],
     }
 
 
@@ -126,7 +137,7 @@ def record(trial, cfg: StudyConfig, baseline: dict, plan: Plan, result: dict, pr
     trial.set_user_attr(CONSTRAINTS, cons)
     for k, v in {**result, "feasible": all(v <= 0 for v in cons.values())}.items():
         trial.set_user_attr(k, v)
-    if predictor is not None and result.get(LATENCY_SOURCE) == "measured":  # calibrate online
-        predictor.observe(plan, result["latency_ms"])
+    if predictor is not None and result.get(LATENCY_SOURCE) == "measured":  # calibrate online, each runtime
+        predictor.observe(plan, runtime_latencies(result, baseline["latency_ms"]))
     values = {"quality": result["quality"], "latency": result["latency_ms"], "size": result["size_mb"]}
     return [values[o] for o in cfg.search.objectives]
