@@ -1,13 +1,16 @@
 """Cost-model accuracy on all-MiniLM-L6-v2: predicted vs measured latency of random plans.
 
     python benchmarks/costmodel.py [--threads 2] [--plans 40] [--calib 10] [--rounds 15]
-                                   [--profile FILE] [--seed 0]
+                                   [--profile FILE] [--seed 0] [--runtime eager|onnxruntime|openvino]
 
 Builds (or loads) a device profile, samples random plans (heads {4..12}, FFN {384..1536},
 depth 4-6, bits {32,16,8} per layer), builds each with `apply_plan` (magnitude importance),
 times it with the latency protocol interleaved with the uncompressed model, and reports MAPE
 and Spearman of the profile-only prediction and of the calibrated one (fitted on `--calib`
-other plans) on the held-out plans. Writes benchmarks/costmodel_results.{md,json}.
+other plans) on the held-out plans. `--runtime` times each plan as that runtime runs it (its artifact;
+no bits 16 where the runtime refuses it) against the one baseline (stock PyTorch float32) and predicts
+it with that runtime's profile. Writes benchmarks/costmodel_results.{md,json} (another runtime:
+costmodel_<runtime>_results).
 """
 
 from __future__ import annotations
@@ -26,31 +29,32 @@ from slimformer.searcher.cost.costfit import CalibratedPredictor, mape, spearman
 from slimformer.searcher.cost.costmodel import CompiledProfile, predict
 from slimformer.searcher.cost.profile import default_profile_path, load_profile, profile_device, save_profile
 from slimformer.searcher.devices.latency import device_facts, measure_latency
+from slimformer.searcher.devices.registry import get_runtime, profiled_runtimes
 from slimformer.searcher.problem.models import load_model
 
 HERE = Path(__file__).resolve().parent
 SEQ, BATCH = 128, 1
 
 
-def sample_plan(rng: random.Random, n_layers: int = 6) -> Plan:
+def sample_plan(rng: random.Random, n_layers: int = 6, bits=(32, 16, 8)) -> Plan:
     depth = rng.randint(4, n_layers)
     return Plan(
         layers=sorted(rng.sample(range(n_layers), depth)),
         heads=[rng.choice([4, 6, 8, 10, 12]) for _ in range(n_layers)],
         ffn=[rng.choice([384, 768, 1152, 1536]) for _ in range(n_layers)],
-        bits=[rng.choice([32, 16, 8]) for _ in range(n_layers)],
+        bits=[rng.choice(list(bits)) for _ in range(n_layers)],
     )
 
 
-def measure(model, plans, threads: int, rounds: int, seed: int) -> list[dict]:
+def measure(model, plans, threads: int, rounds: int, seed: int, runtime: str = "eager") -> list[dict]:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1000, 20000, (BATCH, SEQ), generator=g)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     base = lambda: model(**inputs)  # noqa: E731
     out = []
     for i, plan in enumerate(plans):
-        cand = apply_plan(model, plan)
-        res = measure_latency({"baseline": base, "candidate": lambda c=cand: c(**inputs)}, baseline="baseline",
+        cand = get_runtime(runtime).runner(apply_plan(model, plan), inputs, threads)  # as the runtime runs it
+        res = measure_latency({"baseline": base, "candidate": cand}, baseline="baseline",
                               rounds=rounds, warmup=3, threads=threads)
         c, b = res["candidate"], res["baseline"]
         out.append({"median_ms": c.median_ms, "p10_ms": c.p10_ms, "p90_ms": c.p90_ms,
@@ -68,16 +72,19 @@ def metrics(pred, meas) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runtime", default="eager", choices=profiled_runtimes(), help="the runtime plans are timed in")
     ap.add_argument("--plans", type=int, default=40)
     ap.add_argument("--calib", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--profile", help="profile file: reused when it exists, else written there "
                     "(default: a fresh profile saved to the cache path)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(HERE / "costmodel_results"))
+    ap.add_argument("--out", help="results path without suffix (default benchmarks/costmodel[_RUNTIME]_results)")
     ap.add_argument("--note", default="", help="a remark printed in the results (e.g. about machine load)")
     ap.add_argument("--rerender", action="store_true", help="only recompute the summary of OUT.json")
     args = ap.parse_args()
+    args.out = args.out or str(HERE / ("costmodel_results" if args.runtime == "eager" else
+                                       f"costmodel_{args.runtime}_results"))
     if args.rerender:
         rerender(Path(args.out).with_suffix(".json"))
         return
@@ -87,20 +94,21 @@ def main() -> None:
         profile = load_profile(args.profile)
         print(f"profile: loaded {args.profile} (made in {profile['profile_seconds']} s)")
     else:
-        profile = profile_device(args.threads, hidden_sizes=(384,))
-        path = save_profile(profile, args.profile or default_profile_path(args.threads))
+        profile = profile_device(args.threads, args.runtime, hidden_sizes=(384,))
+        path = save_profile(profile, args.profile or default_profile_path(args.threads, args.runtime))
         print(f"profile: {profile['profile_seconds']} s -> {path}")
 
     model = load_model("minilm-l6")
     config = model.config
     rng = random.Random(args.seed)
-    plans = [sample_plan(rng) for _ in range(args.calib + args.plans)]
+    bits = [b for b in (32, 16, 8) if not get_runtime(args.runtime).refusal(b)]
+    plans = [sample_plan(rng, bits=bits) for _ in range(args.calib + args.plans)]
     calib, held = plans[: args.calib], plans[args.calib:]
     order = list(range(len(plans)))
     random.Random(args.seed + 1).shuffle(order)  # calibration and held-out plans share the drift
     print(f"measuring {len(plans)} plans ({args.rounds} rounds each, interleaved with the baseline)")
     t0 = time.perf_counter()
-    measured_shuffled = measure(model, [plans[i] for i in order], args.threads, args.rounds, args.seed)
+    measured_shuffled = measure(model, [plans[i] for i in order], args.threads, args.rounds, args.seed, args.runtime)
     measured = [None] * len(plans)
     for pos, i in enumerate(order):
         measured[i] = measured_shuffled[pos]
@@ -120,7 +128,7 @@ def main() -> None:
 
     base_plan = predict(Plan(), config, profile, SEQ, BATCH)["latency_ms"]
     results = {
-        "device": device_facts(args.threads),
+        "device": device_facts(args.threads, args.runtime),
         "settings": {"model": "minilm-l6", "seq_len": SEQ, "batch_size": BATCH, "threads": args.threads,
                      "plans": args.plans, "calibration_plans": args.calib, "rounds": args.rounds, "seed": args.seed},
         "load_average": {"start": load_start, "end": os.getloadavg()},
@@ -183,7 +191,9 @@ def render(r: dict) -> str:
     lines = [
         "# Cost-model accuracy: all-MiniLM-L6-v2",
         "",
-        f"Written by `python benchmarks/costmodel.py --threads {st['threads']}`. Seq {st['seq_len']}, batch "
+        f"Written by `python benchmarks/costmodel.py --threads {st['threads']}"
+        + ("" if dev["runtime"] == "eager" else f" --runtime {dev['runtime']}") + "`. Seq"
+        f" {st['seq_len']}, batch "
         f"{st['batch_size']}, {st['threads']} thread(s), {st['plans']} held-out random plans + "
         f"{st['calibration_plans']} calibration plans (seed {st['seed']}), each built with `apply_plan` (magnitude) "
         f"and timed by `measure_latency` ({st['rounds']} rounds interleaved with the uncompressed model; median).",
