@@ -52,7 +52,10 @@ class StudyPredictor:
         over `limit_ms` even after taking off its error margin; None when some runtime may hold."""
         over = {}
         for rt in self.runtimes_for(plan):
-            pred, margin = self.predictors[rt].predict(plan)["latency_ms"], self.predictors[rt].margin()
+            pred = self.predictors[rt].predict(plan)["latency_ms"]
+            if pred <= limit_ms:  # within the budget before any margin: no need to fit the margin
+                return None
+            margin = self.predictors[rt].margin()
             if pred * (1 - margin) <= limit_ms:
                 return None
             over[rt] = (pred, margin)
@@ -90,6 +93,8 @@ def study_predictor(runtimes, threads: int, profile_path, config, seq_len: int, 
         log(f"the cost model has no profiles for runtime {', '.join(missing)} yet: every candidate is measured")
         return None
     path = profile_path if len(runtimes) == 1 else None
+    if profile_path is not None and path is None:
+        log("device.profile names one runtime's profile: with several runtimes each uses this device's cached one")
     profiles = {rt: find_profile(threads, rt, path) for rt in runtimes}  # ProfileError: a bad device.profile
     absent = [rt for rt, p in profiles.items() if p is None]
     if absent:
