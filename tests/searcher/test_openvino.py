@@ -63,7 +63,9 @@ def test_search_with_openvino(make_study, cli, tmp_path):
                        space={"heads": {"choices": [2, 4]}, "ffn": {"choices": [128, 256]}, "bits": [32, 8]})
     res = cli("search", study)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "no profiles for runtime 'openvino'" in res.stderr  # measured, never predicted
+    # no profile in the test's cache: measured, never predicted, and the line names the command that makes one
+    assert "no device profile for this CPU/1 threads/openvino" in res.stderr
+    assert "`slimformer profile --runtime openvino --threads 1`" in res.stderr
     s = optuna.load_study(study_name="study", storage=f"sqlite:///{tmp_path / 'study.db'}")
     done = [t for t in s.get_trials() if t.state == TrialState.COMPLETE]
     assert len(done) == 2 and all(t.user_attrs["runtime"] == "openvino" for t in done)
