@@ -58,12 +58,12 @@ def ort(path):
 
 def ov(model):
     import numpy as np
-    from slimformer.searcher.devices.openvino import compile_ir
+    from slimformer.searcher.devices.openvino import compile_ir, infer
     from slimformer.searcher.devices.runtime import ArtifactSession
 
     compiled = compile_ir(model, THREADS)
-    req = compiled.create_infer_request()
-    return ArtifactSession(lambda feed: [np.array(req.infer(feed)[o]) for o in compiled.outputs],
+    req = infer(compiled)
+    return ArtifactSession(lambda feed: [np.array(req(feed)[o]) for o in compiled.outputs],
                            [i.get_any_name() for i in compiled.inputs], [o.get_any_name() for o in compiled.outputs])
 
 

@@ -17,6 +17,11 @@ weights and decompresses them in the kernel, activations stay float32. OpenVINO 
 activations without calibration (NNCF PTQ), which this runtime does not do. bits 16 is refused
 (inference precision is pinned to float32); simulated 4/3/2 bits run in float32 as in eager.
 `slimformer profile --runtime openvino` runs the microbenchmark grid's kernel graphs through `kernel`.
+
+The CPU plugin flushes denormals by setting FTZ/DAZ on the thread that compiles the model, and a
+synchronous inference runs on the calling thread: left alone, that state would stay on the thread
+and PyTorch's own kernels there (the stock baseline, eager candidates) would flush too. `compile_ir`
+puts the caller's state back, and `infer` sets the compiled model's for each inference only.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from pathlib import Path
 
 from .runtime import ArtifactSession, Runtime, module_version, optional_module
 
-__all__ = ["RUNTIME", "INSTALL_HINT", "convert", "compile_ir", "save_ir",
+__all__ = ["RUNTIME", "INSTALL_HINT", "convert", "compile_ir", "infer", "flushes_denormals", "save_ir",
            "IR_FILES", "COMPILE_CONFIG", "kernel"]
 
 INSTALL_HINT = "device.runtime openvino needs: pip install 'slimformer[openvino]'"
@@ -70,11 +75,46 @@ def convert(onnx_path: str | Path, int8_modules: list[str] = ()):
         nncf_log.setLevel(level)
 
 
+def flushes_denormals() -> bool:
+    """Whether this thread flushes denormal floats to zero (FTZ): the smallest normal double halved is 0."""
+    return 2.2250738585072014e-308 / 2 == 0.0
+
+
+@contextlib.contextmanager
+def _denormals(flush: bool):
+    """This thread's FTZ/DAZ set to `flush` inside, put back as it was afterwards."""
+    import torch
+
+    before = flushes_denormals()
+    if flush != before:
+        torch.set_flush_denormal(flush)
+    try:
+        yield
+    finally:
+        if flushes_denormals() != before:
+            torch.set_flush_denormal(before)
+
+
 def compile_ir(model, threads: int, overrides: dict | None = None):
-    """Compiled for the CPU: `threads` threads, COMPILE_CONFIG (with `overrides`), no pinning."""
+    """Compiled for the CPU: `threads` threads, COMPILE_CONFIG (with `overrides`), no pinning; the
+    calling thread's denormal handling is left as it was (run it with `infer`)."""
     ov = optional_module("openvino", INSTALL_HINT)
     config = {**COMPILE_CONFIG, **(overrides or {}), "INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": False}
-    return ov.Core().compile_model(model, "CPU", config)
+    with _denormals(flushes_denormals()):
+        return ov.Core().compile_model(model, "CPU", config)
+
+
+def infer(compiled):
+    """run(feed) -> the infer request's results, with denormals flushed during the inference only when
+    the model was compiled with CPU_DENORMALS_OPTIMIZATION."""
+    request = compiled.create_infer_request()
+    flush = bool(compiled.get_property("CPU_DENORMALS_OPTIMIZATION"))
+
+    def run(feed):
+        with _denormals(flush):
+            return request.infer(feed)
+
+    return run
 
 
 def save_ir(model, folder: Path) -> list[str]:
@@ -102,10 +142,10 @@ def load(files: dict[str, bytes], threads: int) -> ArtifactSession:
     ov = optional_module("openvino", INSTALL_HINT)
     weights = ov.Tensor(np.frombuffer(files["model.bin"], dtype=np.uint8).copy())
     compiled = compile_ir(ov.Core().read_model(files["model.xml"].decode(), weights), threads)
-    request = compiled.create_infer_request()
+    request = infer(compiled)
 
     def run(feed):
-        res = request.infer(feed)
+        res = request(feed)
         return [np.array(res[o]) for o in compiled.outputs]
 
     return ArtifactSession(run, [i.get_any_name() for i in compiled.inputs], [o.get_any_name() for o in compiled.outputs])
@@ -128,7 +168,7 @@ def kernel(path: Path, threads: int, int8_modules=()):
             del os.environ[key]
         else:
             os.environ[key] = before
-    return compile_ir(model, threads).create_infer_request().infer
+    return infer(compile_ir(model, threads))
 
 
 RUNTIME = Runtime(

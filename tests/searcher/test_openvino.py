@@ -55,6 +55,25 @@ def test_int8_layers_get_int8_weights(tiny_models, tmp_path):
     assert np.abs(got - ref).max() < 0.05  # int8 weights on torch.ao's grid; torch.ao also rounds activations
 
 
+def test_openvino_flushes_denormals_only_while_it_runs():
+    """The CPU plugin sets FTZ/DAZ on the thread that compiles a model with CPU_DENORMALS_OPTIMIZATION:
+    compile_ir puts the caller's state back (PyTorch's own kernels on this thread keep denormals, and so
+    does hypothesis in a later test of this process), and `infer` flushes during the inference only."""
+    import openvino as ov
+    from openvino import opset13 as ops
+    from slimformer.searcher.devices.openvino import COMPILE_CONFIG, compile_ir, flushes_denormals, infer
+
+    assert COMPILE_CONFIG["CPU_DENORMALS_OPTIMIZATION"] and not flushes_denormals()
+    x = ops.parameter([1, 4], np.float32)
+    model = ov.Model([ops.multiply(x, ops.constant(np.full((1, 4), 1e-30, np.float32)))], [x])
+    run = infer(compile_ir(model, 1))
+    assert not flushes_denormals()
+    out = next(iter(run({0: np.full((1, 4), 1e-10, np.float32)}).values()))
+    assert np.all(out == 0) and not flushes_denormals()  # 1e-40 is a float32 denormal: flushed inside only
+    kept = infer(compile_ir(model, 1, {"CPU_DENORMALS_OPTIMIZATION": False}))
+    assert np.all(next(iter(kept({0: np.full((1, 4), 1e-10, np.float32)}).values())) > 0)
+
+
 def test_search_with_openvino(make_study, cli, tmp_path):
     import optuna
     from optuna.trial import TrialState
