@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -33,19 +31,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _fresh import ROOT, STUDY, fresh_copy, slimformer  # noqa: E402
 from _report import write_md  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "repeatability_results"
 RUNS = ROOT / "runs" / "repeatability"
-STUDY = "studies/quickstart.yaml"
 
 
-def _cli(*args, cwd: Path, env: dict, log: Path) -> tuple[int, str]:
-    cmd = [sys.executable, "-m", "slimformer.searcher.cli", *map(str, args)]
-    with open(log, "a") as err:
-        res = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
-    return res.returncode, res.stdout
+def run_folder(seed: int, finish: bool, speedup: float | None = None, tag: str | None = None) -> Path:
+    """Where a run lives (its copy of studies/, cache, log and export)."""
+    return RUNS / (f"seed{seed}" + ("-finish" if finish else "") + (f"-{speedup:g}x" if speedup else "")
+                   + (f"-{tag}" if tag else ""))
 
 
 def measure(artifact: str, study: str, rounds: int) -> dict:
@@ -85,25 +81,12 @@ def measure(artifact: str, study: str, rounds: int) -> dict:
 
 
 def run_seed(seed: int, rounds: int, finish: bool, speedup: float | None = None, tag: str | None = None) -> dict:
-    folder = RUNS / (f"seed{seed}" + ("-finish" if finish else "") + (f"-{speedup:g}x" if speedup else "")
-                     + (f"-{tag}" if tag else ""))
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    shutil.copytree(ROOT / "studies", folder / "studies")
-    if speedup:
-        import re
-
-        study = folder / STUDY
-        text, n = re.subn(r"(?m)^(\s+speedup:\s*)[0-9.]+", rf"\g<1>{speedup:g}", study.read_text())
-        if n != 1:
-            raise SystemExit(f"{STUDY}: expected one budget.speedup line to replace, found {n}")
-        study.write_text(text)
-    (folder / "cache").mkdir()
-    env = {**os.environ, "SLIMFORMER_CACHE": str(folder / "cache"), "TOKENIZERS_PARALLELISM": "false"}
+    folder = run_folder(seed, finish, speedup, tag)
+    env = fresh_copy(folder, speedup)
     log = folder / "log.txt"
     print(f"seed {seed}: searching in {folder} ...", flush=True)
     t0 = time.monotonic()
-    code, out = _cli("search", STUDY, "--seed", seed, cwd=folder, env=env, log=log)
+    code, out = slimformer("search", STUDY, "--seed", seed, cwd=folder, env=env, log=log)
     wall = time.monotonic() - t0
     row = {"seed": seed, "wall_s": wall, "search_exit": code, "search_summary": out.strip().splitlines()[:3],
            **({"speedup_budget": speedup} if speedup else {}), **({"tag": tag} if tag else {})}
@@ -112,11 +95,11 @@ def run_seed(seed: int, rounds: int, finish: bool, speedup: float | None = None,
     if finish:
         print(f"seed {seed}: finishing the best plans (slimformer finish, defaults) ...", flush=True)
         t0 = time.monotonic()
-        code, out = _cli("finish", STUDY, cwd=folder, env=env, log=log)
+        code, out = slimformer("finish", STUDY, cwd=folder, env=env, log=log)
         row.update(finish_wall_s=time.monotonic() - t0, finish_exit=code, finish_summary=out.strip().splitlines())
         if code != 0:
             return row
-    code, out = _cli("export", STUDY, "--best", "--out", "exported", cwd=folder, env=env, log=log)
+    code, out = slimformer("export", STUDY, "--best", "--out", "exported", cwd=folder, env=env, log=log)
     row["export_exit"] = code
     if code != 0:
         row["export_error"] = log.read_text().strip().splitlines()[-1]
@@ -140,9 +123,18 @@ def run_seed(seed: int, rounds: int, finish: bool, speedup: float | None = None,
     return row
 
 
-def _key(seed: int, finish: bool, speedup: float | None = None, tag: str | None = None) -> str:
-    return ((f"{seed}+finish" if finish else str(seed)) + (f"@{speedup:g}x" if speedup else "")
-            + (f" ({tag})" if tag else ""))
+def setting(finish: bool, speedup: float | None = None, tag: str | None = None) -> str:
+    """What a run ran, in its key after the seed ("+finish@4x (T)"): runs of one setting are compared."""
+    return ("+finish" if finish else "") + (f"@{speedup:g}x" if speedup else "") + (f" ({tag})" if tag else "")
+
+
+def run_key(seed: int, finish: bool, speedup: float | None = None, tag: str | None = None) -> str:
+    return f"{seed}{setting(finish, speedup, tag)}"
+
+
+def row_setting(row: dict) -> str:
+    """The setting of a stored run (its search ran, so finish_wall_s says whether it was finished)."""
+    return setting("finish_wall_s" in row, row.get("speedup_budget"), row.get("tag"))
 
 
 def report(results: dict, note: str) -> None:
@@ -154,18 +146,18 @@ def report(results: dict, note: str) -> None:
              "artifact itself re-measured in a fresh process (speedup vs the study's baseline, stock float32 "
              "PyTorch, in interleaved rounds, one-sided bootstrap bounds; quality on the whole validation split "
              "and on data.test, which nothing selected on).", "",
-             "| run | search time | finish time | exported | format | validation (search) | full validation | "
+             "| run | budget | search time | finish time | exported | format | validation (search) | full validation | "
              "test (change) | speedup in the search | re-timed | fresh process [low, high] | holds |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    held, fulls, searched = [], [], []
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    held, searched = [], []
     for r in rows:
-        run = _key(r["seed"], "finish_wall_s" in r, r.get("speedup_budget"), r.get("tag"))
+        run = f"{r['seed']}{row_setting(r)}"
         fin = f"{r['finish_wall_s'] / 60:.1f} min" if "finish_wall_s" in r else "-"
         f = r.get("fresh")
         if f is None:
             why = (r.get("export_error") or r.get("measure_error") or
                    (f"finish exit {r['finish_exit']}" if r.get("finish_exit") else f"search exit {r.get('search_exit')}"))
-            lines.append(f"| {run} | {r['wall_s'] / 60:.1f} min | {fin} | - | - | - | - | - | - | - | {why} | no |")
+            lines.append(f"| {run} | - | {r['wall_s'] / 60:.1f} min | {fin} | - | - | - | - | - | - | - | {why} | no |")
             held.append(False)
             continue
         again = r.get("retimed") or {}
@@ -173,13 +165,13 @@ def report(results: dict, note: str) -> None:
         test = "-" if f.get("quality_test") is None else (
             f"{f['quality_test']:.2f} ({f['quality_test'] - f['baseline_quality_test']:+.2f})")
         lines.append(
-            f"| {run} | {r['wall_s'] / 60:.1f} min | {fin} | {what} | {f.get('format', 'pytorch')} | "
+            f"| {run} | {'-' if f['target'] is None else format(f['target'], 'g') + 'x'} | {r['wall_s'] / 60:.1f} min | "
+            f"{fin} | {what} | {f.get('format', 'pytorch')} | "
             f"{'-' if r.get('final') else round(r['quality_search'], 2)} | {f['quality_full']:.2f} | {test} | "
             f"{'-' if r['speedup_search'] is None else format(r['speedup_search'], '.2f') + 'x'} | "
             + (f"{again['speedup']:.2f}x [{again['low']:.2f}, {again['high']:.2f}]" if again else "-")
             + f" | {f['speedup']:.2f}x [{f['low']:.2f}, {f['high']:.2f}] | {'yes' if f['holds'] else 'no'} |")
         held.append(f["holds"])
-        fulls.append(f["quality_full"])
         searched.append(r["wall_s"])
     lines.append("")
     fresh = [r["fresh"] for r in rows if r.get("fresh")]
@@ -195,9 +187,22 @@ def report(results: dict, note: str) -> None:
                             else f", {fresh[0]['baseline_quality_test']:.2f} test")
                          + (f"; the baseline: stock float32 PyTorch with {fresh[0]['baseline_setting']['attention']} "
                             "attention (the faster of sdpa and eager here)" if fresh[0].get("baseline_setting") else ""))
-        if len(fulls) > 1:
-            lines.append(f"- full-validation quality: min {min(fulls):.2f}, max {max(fulls):.2f}, spread "
-                         f"{max(fulls) - min(fulls):.2f} points (target: at most 0.5)")
+        by_setting: dict[str, list[dict]] = {}
+        for r in rows:
+            by_setting.setdefault(row_setting(r), []).append(r)
+        for name, group in by_setting.items():  # quality spreads: only across runs of one setting
+            got = [r["fresh"] for r in group if r.get("fresh")]
+            if len(got) < 2:
+                continue
+            tests, fulls = [f["quality_test"] for f in got], [f["quality_full"] for f in got]
+            lines.append(
+                f"- runs `<seed>{name}` (seeds {', '.join(str(r['seed']) for r in group)}): exported {len(got)} of "
+                f"{len(group)}, {sum(f['holds'] for f in got)} hold the budget in the fresh process; "
+                + ("" if None in tests else f"test quality {min(tests):.2f} to {max(tests):.2f}, **spread "
+                   f"{max(tests) - min(tests):.2f} points** (target: at most 0.5); ")
+                + f"full-validation spread {max(fulls) - min(fulls):.2f}; search time median "
+                f"{statistics.median(r['wall_s'] for r in group) / 60:.1f} min, max "
+                f"{max(r['wall_s'] for r in group) / 60:.1f} min")
         lines.append(f"- search wall time per run: median {statistics.median(r['wall_s'] for r in rows) / 60:.1f} min")
     write_md(str(OUT), lines, note)
 
@@ -219,7 +224,7 @@ def main() -> None:
     path = OUT.with_suffix(".json")
     results = json.loads(path.read_text()) if path.is_file() else {}
     for seed in [] if args.report_only else args.seeds:
-        key = _key(seed, args.finish, args.speedup, args.tag)
+        key = run_key(seed, args.finish, args.speedup, args.tag)
         if key in results:
             print(f"run {key}: already in {path.name}, skipped")
             continue

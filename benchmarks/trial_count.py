@@ -1,0 +1,190 @@
+"""Does the quickstart run enough trials? Its runs against one 60-trial reference search.
+
+The target (issue 13): in at least 4 of 5 runs (seeds 0-4) the shipped quickstart finds a plan
+within 0.5 point, on data.test (STS-B dev, which nothing selects on), of the plan one 60-trial run
+(seed 0) finds, with its search still within 10 minutes on 2 cores.
+
+1. The reference: `slimformer search studies/quickstart.yaml --seed 0 --trials 60` on a fresh copy
+   of studies/ with an empty cache (as benchmarks/repeatability.py runs the quickstart), then
+   `slimformer report --json --all`: the 5 best feasible trials re-timed, the front and the
+   re-timed trials scored on test.
+2. The quickstart's runs: the runs of benchmarks/repeatability_results.json with the shipped
+   settings (`--group`, the part of their key after the seed): each one's best under the budget
+   (re-timed, the plan `finish` and `export --best` start from) and its test quality, from
+   `slimformer report --json` in that run's folder.
+3. Prefixes of the reference: for N trials, the best feasible trial among its first N (the
+   search's own timing and its validation quality, no re-timing) and that plan's test quality
+   (rebuilt and run as the search ran it): what more trials would have bought.
+
+    python benchmarks/trial_count.py                 # the reference (~25 min quiet), then the comparison
+    python benchmarks/trial_count.py --report-only   # rewrite the .md from the .json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _fresh import ROOT, STUDY, fresh_copy, run_env, slimformer  # noqa: E402
+from _report import write_md  # noqa: E402
+from repeatability import row_setting, run_folder  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "trial_count_results"
+RUNS = ROOT / "runs" / "trial_count"
+REPEATS = ROOT / "benchmarks" / "repeatability_results.json"
+PREFIXES = (8, 12, 16, 24, 32, 48, 60)
+TOLERANCE = 0.5  # points of Spearman x100 on test
+
+
+def _report(folder: Path, log: Path) -> dict:
+    code, out = slimformer("report", STUDY, "--json", "--all", cwd=folder, env=run_env(folder), log=log)
+    if code != 0:
+        raise SystemExit(f"slimformer report failed in {folder} (exit {code}); see {log}")
+    return json.loads(out)
+
+
+def _best(rep: dict) -> dict | None:
+    b = rep.get("best")
+    if b is None:
+        return None
+    again = next((r for r in rep["retimed"] if r["number"] == b["number"]), {})
+    return {"trial": b["number"], "quality": b["quality"], "test": again.get("quality_test", b.get("quality_test")),
+            "speedup": b["speedup"], "retimed": again.get("speedup_retimed"), "runtime": b.get("runtime")}
+
+
+def reference(trials: int) -> dict:
+    folder = RUNS / f"reference-{trials}"
+    env = fresh_copy(folder)
+    log = folder / "log.txt"
+    print(f"reference: {trials} trials, seed 0, in {folder} ...", flush=True)
+    t0 = time.monotonic()
+    code, _ = slimformer("search", STUDY, "--seed", 0, "--trials", trials, cwd=folder, env=env, log=log)
+    wall = time.monotonic() - t0
+    if code != 0:
+        raise SystemExit(f"the reference search failed (exit {code}); see {log}")
+    rep = _report(folder, log)
+    return {"folder": str(folder.relative_to(ROOT)), "wall_s": wall, "n_trials": rep["n_trials"],
+            "n_feasible": rep["n_feasible"], "best": _best(rep), "baseline_test": rep["baseline"].get("quality_test"),
+            "trials": [{k: r[k] for k in ("number", "quality", "feasible", "speedup", "runtime", "plan")}
+                       for r in rep["trials"]],
+            "tests": {str(r["number"]): r["quality_test"] for r in rep["pareto"] + rep["retimed"]
+                      if r.get("quality_test") is not None}}
+
+
+def prefixes(ref: dict) -> dict:
+    """The best feasible trial among the reference's first N, and its test quality (rebuilt)."""
+    from slimformer.methods import Plan
+    from slimformer.searcher.config import load_study_config
+    from slimformer.searcher.problem.workbench import Workbench
+
+    tests = dict(ref["tests"])
+    bench = None
+    out = {}
+    for n in PREFIXES:
+        feasible = [t for t in ref["trials"] if t["number"] < n and t["feasible"]]
+        if not feasible:
+            out[str(n)] = None
+            continue
+        pick = max(feasible, key=lambda t: t["quality"])
+        key = str(pick["number"])
+        if key not in tests:
+            if bench is None:
+                bench = Workbench(load_study_config(str(ROOT / ref["folder"] / STUDY)), log=lambda msg: None)
+            print(f"prefix {n}: scoring trial {key} on test ...", flush=True)
+            model = bench.deployed(bench.build(Plan.from_dict(pick["plan"])), pick["runtime"])
+            tests[key] = bench.test_quality(model)
+        out[str(n)] = {"trial": pick["number"], "quality": pick["quality"], "speedup": pick["speedup"],
+                       "test": tests[key]}
+    return out
+
+
+def runs(group: str) -> dict:
+    """Each repeatability run of `group`: its search's best under the budget and its test quality."""
+    rows = json.loads(REPEATS.read_text())
+    out = {}
+    for key, row in sorted(rows.items()):
+        if row_setting(row) != group or row.get("search_exit") != 0:
+            continue
+        folder = run_folder(row["seed"], "finish_wall_s" in row, row.get("speedup_budget"), row.get("tag"))
+        print(f"run {key}: reading its best under the budget ...", flush=True)
+        rep = _report(folder, folder / "log.txt")
+        out[key] = {"seed": row["seed"], "wall_s": row["wall_s"], "n_feasible": rep["n_feasible"],
+                    "best": _best(rep)}
+    return out
+
+
+def render(results: dict, note: str) -> None:
+    ref, group = results["reference"], results["group"]
+    rb = ref["best"]
+    lines = ["# Trials: the quickstart against a 60-trial reference run", "",
+             "`python benchmarks/trial_count.py`: a 60-trial search of the quickstart (seed 0, fresh copy of "
+             "`studies/`, empty cache) as the reference; the quickstart runs of "
+             f"`repeatability_results.json` with the shipped settings (runs `<seed>{group}`); quality = Spearman "
+             "x100; each run's best under the budget is the best trial that held it when re-timed (what `finish` "
+             "and `export --best` start from), judged on data.test (STS-B dev, 1,500 pairs), which nothing "
+             f"selected on. Target: at least 4 of 5 runs within {TOLERANCE} point of the reference, search within "
+             "10 minutes.", "",
+             f"- reference: {ref['n_trials']} trials in {ref['wall_s'] / 60:.1f} min, {ref['n_feasible']} feasible; "
+             + ("no trial held the budget re-timed" if rb is None else
+                f"best under the budget: trial {rb['trial']}, {rb['quality']:.2f} validation, **{rb['test']:.2f} "
+                f"test** (uncompressed {ref['baseline_test']:.2f}), {rb['speedup']:.2f}x in the search, "
+                f"{rb['retimed']:.2f}x re-timed ({rb['runtime']})"), "",
+             "| run | search time | feasible trials | best under the budget | validation | test | vs the reference | "
+             "within 0.5 |", "| --- | --- | ---: | --- | ---: | ---: | ---: | --- |"]
+    within, times = 0, []
+    for key, r in results["runs"].items():
+        b = r["best"]
+        times.append(r["wall_s"])
+        if b is None or rb is None:
+            lines.append(f"| {key} | {r['wall_s'] / 60:.1f} min | {r['n_feasible']} | none held | - | - | - | no |")
+            continue
+        gap = b["test"] - rb["test"]
+        ok = gap >= -TOLERANCE
+        within += ok
+        lines.append(f"| {key} | {r['wall_s'] / 60:.1f} min | {r['n_feasible']} | trial {b['trial']} "
+                     f"({b['retimed']:.2f}x re-timed) | {b['quality']:.2f} | {b['test']:.2f} | {gap:+.2f} | "
+                     f"{'yes' if ok else 'no'} |")
+    if times:
+        lines += ["", f"- **{within} of {len(results['runs'])} runs within {TOLERANCE} point of the reference** "
+                  f"(target: at least 4 of 5); search time: max {max(times) / 60:.1f} min (target: 10)"]
+    lines += ["", "What more trials buy: the best feasible trial among the reference's first N (the search's own "
+              "timing, no re-timing), scored on test.", "",
+              "| first N trials | pick | validation | speedup in the search | test | vs the 60-trial pick |",
+              "| ---: | --- | ---: | ---: | ---: | ---: |"]
+    last = results["prefixes"].get(str(PREFIXES[-1]))
+    for n, p in results["prefixes"].items():
+        if p is None:
+            lines.append(f"| {n} | none feasible | - | - | - | - |")
+            continue
+        lines.append(f"| {n} | trial {p['trial']} | {p['quality']:.2f} | {p['speedup']:.2f}x | {p['test']:.2f} | "
+                     + ("-" if last is None else f"{p['test'] - last['test']:+.2f}") + " |")
+    write_md(str(OUT), lines, note)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=60, help="the reference run's trials")
+    ap.add_argument("--group", default="+finish@4x (finish lr 5e-4)",
+                    help="the repeatability runs to compare: their key after the seed")
+    ap.add_argument("--note", default="2-core VM, nothing else running")
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    path = OUT.with_suffix(".json")
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    if not args.report_only:
+        if "reference" not in results:
+            results["reference"] = reference(args.trials)
+            path.write_text(json.dumps(results, indent=1, sort_keys=True))
+        results["group"] = args.group
+        results["prefixes"] = prefixes(results["reference"])
+        results["runs"] = runs(args.group)
+        path.write_text(json.dumps(results, indent=1, sort_keys=True))
+    render(results, args.note)
+
+
+if __name__ == "__main__":
+    main()
