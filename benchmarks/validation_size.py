@@ -10,6 +10,8 @@ test over the feasible trials, and the regret (test quality of the best feasible
 minus that of the draw's pick). For the noise floor without any shift of distribution, the same
 for n pairs drawn from test, judged on the rest of test. Per-pair similarities are cached in
 runs/validation_size/ (the script resumes per trial); the figures go to validation_size_results.
+What a size costs: the seconds one trial spends scoring n pool pairs (the best feasible trial, as
+its runtime runs it; median of 3), the part of a trial's time that grows with the split.
 
     python benchmarks/validation_size.py runs/repeatability/seed0-finish/studies/quickstart.yaml
 """
@@ -108,6 +110,35 @@ def collect(path: str, extra: int, log) -> dict:
     return out
 
 
+def scoring_cost(path: str, extra: int, log) -> dict[int, float]:
+    """Seconds to score n pool pairs, per size, with the best feasible trial as deployed (median of 3)."""
+    import statistics
+
+    from slimformer.methods import Plan
+    from slimformer.searcher.config import load_study_config
+    from slimformer.searcher.problem.workbench import Workbench
+    from slimformer.searcher.study.records import best_feasible, handle_for, open_study
+
+    cfg = load_study_config(path)
+    study = open_study(handle_for(cfg, None, None), read_only=True)
+    best = best_feasible(study)
+    bench = Workbench(cfg, log=lambda msg: None)
+    log(f"trial {best.number}: timing the scoring of {', '.join(map(str, SIZES))} pairs ...")
+    model = bench.deployed(bench.build(Plan.from_dict(best.user_attrs["plan"])), best.user_attrs.get("runtime"))
+    val, more = pool_rows(cfg, extra)
+    pool = {k: val[k] + more[k] for k in val}
+    out = {}
+    for n in SIZES:
+        rows = {k: v[:n] for k, v in pool.items()}
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            similarities(bench, model, rows)
+            times.append(time.perf_counter() - t0)
+        out[n] = statistics.median(times)
+    return out
+
+
 def analyse(trials: dict, draws: int) -> dict:
     nums = sorted(n for n, t in trials.items() if t["feasible"])
     first = trials[nums[0]]
@@ -150,13 +181,16 @@ def report(res: dict, study: str, seconds: float) -> None:
              "on); the trials are ranked on it and judged on test (STS-B dev, 1,500 pairs). Noise floor: n pairs "
              "drawn from test, judged on the rest of test (same distribution). Rank correlation over the feasible "
              "trials (mean and p10-p90 over draws); regret = Spearman on the judging split of the best trial there "
-             "minus that of the draw's pick.", "",
-             "| n pairs | drawn from | rank corr. with the judge | p10-p90 | regret (points) | draws |",
-             "|---:|---|---:|---:|---:|---:|"]
+             "minus that of the draw's pick. Scoring time per trial: seconds to score n pool pairs with the best "
+             "feasible trial as its runtime runs it (median of 3), what a larger split adds to every trial.", "",
+             "| n pairs | drawn from | rank corr. with the judge | p10-p90 | regret (points) | draws | "
+             "scoring time per trial |", "|---:|---|---:|---:|---:|---:|---:|"]
+    cost = {int(n): sec for n, sec in (res.get("cost_s") or {}).items()}
     for source, label in (("pool", "STS-B train, judged on test"), ("test", "STS-B dev, judged on the rest")):
         for n, r in res[source].items():
             lines.append(f"| {n} | {label} | {r['rank_corr']:.2f} | {r['rank_corr_p10']:.2f} to "
-                         f"{r['rank_corr_p90']:.2f} | {r['regret']:.2f} | {r['draws']} |")
+                         f"{r['rank_corr_p90']:.2f} | {r['regret']:.2f} | {r['draws']} | "
+                         + (f"{cost[int(n)]:.1f} s" if int(n) in cost else "-") + " |")
     s = res["shipped_split"]
     spread = max(res["test_quality"].values()) - min(res["test_quality"].values())
     lines += ["", f"The shipped split (studies/data/sts-val-500.tsv): rank correlation {s['rank_corr']:.2f} with test, "
@@ -178,6 +212,7 @@ def main() -> None:
 
     res = analyse(collect(args.study, args.pool, log), args.draws)
     res["study"] = args.study
+    res["cost_s"] = scoring_cost(args.study, args.pool, log)
     OUT.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str))
     report(res, args.study, time.time() - started)
 
