@@ -17,7 +17,7 @@ within 0.5 point, on data.test (STS-B dev, which nothing selects on), of the pla
    search's own timing and its validation quality, no re-timing) and that plan's test quality
    (rebuilt and run as the search ran it): what more trials would have bought.
 
-    python benchmarks/trial_count.py                 # the reference (~25 min quiet), then the comparison
+    python benchmarks/trial_count.py                 # the reference and the comparison (~40 min, quiet VM)
     python benchmarks/trial_count.py --report-only   # rewrite the .md from the .json
 """
 
