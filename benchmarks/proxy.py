@@ -100,7 +100,7 @@ def main() -> None:
             plan = Plan.from_dict(t.user_attrs["plan"])
             plan_dict = {**plan.to_dict(), "distill": {**plan.to_dict()["distill"], "steps": steps}}
             t0 = time.monotonic()
-            model = bench.deployed(bench.build(Plan.from_dict(plan_dict)), runtime)
+            model = bench.as_scored(plan_dict, runtime)
             quality = bench.quality(model)["quality"]
             row["variants"][str(steps)] = {"validation": quality, "seconds": time.monotonic() - t0}
             log(f"trial {t.number}: in-trial {steps} steps: {quality:.2f}")

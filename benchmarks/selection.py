@@ -40,7 +40,6 @@ def spearman(a: list[float], b: list[float]) -> float | None:
 def score_study(path: str, log) -> dict:
     import optuna
     from optuna.trial import TrialState
-    from slimformer.methods import Plan
     from slimformer.searcher.config import load_study_config
     from slimformer.searcher.problem.workbench import Workbench
     from slimformer.searcher.study.records import handle_for, open_study
@@ -54,7 +53,7 @@ def score_study(path: str, log) -> dict:
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE and "plan" in t.user_attrs]
     for i, t in enumerate(done):
         log(f"{path}: trial {t.number} ({i + 1}/{len(done)}) ...")
-        model = bench.deployed(bench.build(Plan.from_dict(t.user_attrs["plan"])), t.user_attrs.get("runtime"))
+        model = bench.as_scored(t.user_attrs["plan"], t.user_attrs.get("runtime"))
         rows.append({"trial": t.number, "search": t.values[0], "feasible": bool(t.user_attrs.get("feasible")),
                      "runtime": t.user_attrs.get("runtime"), "speedup": t.user_attrs.get("speedup"),
                      "validation": bench.quality(model, full=True)["quality"], "test": bench.test_quality(model)})

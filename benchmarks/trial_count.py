@@ -49,12 +49,9 @@ def _report(folder: Path, log: Path) -> dict:
 
 
 def _best(rep: dict) -> dict | None:
-    b = rep.get("best")
-    if b is None:
-        return None
-    again = next((r for r in rep["retimed"] if r["number"] == b["number"]), {})
-    return {"trial": b["number"], "quality": b["quality"], "test": again.get("quality_test", b.get("quality_test")),
-            "speedup": b["speedup"], "retimed": again.get("speedup_retimed"), "runtime": b.get("runtime")}
+    b = rep.get("best")  # a re-timed trial: the report scored it on test too
+    return None if b is None else {"trial": b["number"], "quality": b["quality"], "test": b["quality_test"],
+                                   "speedup": b["speedup"], "retimed": b["speedup_retimed"], "runtime": b["runtime"]}
 
 
 def _final(rep: dict) -> dict | None:
@@ -91,7 +88,6 @@ def reference(trials: int) -> dict:
 
 def prefixes(ref: dict) -> dict:
     """The best feasible trial among the reference's first N, and its test quality (rebuilt)."""
-    from slimformer.methods import Plan
     from slimformer.searcher.config import load_study_config
     from slimformer.searcher.problem.workbench import Workbench
 
@@ -109,7 +105,7 @@ def prefixes(ref: dict) -> dict:
             if bench is None:
                 bench = Workbench(load_study_config(str(ROOT / ref["folder"] / STUDY)), log=lambda msg: None)
             print(f"prefix {n}: scoring trial {key} on test ...", flush=True)
-            model = bench.deployed(bench.build(Plan.from_dict(pick["plan"])), pick["runtime"])
+            model = bench.as_scored(pick["plan"], pick["runtime"])
             tests[key] = bench.test_quality(model)
         out[str(n)] = {"trial": pick["number"], "quality": pick["quality"], "speedup": pick["speedup"],
                        "test": tests[key]}

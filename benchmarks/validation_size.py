@@ -79,7 +79,6 @@ def rho(sims: np.ndarray, gold: np.ndarray) -> float:
 def collect(path: str, extra: int, log) -> dict:
     import optuna
     from optuna.trial import TrialState
-    from slimformer.methods import Plan
     from slimformer.searcher.config import load_study_config
     from slimformer.searcher.problem.workbench import Workbench, study_rows
     from slimformer.searcher.study.records import handle_for, open_study
@@ -99,7 +98,7 @@ def collect(path: str, extra: int, log) -> dict:
         if not file.is_file():
             log(f"trial {t.number} ({i + 1}/{len(done)}): rebuilding and scoring {len(val['score'])} + "
                 f"{len(more['score'])} + {len(test['score'])} pairs ...")
-            model = bench.deployed(bench.build(Plan.from_dict(t.user_attrs["plan"])), t.user_attrs.get("runtime"))
+            model = bench.as_scored(t.user_attrs["plan"], t.user_attrs.get("runtime"))
             # the pool: data.validation's pairs first (the task's batch order within each part)
             ps, pg = (np.concatenate(x) for x in zip(similarities(bench, model, val), similarities(bench, model, more)))
             ts, tg = similarities(bench, model, test)
@@ -114,7 +113,6 @@ def scoring_cost(path: str, extra: int, log) -> dict[int, float]:
     """Seconds to score n pool pairs, per size, with the best feasible trial as deployed (median of 3)."""
     import statistics
 
-    from slimformer.methods import Plan
     from slimformer.searcher.config import load_study_config
     from slimformer.searcher.problem.workbench import Workbench
     from slimformer.searcher.study.records import best_feasible, handle_for, open_study
@@ -124,7 +122,7 @@ def scoring_cost(path: str, extra: int, log) -> dict[int, float]:
     best = best_feasible(study)
     bench = Workbench(cfg, log=lambda msg: None)
     log(f"trial {best.number}: timing the scoring of {', '.join(map(str, SIZES))} pairs ...")
-    model = bench.deployed(bench.build(Plan.from_dict(best.user_attrs["plan"])), best.user_attrs.get("runtime"))
+    model = bench.as_scored(best.user_attrs["plan"], best.user_attrs.get("runtime"))
     val, more = pool_rows(cfg, extra)
     pool = {k: val[k] + more[k] for k in val}
     out = {}

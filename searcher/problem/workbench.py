@@ -117,6 +117,10 @@ class Workbench:
             return model
         return self.as_run(model, self.runner(model, runtime))
 
+    def as_scored(self, plan: dict, runtime: str | None):
+        """A trial's model as the search scored it: its stored plan rebuilt, run as `runtime` runs it."""
+        return self.deployed(self.build(Plan.from_dict(plan)), runtime)
+
     def runtimes_for(self, plan: Plan | None) -> tuple[str, ...]:
         """The study's runtimes that can run `plan` as built (all of them without a plan)."""
         if plan is None:

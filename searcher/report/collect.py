@@ -54,15 +54,13 @@ def pareto_front(rows: list[dict], keys=("quality", "latency_ms")) -> list[dict]
 def _rescore(study, bench, rows: list[dict], log, test: bool = False) -> tuple[float, float | None]:
     """Quality of each row's plan on the FULL validation split, and on data.test when `test`,
     stored in the study (by trial). Returns the baseline's (validation, test)."""
-    from slimformer.methods import Plan
-
     stored = dict(study.user_attrs.get(FULL_QUALITY_ATTR) or {"trials": {}})
     trials, tests = dict(stored["trials"]), dict(stored.get("test") or {})
     todo = [r for r in rows if str(r["number"]) not in trials or (test and str(r["number"]) not in tests)]
     if todo or "baseline" not in stored or (test and "baseline_test" not in stored):
         for r in todo:
             log(f"re-scoring trial {r['number']} on the full validation split" + (" and on test ..." if test else " ..."))
-            model = bench().deployed(bench().build(Plan.from_dict(r["plan"])), r.get("runtime"))  # as the search scored it
+            model = bench().as_scored(r["plan"], r.get("runtime"))
             trials[str(r["number"])] = bench().quality(model, full=True)["quality"]
             if test:
                 tests[str(r["number"])] = bench().test_quality(model)
