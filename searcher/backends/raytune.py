@@ -14,6 +14,13 @@ driver) marks the dead driver's running trials failed, queues their plans again 
 Tune run for the trials still missing; finished trials are kept. Tune's own `Tuner.restore` is not
 used: it would replay a pickled searcher whose running Optuna trials no longer exist.
 
+Timing: a Ray trial builds and scores at its share of the CPUs and times at the study's
+`device.threads`, holding its node's timing lock (searcher/devices/timelock.py: a file in the node's
+temporary folder, so one measurement at a time per node, nothing else of the study running beside
+it; the trial records its wait). A node whose CPU model or ISA flags differ from the study's stored
+device facts is refused for timing: the trial fails with the reason ("refused for timing: ...") and
+never enters the front (`devices.latency.cpu_refusal`).
+
 Ray is optional and imported only here (pip install 'slimformer[ray]').
 """
 
@@ -36,7 +43,7 @@ from ..study.session import SearchSession  # noqa: E402
 from ..study.storage import storage_file  # noqa: E402
 from ..study.trial import MAX_REJECTIONS_IN_A_ROW, Rejected, propose, record  # noqa: E402
 from .faults import FAULT_ENV, inject, parse_faults  # noqa: E402
-from .workers import worker_threads  # noqa: E402
+from .workers import worker_config, worker_threads  # noqa: E402
 
 __all__ = ["run", "SlimformerSearch"]
 
@@ -44,19 +51,26 @@ RESULT = "slimformer_result"  # the Tune metric holding `trial.evaluate`'s resul
 _BENCHES: dict = {}  # one Workbench per study config in each Ray worker process (kept across trials)
 
 
-def _evaluate_plan(config: dict, cfg=None, baseline=None, faults=None) -> None:
+def _evaluate_plan(config: dict, cfg=None, baseline=None, faults=None, device=None) -> None:
     """The Tune trainable: evaluate one plan in a Ray worker and report plain data. `faults` is
-    the driver's SLIMFORMER_FAULT table (a cluster's workers do not share the driver's environment)."""
+    the driver's SLIMFORMER_FAULT table (a cluster's workers do not share the driver's environment);
+    `device` the study's stored device facts (a node with another CPU is refused for timing)."""
     from ray import tune
     from slimformer.methods import Plan
 
+    from ..devices.latency import cpu_refusal
     from ..problem.workbench import Workbench
     from ..study.trial import evaluate
 
+    nan = float("nan")
+    refusal = cpu_refusal(device)
+    if refusal:  # before loading anything: this node does not time for this study
+        tune.report({"error": f"{refusal} (Ray node {os.uname().nodename})", "quality": nan, "latency": nan,
+                     "size": nan})
+        return
     key = cfg.model_dump_json()
     if key not in _BENCHES:
         _BENCHES[key] = Workbench(cfg, log=lambda msg: None)
-    nan = float("nan")
     try:
         inject((faults or {}).get(config["number"]))
         result = evaluate(_BENCHES[key], Plan.from_dict(config["plan"]), baseline)
@@ -188,7 +202,7 @@ def run(session: SearchSession) -> None:
     k = cfg.search.workers
     address = cfg.search.ray_address
     threads = worker_threads(cfg) if address is None else (cfg.search.worker_threads or cfg.device.threads)
-    tcfg = cfg.model_copy(update={"device": cfg.device.model_copy(update={"threads": threads})})
+    tcfg = worker_config(cfg, threads)  # builds and scores at `threads`, times at device.threads (timing lock)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     init = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
     if address is None:
@@ -198,12 +212,14 @@ def run(session: SearchSession) -> None:
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(**init)
-    log(f"Ray Tune: {missing} trial(s), {k} at once, {threads} CPU(s)/torch thread(s) each, "
+    log(f"Ray Tune: {missing} trial(s), {k} at once, {threads} CPU(s)/torch thread(s) each to build and score, "
+        f"every latency measurement at the study's {cfg.device.threads} thread(s), one at a time per node, "
         f"{'cluster ' + address if address else 'a local Ray on this machine'}")
     bar = SearchProgress(target, done, baseline, enabled=False, log=log)
     searcher = SlimformerSearch(session, bar)
     trainable = tune.with_resources(tune.with_parameters(_evaluate_plan, cfg=tcfg, baseline=baseline,
-                                                        faults=parse_faults(os.environ.get(FAULT_ENV, ""))),
+                                                        faults=parse_faults(os.environ.get(FAULT_ENV, "")),
+                                                        device=study.user_attrs.get("device")),
                                     {"cpu": threads})
     storage_path = str(ray_folder(cfg, session.handle))
     tuner = tune.Tuner(

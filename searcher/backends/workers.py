@@ -3,8 +3,12 @@ storage (Optuna's distributed mode: every worker asks and tells the same study).
 
 The parent creates or resumes the study (metadata, baseline measured once, seeded plans) and
 hands the prepared session to `run`, which starts the workers with `spawn`. Each worker is
-`run_search` on the existing study (so it runs the local backend) with its own sampler seed
-and `device.threads // K` torch threads. A worker starts a trial only while
+`run_search` on the existing study (so it runs the local backend) with its own sampler seed.
+It builds and scores candidates at its share of the threads (search.worker_threads, default
+`device.threads // K`), and times them on the device the study names: at `device.threads`, holding
+the host's timing lock, so no other measurement and no other work of the study runs beside it
+(searcher/devices/timelock.py; each trial records its wait, `timing_wait_s`). What the K workers
+run in parallel is the work between measurements. A worker starts a trial only while
 finished + running trials (all workers) are below the target, so the study stops at the total;
 the check and the start are not one atomic step, so in the worst case up to K-1 trials beyond
 the target can finish (it needs two workers to look within the same few milliseconds).
@@ -27,7 +31,7 @@ from ..errors import UserError
 from ..study.owners import fail_stale_trials
 from ..study.session import SearchSession
 
-__all__ = ["check_scale_out", "is_worker", "run", "with_scale_out", "worker_threads"]
+__all__ = ["check_scale_out", "is_worker", "run", "with_scale_out", "worker_threads", "worker_config"]
 
 _WORKER: int | None = None  # this process's worker index, in a worker
 STOP_GRACE_S = 30  # how long stopped workers get to put their trial back in the queue
@@ -38,8 +42,16 @@ def is_worker() -> bool:
 
 
 def worker_threads(cfg) -> int:
+    """The torch threads a worker builds and scores at (never what it times at: device.threads)."""
     s = cfg.search
     return s.worker_threads or max(1, cfg.device.threads // s.workers)
+
+
+def worker_config(cfg, threads: int | None = None):
+    """The study config a worker runs: device.threads as the study names it (every measurement), and
+    search.worker_threads set to its share (`threads`, default `worker_threads(cfg)`) for the rest."""
+    share = threads or worker_threads(cfg)
+    return cfg.model_copy(update={"search": cfg.search.model_copy(update={"worker_threads": share})})
 
 
 def with_scale_out(cfg, workers: int | None, backend: str | None, address: str | None):
@@ -114,9 +126,9 @@ def run(session: SearchSession) -> None:
     target, timeout, seed, search = session.target, session.timeout, session.seed, session.run_search
     k = cfg.search.workers
     threads = worker_threads(cfg)
-    wcfg = cfg.model_copy(update={"device": cfg.device.model_copy(update={"threads": threads})})
-    log(f"{k} workers on {handle.url}, {threads} torch thread(s) each (each times its candidates "
-        "against the baseline in its own process)")
+    wcfg = worker_config(cfg, threads)
+    log(f"{k} workers on {handle.url}: building and scoring at {threads} torch thread(s) each; every latency "
+        f"measurement at the study's {cfg.device.threads} thread(s), one at a time on this host (timing lock)")
     ctx = mp.get_context("spawn")
     deadline = None if timeout is None else time.monotonic() + timeout
     procs: dict[int, mp.Process] = {}

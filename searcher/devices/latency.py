@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-__all__ = ["LatencyResult", "measure_latency", "device_facts", "fixed_threads", "IDLE_GAP_MS"]
+__all__ = ["LatencyResult", "measure_latency", "device_facts", "fixed_threads", "IDLE_GAP_MS", "cpu_refusal"]
 
 IDLE_GAP_MS = 10.0  # idle time before every timed call (see above)
 
@@ -83,6 +83,21 @@ def device_facts(threads: int | None = None, runtime: str = "eager") -> dict:
     if torch.cuda.is_available():
         facts["cuda_device"] = torch.cuda.get_device_name(0)
     return facts
+
+
+def cpu_refusal(study_facts: dict | None) -> str | None:
+    """Why this machine may not time candidates for a study measured on `study_facts` (its stored
+    device facts): another CPU model or other ISA flags make another device, whose figures must not
+    go into the study's front. None when it is the same CPU (or the study stored no facts)."""
+    if not study_facts or "cpu" not in study_facts:
+        return None
+    here = {"cpu": _cpu_model(), "flags": _cpu_flags()}
+    want = {"cpu": study_facts["cpu"], "flags": list(study_facts.get("flags", []))}
+    if here["cpu"] == want["cpu"] and sorted(here["flags"]) == sorted(want["flags"]):
+        return None
+    return (f"refused for timing: this machine's CPU ({here['cpu']}; {' '.join(here['flags']) or 'no listed flags'}) "
+            f"is not the study's device ({want['cpu']}; {' '.join(want['flags']) or 'no listed flags'}); "
+            "run the study's trials on machines with the study's CPU, or start a study for this one")
 
 
 @contextmanager

@@ -3,6 +3,7 @@ things done to every candidate: build it from a plan, score its quality, time it
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import cached_property
 
 import torch
@@ -12,8 +13,9 @@ from slimformer.methods.surgery import set_attention
 
 from ..config import StudyConfig
 from ..devices.attention import fastest_attention
-from ..devices.latency import device_facts, measure_latency
+from ..devices.latency import device_facts, fixed_threads, measure_latency
 from ..devices.registry import check_runtime, get_runtime, runtimes_for_bits
+from ..devices.timelock import lock_path, timing_lock
 from ..errors import UserError
 from .data import is_builtin_source, load_rows
 from .models import load_model, load_preprocessor
@@ -42,7 +44,10 @@ class Workbench:
         self.runtimes = check_runtime(cfg.device.runtime)  # unknown or not installed: one line before any loading
         self.attention: str | None = None  # the baseline's attention implementation, once chosen or adopted
         self.attention_ms: dict[str, float] = {}
-        torch.set_num_threads(cfg.device.threads)
+        # building and scoring at a worker's share of the threads (search.worker_threads, set by the
+        # workers and Ray backends); every latency measurement at device.threads (`timing`)
+        torch.set_num_threads(cfg.search.worker_threads or cfg.device.threads)
+        self.timing_threads: int | None = None  # the torch threads of the last latency measurement
         self.tokenizer = load_preprocessor(cfg.model.name, cfg.task.type)  # an image processor for images
         self.task = get_task(cfg.task.type, self.tokenizer, cfg.task.max_length, cfg.data.batch_size)
         self.model = load_model(cfg.model.name, self.task.model_class)
@@ -141,7 +146,8 @@ class Workbench:
         interleaved), adopted for the baseline and every candidate built from now on."""
         if self.attention is None:
             d = self.cfg.device
-            name, ms = fastest_attention(self.model, self.inputs, d.threads, max(d.rounds, 10), d.warmup)
+            with self.timing():
+                name, ms = fastest_attention(self.model, self.inputs, d.threads, max(d.rounds, 10), d.warmup)
             self._use_attention(name, ms)
         return self.attention
 
@@ -179,8 +185,10 @@ class Workbench:
     def latency_of(self, runners: dict, rounds: int | None = None) -> dict:
         """Interleaved timing of zero-argument callables against the one baseline."""
         d = self.cfg.device
-        return measure_latency({"baseline": self.baseline_runner, **runners}, baseline="baseline",
-                               rounds=rounds or d.rounds, warmup=d.warmup, threads=d.threads)
+        runners = {"baseline": self.baseline_runner, **runners}
+        with self.timing():
+            return measure_latency(runners, baseline="baseline", rounds=rounds or d.rounds, warmup=d.warmup,
+                                   threads=d.threads)
 
     def paired_rounds(self, models: dict[str, torch.nn.Module], runtimes: dict[str, str] | None = None):
         """A function timing n more interleaved rounds of the baseline and the named models (their
@@ -195,12 +203,35 @@ class Workbench:
         calls = [0]
 
         def more(n: int) -> dict[str, list[float]]:
-            lat = measure_latency(runners, baseline="baseline", rounds=n, warmup=0 if calls[0] else d.warmup,
-                                  threads=d.threads)
+            with self.timing():
+                lat = measure_latency(runners, baseline="baseline", rounds=n, warmup=0 if calls[0] else d.warmup,
+                                      threads=d.threads)
             calls[0] += 1
             return {name: res.samples_ms for name, res in lat.items()}
 
         return more
+
+    @property
+    def timelock(self):
+        """This process's hold on the host's timing lock of the study's folder (searcher/devices/timelock.py)."""
+        return timing_lock(lock_path(self.cfg.path.parent if self.cfg.path else None))
+
+    @property
+    def timing_wait_s(self) -> float:
+        """The seconds this process has waited for the timing lock, all told."""
+        return self.timelock.waited_s
+
+    def working(self):
+        """A trial's work (build, score): beside other work of the study on this host, never beside a measurement."""
+        return self.timelock.working()
+
+    @contextmanager
+    def timing(self):
+        """A latency measurement: the host's timing lock held (no other measurement or work of the study
+        on this host) and device.threads torch threads, whatever a worker's share is; nested: a no-op."""
+        with self.timelock.timing(), fixed_threads(self.cfg.device.threads):
+            self.timing_threads = torch.get_num_threads()
+            yield
 
     def facts(self) -> dict:
         d = self.cfg.device

@@ -17,7 +17,7 @@ from .storage import open_storage, storage_url
 __all__ = ["StudyHandle", "handle_for", "open_study", "best_feasible", "feasible_trials", "counted", "taken", "requeue", "SCHEMA",
            "DIRECTIONS", "FAIL_REASON", "RETRIED", "RETRY_OF", "SEEDED", "REJECTED", "CONSTRAINTS", "HOST", "PID",
            "TRANSFERRED_QUALITY", "TRANSFERRED_FROM", "SOURCE_LATENCY_MS", "LATENCY_SOURCE", "QUEUED_WITH",
-           "PREDICTED_BY_RUNTIME"]
+           "PREDICTED_BY_RUNTIME", "TIMING_WAIT_S", "TIMING_THREADS"]
 
 SCHEMA = 1  # version of what slimformer stores in a study
 DIRECTIONS = {"quality": "maximize", "latency": "minimize", "size": "minimize"}
@@ -36,6 +36,8 @@ TRANSFERRED_FROM = "transferred_from"  # "<study>#<trial number>" it came from
 SOURCE_LATENCY_MS = "source_latency_ms"  # its latency on the other device
 LATENCY_SOURCE = "latency_source"  # "measured" or "predicted" (by the cost model)
 PREDICTED_BY_RUNTIME = "predicted_runtime_ms"  # device.runtime auto: {runtime: predicted ms} (cost.screen)
+TIMING_WAIT_S = "timing_wait_s"  # seconds the trial waited for the host's timing lock (devices/timelock.py)
+TIMING_THREADS = "timing_threads"  # the torch threads its latency was measured at: device.threads, any --workers
 QUEUED_WITH = (SEEDED, TRANSFERRED_QUALITY, TRANSFERRED_FROM, SOURCE_LATENCY_MS)  # kept when queued again
 
 

@@ -17,7 +17,15 @@ from slimformer.methods import Plan, model_size
 
 from ..config import StudyConfig
 from ..devices.adaptive import speedup_target, time_candidate
-from .records import CONSTRAINTS, LATENCY_SOURCE, PREDICTED_BY_RUNTIME, RETRY_OF, SEEDED
+from .records import (
+    CONSTRAINTS,
+    LATENCY_SOURCE,
+    PREDICTED_BY_RUNTIME,
+    RETRY_OF,
+    SEEDED,
+    TIMING_THREADS,
+    TIMING_WAIT_S,
+)
 
 __all__ = ["MAX_REJECTIONS_IN_A_ROW", "TrialFailed", "Rejected", "propose", "evaluate", "predicted", "record", "constraints_of", "latency_limit",
            "runtime_latencies"]
@@ -87,15 +95,21 @@ def evaluate(bench, plan: Plan, baseline: dict, quality: float | None = None) ->
     """Build, score and time one candidate. Returns plain data (picklable, JSON-able).
 
     With `quality` given (a result transferred from another device) only the structure is
-    built (no data-dependent work: the weights' values do not change the timing) and timed."""
+    built (no data-dependent work: the weights' values do not change the timing) and timed.
+
+    The work runs beside other trials' work on this host; the timing holds the host's timing lock, at
+    device.threads (`Workbench.working` / `timing`, searcher/devices/timelock.py)."""
     bench.adopt(baseline)  # the study's attention choice for the baseline and the candidates
-    t0 = time.perf_counter()
-    model = bench.build(plan, structure_only=quality is not None)
-    t1 = time.perf_counter()
-    runners = bench.runners_for(model, plan)
-    est = time_candidate(bench, model, baseline, runners=runners)  # adaptive rounds, with the interval
-    # quality of what the fastest runtime runs: its ONNX Runtime / OpenVINO artifact, as export hands it over
-    q = bench.quality(bench.as_run(model, runners[est.runtime]))["quality"] if quality is None else quality
+    waited = bench.timing_wait_s
+    with bench.working():
+        t0 = time.perf_counter()
+        model = bench.build(plan, structure_only=quality is not None)
+        t1 = time.perf_counter()
+        runners = bench.runners_for(model, plan)
+        with bench.timing():  # first and further rounds in one turn of the lock
+            est = time_candidate(bench, model, baseline, runners=runners)  # adaptive rounds, with the interval
+        # quality of what the fastest runtime runs: its ONNX Runtime / OpenVINO artifact, as export hands it over
+        q = bench.quality(bench.as_run(model, runners[est.runtime]))["quality"] if quality is None else quality
     if not math.isfinite(q):
         raise TrialFailed("quality is not a finite number (the compressed model diverged)")
     t2 = time.perf_counter()
@@ -108,6 +122,7 @@ def evaluate(bench, plan: Plan, baseline: dict, quality: float | None = None) ->
         "speedup": est.speedup, **est.attrs(), "size_mb": size["size_mb"], "params": size["params"],
         "simulated": size["simulated"], "build_s": t1 - t0, "eval_s": t2 - t1, LATENCY_SOURCE: "measured",
         "runtime": est.runtime,  # quality was scored in it; export writes its artifact format by default
+        TIMING_WAIT_S: round(bench.timing_wait_s - waited, 3), TIMING_THREADS: bench.timing_threads,
         **({"runtime_speedups": est.runtime_speedups} if est.runtime_speedups else {}),
     }
 

@@ -106,3 +106,25 @@ def test_ray_driver_killed_then_resumed(tmp_path, make_study, cli, ray_address):
     retry = [t for t in trials if t.user_attrs.get("retry_of") == running.number]
     assert retry and retry[0].params == running.params and retry[0].state == TrialState.COMPLETE
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
+
+
+def test_ray_times_at_the_study_threads_and_refuses_another_cpu(tmp_path, make_study, cli, ray_address):
+    """Ray trials time at device.threads under the node's timing lock (their wait recorded); a node whose
+    CPU is not the study's device is refused for timing: its trials fail with the reason, none enters
+    the front."""
+    path = make_study(search={"trials": 2}, device={"threads": 2}, budget={"speedup": 0.5})
+    res = cli("search", path, "--backend", "ray", "--workers", 2, "--address", ray_address)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "every latency measurement at the study's 2 thread(s), one at a time per node" in res.stderr
+    done = _study(path.parent).get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 2 and all(t.user_attrs["timing_threads"] == 2 for t in done)
+    assert all(t.user_attrs["timing_wait_s"] >= 0 for t in done)
+    study = optuna.load_study(study_name="study", storage=f"sqlite:///{path.parent / 'study.db'}")
+    study.set_user_attr("device", {**study.user_attrs["device"], "cpu": "Another CPU 9000"})  # as if made elsewhere
+    res = cli("search", path, "--backend", "ray", "--workers", 1, "--address", ray_address, "--trials", 3)
+    assert res.returncode == 0, res.stderr[-3000:]
+    trials = _study(path.parent).get_trials()
+    refused = [t for t in trials[2:] if t.state == TrialState.FAIL]
+    assert refused and all("refused for timing" in t.user_attrs["fail_reason"] and "Another CPU 9000" in
+                           t.user_attrs["fail_reason"] for t in refused)
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2  # nothing timed on that node was kept

@@ -86,16 +86,20 @@ def test_ray_missing_is_a_clear_error(make_study, monkeypatch):
 
 
 def test_workers_on_journal_stop_at_the_total(make_study, cli):
-    # search.worker_threads: 1 overrides device.threads // workers (6 // 3 = 2)
+    # search.worker_threads: 1 overrides device.threads // workers (6 // 3 = 2) for building and scoring;
+    # every measurement runs at the study's device.threads (6), one at a time (the timing lock)
     path = make_study(search={"trials": 6, "worker_threads": 1}, device={"threads": 6}, budget={"speedup": 1.1})
     url = str(path.parent / "study.journal")
     res = cli("search", path, "--workers", 3, "--storage", url)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "3 workers" in res.stderr and "1 torch thread(s) each" in res.stderr
-    for i in range(3):  # each worker process runs its study at that thread count
-        assert f"[worker {i}] no device profile for this CPU/1 threads/eager" in res.stderr
+    assert "3 workers" in res.stderr and "building and scoring at 1 torch thread(s) each" in res.stderr
+    assert "every latency measurement at the study's 6 thread(s)" in res.stderr
+    for i in range(3):  # each worker predicts for, and times on, the device the study names
+        assert f"[worker {i}] no device profile for this CPU/6 threads/eager" in res.stderr
     complete = _check_intact(_study(url), 6, 3)
     assert len({t.user_attrs["pid"] for t in complete}) >= 2  # the work was shared
+    assert {t.user_attrs["timing_threads"] for t in complete} == {6}
+    assert all(t.user_attrs["timing_wait_s"] >= 0 for t in complete)
     rep = cli("report", path, "--storage", url, "--json", "--no-rescore")
     assert rep.returncode == 0, rep.stderr[-2000:]
     assert json.loads(rep.stdout)["n_trials"] == len(complete)
