@@ -71,6 +71,33 @@ def _candidates(study, bench, top: int, log) -> list:
     return chosen
 
 
+_LIMITS = {"speedup": ("speedup", -1), "latency_ms": ("latency_ms", 1), "size_mb": ("size_mb", 1),
+           "quality_drop": ("max_quality_drop", 1)}  # constraint -> (budget key, sign: held = limit + sign * value)
+
+
+def _closest_trials(study, cfg: StudyConfig, n: int = 3) -> str:
+    """' (budget speedup 4.0; closest: #5 would hold speedup 3.62; ...)': the `n` finished trials nearest
+    to the budget (largest relative miss, smallest first) and the budget each would hold; '' when none."""
+    from optuna.trial import TrialState
+
+    budget = {**cfg.budget.model_dump(), **study.user_attrs.get("budget", {})}
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        cons = t.user_attrs.get("constraints") or {}
+        held = {name: budget[key] + sign * v for name, v in cons.items() if name in _LIMITS
+                for key, sign in [_LIMITS[name]] if budget.get(key)}
+        if held:
+            miss = max(max(cons[name], 0.0) / abs(budget[_LIMITS[name][0]]) for name in held)
+            rows.append((miss, t.number, held))
+    rows.sort()
+    parts = [f"#{number} would hold " + ", ".join(f"{name} {value:.2f}" for name, value in held.items())
+             for _, number, held in rows[:n]]
+    if not parts:
+        return ""
+    asked = ", ".join(f"{name} {budget[key]}" for name, (key, _) in _LIMITS.items() if budget.get(key))
+    return f" (budget {asked}; closest: {'; '.join(parts)})"
+
+
 def check_corpus(cfg: StudyConfig):
     from .problem.corpus import check_no_overlap, load_corpus_rows
     from .problem.workbench import study_rows
@@ -128,8 +155,8 @@ def run_finish(cfg: StudyConfig, *, storage=None, study_name=None, top: int = DE
     if "baseline" not in study.user_attrs:
         raise UserError(f"study {handle.name!r} was not written by slimformer search")
     if not feasible_trials(study):
-        raise UserError(f"study {handle.name!r} has no feasible trial yet: run more trials (or relax the budget) "
-                        "before finishing")
+        raise UserError(f"study {handle.name!r} has no feasible trial yet{_closest_trials(study, cfg)}: run more "
+                        "trials (or relax the budget) before finishing")
     rows = check_corpus(cfg)
     metric = study.user_attrs.get("metric")
     bench = Workbench(cfg, log=log)

@@ -21,6 +21,7 @@ from .backends.workers import check_scale_out, is_worker
 from .config import StudyConfig
 from .devices.registry import check_space, get_runtime, space_refusal
 from .errors import UserError
+from .study.edge import EDGE, edge_seeds
 from .study.owners import fail_stale_trials, register_owner
 from .study.records import (
     DIRECTIONS,
@@ -123,32 +124,15 @@ def _check_compatible(study: optuna.Study, meta: dict, cfg: StudyConfig) -> None
                             f"the file says {meta[key]!r}")
 
 
-def _check_budget_reachable(cfg: StudyConfig, space, bench, log) -> None:
-    """Refuse a budget that even the smallest plan in the space cannot meet (measured)."""
+def _check_budget_reachable(cfg: StudyConfig, space, bench, log) -> list[dict]:
+    """Measure a few plans along the size axis (searcher/study/edge.py): refuse a budget the smallest plan
+    clearly misses (beyond the measured spread) and return the edge plans to queue first ([] without a
+    latency or size budget, or with search.seed_uniform off)."""
     b = cfg.budget
     if b.speedup is None and b.latency_ms is None and b.size_mb is None:
-        return
-    smallest = space.smallest_plan()
-    cheap = Plan.from_dict({**smallest.to_dict(), "importance": "magnitude", "recovery": "none",
-                            "distill": {"steps": 0}})
-    model = bench.build(cheap)
-    size = model_size(model)["size_mb"]
-    if b.size_mb is not None and size > b.size_mb:
-        raise UserError(f"budget size_mb {b.size_mb} is out of reach: the smallest plan in the space is {size:.1f} MB")
-    if b.speedup is None and b.latency_ms is None:
-        return
-    runtimes = bench.runtimes_for(cheap)
-    lat = bench.latency_in(model, runtimes, rounds=max(6, cfg.device.rounds // 2))
-    fastest = max(runtimes, key=lambda rt: lat[rt].speedup)
-    speedup, ms = lat[fastest].speedup, lat[fastest].median_ms
-    log(f"smallest plan in the space: {speedup:.2f}x faster ({ms:.1f} ms, {fastest})")
-    slack = 1.15  # measurement noise allowance
-    if b.speedup is not None and speedup * slack < b.speedup:
-        raise UserError(f"budget speedup {b.speedup} is out of reach: the smallest plan in the space runs "
-                        f"only {speedup:.2f}x faster on this device; widen the space or relax the budget")
-    if b.latency_ms is not None and ms > b.latency_ms * slack:
-        raise UserError(f"budget latency_ms {b.latency_ms} is out of reach: the smallest plan in the space "
-                        f"takes {ms:.1f} ms here; widen the space or relax the budget")
+        return []
+    seeds = edge_seeds(cfg, space, bench, log)
+    return seeds if cfg.search.seed_uniform else []
 
 
 def _predictor(cfg: StudyConfig, bench, log):
@@ -317,7 +301,7 @@ def _open_study(cfg: StudyConfig, handle: StudyHandle, space, bench, meta: dict,
                             f"profile --threads {cfg.device.threads}` first, or use transfer.latency: measure")
         if len(transferred) > target:
             log(f"note: {target} of the {len(transferred)} transferred trials run now (--trials {target})")
-    _check_budget_reachable(cfg, space, bench, log)
+    edge = _check_budget_reachable(cfg, space, bench, log)
     first_baseline = _baseline(cfg, bench, log)
     if cfg.search.seed_sensitivity and cfg.transfer.source is None:
         sensitivity = sensitivity_seeds(space, bench, log)
@@ -326,6 +310,8 @@ def _open_study(cfg: StudyConfig, handle: StudyHandle, space, bench, meta: dict,
     for key, value in meta.items():
         study.set_user_attr(key, value)
     study.set_user_attr("baseline", first_baseline)
+    for params in edge:  # first: the budget's edge (searcher/study/edge.py)
+        study.enqueue_trial(params, user_attrs={SEEDED: EDGE}, skip_if_exists=True)
     for params, attrs in transferred:
         study.enqueue_trial(params, user_attrs=attrs)
     if cfg.search.seed_uniform and cfg.transfer.source is None:

@@ -50,6 +50,8 @@ class SearchProgress:
         q0 = self.baseline["quality"]
         flag = "feasible" if a.get("feasible") else "over budget"
         sim = " [simulated bits]" if a.get("simulated") else ""
+        seeded = a.get("seeded")  # queued before the sampler ran (study.records.SEEDED)
+        sim += f" seeded: {seeded if isinstance(seeded, str) else 'uniform'}" if seeded else ""
         self._print(f"trial {trial.number:>3}: quality {a['quality']:.2f} ({a['quality'] - q0:+.2f}) "
                     f"speedup {a['speedup']:.2f}x{_bounds(a)} latency {a['latency_ms']:.1f} ms size {a['size_mb']:.1f} MB "
                     f"{flag}{sim} ({a['build_s'] + a['eval_s']:.0f} s)")

@@ -1,7 +1,8 @@
 """budget.latency_ms, budget.max_quality_drop and budget.size_mb end to end, on one study drawn by
 the `gp` sampler: every trial's stored constraints are its measured values minus the limits, it
 is feasible exactly when all three hold, and only feasible trials reach the front and the best.
-Nine trials: the two seeded plans, six random start-up trials, then GP's first proposal."""
+Nine trials: the seeded plans (the budget's edge, then the uniform plans), random start-up trials,
+then GP's first proposal."""
 
 from __future__ import annotations
 
@@ -27,6 +28,11 @@ def study(tmp_path_factory, study_writer):
     return path, study
 
 
+def _uniform(s):
+    """The first two uniform seeded plans (after the budget's edge, searcher/study/edge.py)."""
+    return [t for t in s.trials if t.user_attrs.get("seeded") is True][:2]
+
+
 def test_gp_sampler_proposes_after_its_start_up_trials(study):
     _, s = study
     trials = s.get_trials()
@@ -48,7 +54,7 @@ def test_each_budget_marks_the_right_trials_feasible(study):
         assert a["constraints"] == pytest.approx(want)
         assert t.constraints == a["constraints"]  # what Optuna's sampler and front see
         assert a["feasible"] == (latency <= LATENCY_MS and drop <= MAX_DROP and size <= SIZE_MB)
-    first, half = s.trials[0], s.trials[1]  # the seeded plans: uncompressed, then every layer at half width
+    first, half = _uniform(s)  # the uniform seeded plans: uncompressed, then every layer at half width
     assert first.user_attrs["seeded"] and first.user_attrs["size_mb"] > SIZE_MB and not first.user_attrs["feasible"]
     assert first.user_attrs["constraints"]["quality_drop"] == pytest.approx(-MAX_DROP)  # it is the baseline
     assert half.user_attrs["size_mb"] <= SIZE_MB and half.user_attrs["feasible"]
@@ -61,6 +67,7 @@ def test_only_feasible_trials_reach_the_front_and_the_best(study):
     data = json.loads(rep.stdout)
     feasible = {t.number for t in s.get_trials() if t.user_attrs["feasible"]}
     assert data["n_feasible"] == len(feasible)
-    assert 1 in feasible and 0 not in feasible  # the half-width seed holds, the uncompressed plan is too big
+    first, half = _uniform(s)
+    assert half.number in feasible and first.number not in feasible  # the half-width seed holds, the uncompressed plan is too big
     assert data["pareto"] and {r["number"] for r in data["pareto"]} <= feasible
     assert data["best"]["number"] in feasible
