@@ -195,15 +195,9 @@ def cmd_report(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from optuna.trial import TrialState
-    from slimformer.methods import Plan
-    from slimformer.methods.export import ExportError
-
-    from .devices.adaptive import INTERVAL_KEYS
-    from .devices.artifacts import default_format, export_model, require_format
-    from .problem.workbench import Workbench
-    from .report.retime import choose_best, miss_warning, retimed
-    from .study.records import feasible_trials, handle_for, open_study
+    """Final models first (slimformer finish; searcher/finish.py), else the search trial."""
+    from .finish import export_final_model, export_trial
+    from .study.records import handle_for, open_study
 
     if sum((args.best, args.trial is not None, args.final is not None)) != 1:
         raise UserError("choose exactly one of --best, --trial N or --final N")
@@ -211,56 +205,18 @@ def cmd_export(args) -> int:
     handle = handle_for(cfg, args.storage, args.study_name)
     study = open_study(handle, read_only=True)
     out = Path(args.out)
-    if args.best or args.final is not None:  # final models first (slimformer finish; searcher/finish.py)
-        from .finish import export_final_model
+    done = None
+    if args.best or args.final is not None:
+        from .devices.artifacts import require_format
+        from .problem.workbench import Workbench
 
         if args.format:
             require_format(args.format)
         done = export_final_model(handle.url, study, args.final, out, args.force, _check_out_dir, args.format,
                                   lambda: Workbench(cfg, log=_log))
-        if done:
-            print(done)
-            print(f"check it: slimformer evaluate {out} --study {args.study or DEFAULT_STUDY}")
-            return 0
-    if args.best:
-        if not feasible_trials(study):
-            raise UserError("no finished trial meets the budget yet; use --trial N to export another one")
-        _check_out_dir(out, args.force)
-        if args.format:
-            require_format(args.format)
-        bench = Workbench(cfg, log=_log)
-        trial = choose_best(study, bench, _log)  # the best that holds re-timed (searcher/report/retime.py)
-    else:
-        matches = [t for t in study.get_trials(deepcopy=False) if t.number == args.trial]
-        if not matches or matches[0].state != TrialState.COMPLETE or "plan" not in matches[0].user_attrs:
-            raise UserError(f"trial {args.trial} is not a finished trial of this study")
-        trial = matches[0]
-        _check_out_dir(out, args.force)
-        warning = miss_warning(study, trial)
-        if warning:
-            _log(f"warning: {warning}; exporting it as asked")
-    fmt = args.format or default_format(trial.user_attrs.get("runtime", cfg.device.runtime))
-    require_format(fmt)  # not installed: one line before anything is built
-    if not args.best:
-        bench = Workbench(cfg, log=_log)
-    plan = Plan.from_dict(trial.user_attrs["plan"])
-    _log(f"rebuilding trial {trial.number} from its plan ...")
-    model = bench.build(plan)
-    metrics = {k: trial.user_attrs.get(k) for k in ("quality", "latency_ms", "speedup", "size_mb", "params", "simulated")
-               + INTERVAL_KEYS}
-    again = retimed(study).get(trial.number)
-    if again is not None:
-        metrics["retimed"] = {"speedup": again.speedup, "low": again.low, "high": again.high,
-                              "confidence": again.confidence, "rounds": again.rounds, "holds": again.holds}
-    metrics.update({"trial": trial.number, "study": study.study_name, "metric": bench.task.metric})
-    try:
-        export_model(fmt, bench, model, plan, out, metrics, force=args.force, log=_log)
-    except ExportError as exc:
-        raise UserError(str(exc)) from None
-    timed = (f"{again.speedup:.2f}x re-timed (lower bound {again.low:.2f}x)" if again is not None
-             else f"{metrics['speedup']:.2f}x in the search")
-    print(f"exported trial {trial.number} to {out} as {fmt} ({metrics['metric']} {metrics['quality']:.2f}, "
-          f"{timed}, {metrics['size_mb']:.1f} MB)")
+    if not done:
+        done = export_trial(cfg, study, args.best, args.trial, out, args.force, args.format, _check_out_dir, _log)
+    print(done)
     print(f"check it: slimformer evaluate {out} --study {args.study or DEFAULT_STUDY}")
     return 0
 

@@ -35,7 +35,7 @@ from .study.finals import (
     open_finals,
 )
 
-__all__ = ["run_finish", "render_finish", "final_plan", "check_corpus", "export_final_model", "export_final", "RECIPES", "DEFAULT_STEPS", "DEFAULT_TOP"]
+__all__ = ["run_finish", "render_finish", "final_plan", "check_corpus", "export_final_model", "export_final", "export_trial", "RECIPES", "DEFAULT_STEPS", "DEFAULT_TOP"]
 
 DEFAULT_TOP = 3
 # 1,000 steps of embedding distillation on the STS-B train pairs, lr 2e-4, recovered a 2x MiniLM
@@ -286,12 +286,16 @@ def export_final_model(url: str, study, number: int | None, out, force: bool, ch
         fmt = default_format(searched[0].user_attrs.get("runtime", "eager") if searched else "eager")
         require_format(fmt)
     check_out(out, force)
-    return export_final(row, out, force, study.user_attrs.get("metric"), fmt, make_bench)
+    finals = open_finals(url, study.study_name)
+    baseline = dict(finals.user_attrs.get("baseline") or {}) if finals is not None else {}
+    return export_final(row, out, force, study.user_attrs.get("metric"), fmt, make_bench, baseline)
 
 
-def export_final(row: dict, out: Path, force: bool, metric: str, fmt: str = "pytorch", make_bench=None) -> str:
+def export_final(row: dict, out: Path, force: bool, metric: str, fmt: str = "pytorch", make_bench=None,
+                 baseline: dict | None = None) -> str:
     """Write a final model's export to `out` (loaded and verified first): the pytorch layout, or
-    an artifact of `fmt` through searcher/artifacts.py (`make_bench()` gives its Workbench).
+    an artifact of `fmt` through searcher/devices/artifacts.py (`make_bench()` gives its Workbench;
+    `baseline`: the uncompressed model's validation and test quality, for the model card).
     Returns a one-line summary."""
     from slimformer.methods import load_compressed
     from slimformer.methods.export import ExportError
@@ -302,7 +306,7 @@ def export_final(row: dict, out: Path, force: bool, metric: str, fmt: str = "pyt
         model, tokenizer, plan = load_compressed(row["path"])
         metrics = {k: row.get(k) for k in ("quality", "test_quality", "size_mb", "params", "simulated", "steps")}
         metrics.update({"speedup": row.get("speedup_retimed"), "final_of_trial": row["search_trial"],
-                        "metric": metric})
+                        "metric": metric, "baseline": {**(baseline or {}), "split": "full validation"}})
         if row.get("speedup_retimed") is not None:  # the interval of finish's re-timing, as for search trials
             metrics["retimed"] = {"speedup": row["speedup_retimed"], "low": row["retimed_low"],
                                   "high": row["retimed_high"], "holds": row["holds"]}
@@ -319,3 +323,61 @@ def export_final(row: dict, out: Path, force: bool, metric: str, fmt: str = "pyt
     return (f"exported the final model of trial {row['search_trial']} to {out} as {fmt} ({metric} "
             f"{row['quality']:.2f} validation" + (f", {test:.2f} test" if test is not None else "")
             + (f", {speed:.2f}x re-timed" if speed is not None else "") + f", {row['steps']} distillation steps)")
+
+
+def export_trial(cfg, study, best: bool, number: int | None, out: Path, force: bool, fmt: str | None, check_out,
+                 log) -> str:
+    """`export --best` when no final model holds (the best search trial that holds re-timed) or
+    `export --trial N`: rebuild the trial from its plan and write it (`fmt` None: the format of the
+    runtime it was timed in). Returns the lines to print."""
+    from optuna.trial import TrialState
+    from slimformer.methods import Plan
+    from slimformer.methods.export import ExportError
+
+    from .devices.adaptive import INTERVAL_KEYS
+    from .devices.artifacts import default_format, export_model, require_format
+    from .problem.workbench import Workbench
+    from .report.retime import choose_best, miss_warning, retimed
+    from .study.records import feasible_trials
+
+    bench = None
+    if best:
+        if not feasible_trials(study):
+            raise UserError("no finished trial meets the budget yet; use --trial N to export another one")
+        check_out(out, force)
+        if fmt:
+            require_format(fmt)
+        bench = Workbench(cfg, log=log)
+        trial = choose_best(study, bench, log)  # the best that holds re-timed (searcher/report/retime.py)
+    else:
+        matches = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+        if not matches or matches[0].state != TrialState.COMPLETE or "plan" not in matches[0].user_attrs:
+            raise UserError(f"trial {number} is not a finished trial of this study")
+        trial = matches[0]
+        check_out(out, force)
+        warning = miss_warning(study, trial)
+        if warning:
+            log(f"warning: {warning}; exporting it as asked")
+    fmt = fmt or default_format(trial.user_attrs.get("runtime", cfg.device.runtime))
+    require_format(fmt)  # not installed: one line before anything is built
+    bench = bench or Workbench(cfg, log=log)
+    plan = Plan.from_dict(trial.user_attrs["plan"])
+    log(f"rebuilding trial {trial.number} from its plan ...")
+    model = bench.build(plan)
+    metrics = {k: trial.user_attrs.get(k) for k in ("quality", "latency_ms", "speedup", "size_mb", "params", "simulated")
+               + INTERVAL_KEYS}
+    again = retimed(study).get(trial.number)
+    if again is not None:
+        metrics["retimed"] = {"speedup": again.speedup, "low": again.low, "high": again.high,
+                              "confidence": again.confidence, "rounds": again.rounds, "holds": again.holds}
+    base = study.user_attrs.get("baseline") or {}
+    metrics.update({"trial": trial.number, "study": study.study_name, "metric": bench.task.metric,
+                    "baseline": {"quality": base.get("quality"), "split": "the search's validation split"}})
+    try:
+        export_model(fmt, bench, model, plan, out, metrics, force=force, log=log)
+    except ExportError as exc:
+        raise UserError(str(exc)) from None
+    timed = (f"{again.speedup:.2f}x re-timed (lower bound {again.low:.2f}x)" if again is not None
+             else f"{metrics['speedup']:.2f}x in the search")
+    return (f"exported trial {trial.number} to {out} as {fmt} ({metrics['metric']} {metrics['quality']:.2f}, "
+            f"{timed}, {metrics['size_mb']:.1f} MB)")

@@ -1,12 +1,20 @@
 """Deployment artifacts (`slimformer export --format onnx|openvino`): the candidate as the runtime
-that timed it runs it, loadable without slimformer.
+that timed it runs it, in a folder the user's library opens (searcher/devices/layout.py: a
+sentence-transformers folder for sentence similarity, Optimum's layout otherwise), with a model card
+(searcher/devices/card.py).
 
-An artifact folder holds the model file(s) (ONNX: model.onnx with the int8 nodes as timed; OpenVINO:
-model.xml + model.bin), the tokenizer or image processor files, and manifest.json: the sha256 of
-every file, the inputs and outputs (Hugging Face names, dynamic batch and sequence axes), how it was
-verified (max abs difference of the first output against the PyTorch model, quality re-scored from
-the artifact itself), the plan and the trial's figures. Nothing is written before the verification
-ran; the folder is staged next to the target and moved in complete (`methods.export.move_into`).
+An artifact folder holds the model file(s) (ONNX: the graph with the int8 nodes as timed; OpenVINO:
+the IR's .xml + .bin), config.json, the tokenizer or image processor files, the library's own
+files, README.md (the card) and manifest.json: the sha256 of every file, the inputs and outputs
+(Hugging Face names, dynamic batch and sequence axes), how it was verified, the plan and the
+trial's figures. The verification compares what the task scores: the task's features (the mean-pooled
+embedding of sentence similarity, a classifier's logits) with the attention mask applied, so padding
+positions, whose hidden states mean nothing, never count; the export fails (nothing written) when that
+difference exceeds SCORED_TOLERANCE of the reference's largest value. Quality is re-scored from the
+artifact itself. Nothing is written before the verification ran; the folder is staged next to the
+target and moved in complete (`layout.move_tree`).
+
+Imports: errors, methods (public names).
 """
 
 from __future__ import annotations
@@ -23,12 +31,17 @@ from .runtime import ArtifactRunner, ArtifactSession, Runtime
 
 __all__ = ["ARTIFACT_FORMATS", "ARTIFACT_VERSION", "EXPORT_FORMATS", "build_artifact", "load_artifact",
            "ArtifactModel", "write_artifact", "default_format", "export_model", "is_artifact", "open_artifact",
-           "require_format", "evaluate_artifact", "runtime_of_format"]
+           "require_format", "evaluate_artifact", "runtime_of_format", "masked_diff", "check_scored",
+           "SCORED_TOLERANCE"]
 
 EXPORT_FORMATS = tuple(dict.fromkeys(r.artifact_format for r in RUNTIMES.values()))  # pytorch, onnx, openvino
 ARTIFACT_FORMATS = tuple(r.artifact_format for r in RUNTIMES.values() if r.build is not None)
 ARTIFACT_VERSION = 1
 CHECK_CALLS = 3  # model calls (example input + first quality batches) compared with PyTorch output by output
+# the largest difference of what the task scores, relative to the reference's largest value, that an export
+# accepts: int8 kernels of another runtime differ by a few percent; a wrong graph by about 100%
+SCORED_TOLERANCE = 0.25
+SCORED_NAMES = {"sentence-similarity": "mean-pooled embedding"}  # otherwise the logits
 
 
 def runtime_of_format(fmt: str) -> Runtime:
@@ -52,11 +65,14 @@ def load_artifact(fmt: str, files: dict[str, bytes], threads: int) -> ArtifactSe
 class ArtifactModel:
     """An artifact called like the PyTorch model (keyword tensors in, outputs by name), so the task
     scores it with the same code. With `reference`, the first CHECK_CALLS calls also run the PyTorch
-    model and record the largest absolute difference of every output in `max_abs_diff`."""
+    model and record, on real tokens only (`masked_diff`), the largest absolute difference of every
+    output in `max_abs_diff`, and of what the task scores (`features(out, inputs)`: a pooled embedding,
+    logits) in `scored_diff`, with the reference's largest magnitude in `scored_scale`."""
 
-    def __init__(self, session: ArtifactSession, config, reference=None):
-        self.session, self.config, self.reference = session, config, reference
+    def __init__(self, session: ArtifactSession, config, reference=None, features=None):
+        self.session, self.config, self.reference, self.features = session, config, reference, features
         self.max_abs_diff: dict[str, float] = {}
+        self.scored_diff, self.scored_scale = 0.0, 0.0
         self.calls = 0
 
     def __call__(self, **inputs):
@@ -64,15 +80,51 @@ class ArtifactModel:
         import torch
 
         got = self.session({k: v.numpy() for k, v in inputs.items()})
-        out = {name: torch.from_numpy(np.asarray(v)) for name, v in zip(self.session.outputs, got)}
+        out = SimpleNamespace(**{name: torch.from_numpy(np.asarray(v)) for name, v in zip(self.session.outputs, got)})
         if self.reference is not None and self.calls < CHECK_CALLS:
             with torch.inference_mode():
                 ref = self.reference(**inputs)
-            for name, v in out.items():
-                diff = float((v.float() - ref[name].float()).abs().max()) if name in ref else float("nan")
-                self.max_abs_diff[name] = max(self.max_abs_diff.get(name, 0.0), diff)
+            self.compare(out, ref, inputs)
         self.calls += 1
-        return SimpleNamespace(**out)
+        return out
+
+    def compare(self, out, ref, inputs: dict) -> None:
+        """Record the differences of one call (see the class docstring)."""
+        import torch
+
+        mask = inputs.get("attention_mask")
+        for name in self.session.outputs:
+            v = getattr(out, name)
+            diff = masked_diff(v, ref[name], mask) if name in ref else float("nan")
+            self.max_abs_diff[name] = max(self.max_abs_diff.get(name, 0.0), diff)
+        if self.features is not None:
+            with torch.inference_mode():
+                mine, theirs = self.features(out, inputs).float(), self.features(ref, inputs).float()
+            self.scored_diff = max(self.scored_diff, masked_diff(mine, theirs, mask))
+            self.scored_scale = max(self.scored_scale, masked_diff(theirs, torch.zeros_like(theirs), mask))
+
+
+def masked_diff(a, b, mask=None) -> float:
+    """Largest |a - b|, over real tokens only when a is [batch, sequence, ...] and `mask` is the
+    [batch, sequence] attention mask (padding positions are left out)."""
+    d = (a.float() - b.float()).abs()
+    if mask is not None and d.dim() >= 2 and tuple(d.shape[:2]) == tuple(mask.shape):
+        keep = mask.bool()
+        if not bool(keep.any()):
+            return 0.0
+        d = d[keep]
+    return float(d.max()) if d.numel() else 0.0
+
+
+def check_scored(art: ArtifactModel, what: str) -> None:
+    """ExportError when what the task scores differs from PyTorch's by more than SCORED_TOLERANCE of
+    the reference's largest value (real tokens only)."""
+    from slimformer.methods.export import ExportError
+
+    if art.scored_diff > SCORED_TOLERANCE * max(art.scored_scale, 1e-6):
+        raise ExportError(f"the artifact's {what} differs from the PyTorch model's by {art.scored_diff:.3g} on real "
+                          f"tokens (largest value {art.scored_scale:.3g}; allowed {SCORED_TOLERANCE:.0%} of it): "
+                          "not written")
 
 
 def is_artifact(folder: Path) -> bool:
@@ -87,14 +139,16 @@ def is_artifact(folder: Path) -> bool:
 
 def open_artifact(folder: Path, threads: int) -> tuple[dict, ArtifactSession]:
     """(manifest, session) after checking every file against its sha256 (ExportError otherwise)."""
-    from slimformer.methods.export import ExportError, verified_files
+    from slimformer.methods.export import ExportError
 
-    manifest, data = verified_files(folder, ())
+    from .layout import runtime_files, verified_tree
+
+    manifest, data = verified_tree(folder)
     fmt = manifest.get("format")
     model_files = manifest.get("model_files")
     if fmt not in ARTIFACT_FORMATS or not isinstance(model_files, list) or not set(model_files) <= set(data):
         raise ExportError(f"{folder}/manifest.json does not describe an onnx or openvino artifact")
-    return manifest, load_artifact(fmt, data, threads)
+    return manifest, load_artifact(fmt, runtime_files(manifest, data), threads)
 
 
 def default_format(runtime: str) -> str:
@@ -110,13 +164,20 @@ def export_model(fmt: str, bench, model, plan, out: Path, metrics: dict, force: 
     if fmt == "pytorch":
         save_compressed(model, plan, out, tokenizer=bench.tokenizer, metrics=metrics, force=force)
         return
-    from slimformer.methods import model_size
+    from slimformer.methods import get_adapter, model_size
 
     from .latency import device_facts
 
     size = model_size(model, plan.group_size)
+    try:
+        shape = get_adapter(bench.model).shape()
+        base_config = {"num_layers": shape.num_layers, "num_heads": shape.num_heads,
+                       "intermediate_size": shape.intermediate_size}
+    except Exception:  # an architecture without an adapter: the card leaves the counts out
+        base_config = {}
+    pruned = any(plan.to_dict().get(k) is not None for k in ("layers", "heads", "ffn", "rank"))
     info = {"plan": plan.to_dict(), "trial": metrics, "params": size["params"], "simulated": size["simulated"],
-            "task": bench.task.name, "model": bench.cfg.model.name,
+            "task": bench.task.name, "model": bench.cfg.model.name, "base_config": {**base_config, "pruned": pruned},
             "timed_on": {**device_facts(bench.cfg.device.threads), "batch_size": bench.cfg.device.batch_size,
                          "seq_len": bench.cfg.device.seq_len},
             "runtime_versions": {n: r.version() for n, r in RUNTIMES.items() if r.version is not None}}
@@ -145,38 +206,61 @@ def evaluate_artifact(bench, folder: Path, rounds: int | None = None) -> dict:
 
 def write_artifact(fmt: str, bench, model, out: Path, info: dict, options: dict | None = None, log=print) -> dict:
     """Build, verify and write the artifact of `model` (built by `bench`) into `out`; returns the manifest."""
-    from slimformer.methods.export import MANIFEST, ExportError, move_into, sha256_file
+    from slimformer.methods import plan_of
+    from slimformer.methods.export import MANIFEST, ExportError, sha256_file
+
+    from .card import base_card_facts, render_card
+    from .layout import base_normalizes, model_paths, move_tree, tree_files, write_library_files
 
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} exists and is not a directory")
     out.parent.mkdir(parents=True, exist_ok=True)
+    task = bench.task.name
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         log(f"building the {fmt} artifact ...")
-        facts = build_artifact(fmt, model, bench.inputs, stage, options)
-        session = load_artifact(fmt, {f: (stage / f).read_bytes() for f in facts["files"]}, bench.cfg.device.threads)
-        log("verifying it: outputs against the PyTorch model, quality re-scored from the artifact ...")
-        art = ArtifactModel(session, bench.model.config, reference=model)
+        with tempfile.TemporaryDirectory(prefix="slimformer-build-") as tmp:
+            facts = build_artifact(fmt, model, bench.inputs, Path(tmp), options)
+            paths = model_paths(fmt, task, facts["files"])
+            for name in facts["files"]:
+                (stage / paths[name]).parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(Path(tmp) / name), stage / paths[name])
+        session = load_artifact(fmt, {f: (stage / paths[f]).read_bytes() for f in facts["files"]},
+                                bench.cfg.device.threads)
+        log("verifying it: what the task scores against the PyTorch model (real tokens only), quality re-scored "
+            "from the artifact ...")
+        art = ArtifactModel(session, bench.model.config, reference=model, features=bench.task.corpus_features())
         art(**bench.inputs)
         quality = bench.quality(art, full=True)
-        first = session.outputs[0]
-        log(f"max abs difference of {first} vs PyTorch: {art.max_abs_diff.get(first, float('nan')):.2e}; "
+        quality["baseline_quality"] = bench.quality(bench.model, full=True)["quality"]  # for the card
+        scored = SCORED_NAMES.get(task, "logits")
+        check_scored(art, scored)
+        real = ", ".join(f"{k} {v:.2e}" for k, v in art.max_abs_diff.items())
+        log(f"max abs difference of the {scored} vs PyTorch (what {task} scores; padding left out): "
+            f"{art.scored_diff:.2e} (largest value {art.scored_scale:.2f}); outputs on real tokens: {real}; "
             f"{quality['metric']} from the artifact {quality['quality']:.2f}")
         if bench.tokenizer is not None:
             bench.tokenizer.save_pretrained(str(stage))
+        base_dir = getattr(bench.model.config, "name_or_path", None)
+        library = write_library_files(stage, fmt, task, model, plan_of(model), bench.task.max_length,
+                                      normalize=base_normalizes(base_dir))
         dims = {k: ["batch", "sequence"] if v.dim() == 2 else ["batch", *v.shape[1:]] for k, v in bench.inputs.items()}
         manifest = {
-            "format": fmt, "format_version": ARTIFACT_VERSION, "model_files": facts["files"],
+            "format": fmt, "format_version": ARTIFACT_VERSION, "model_files": [paths[f] for f in facts["files"]],
+            "runtime_files": {f: paths[f] for f in facts["files"]}, "library_files": library,
             "inputs": {k: dims[k] for k in session.inputs}, "outputs": session.outputs,
             "dynamic_axes": True, "int8_layers": facts["int8_layers"], "int8_weights": facts["int8_weights"],
             **({"compile_config": facts["compile_config"]} if facts.get("compile_config") else {}),
-            "verification": {"max_abs_diff": art.max_abs_diff, "checked_calls": min(art.calls, CHECK_CALLS),
+            "verification": {"max_abs_diff": art.max_abs_diff, "masked": True, "scored_output": scored,
+                             "scored_max_abs_diff": art.scored_diff, "scored_scale": art.scored_scale,
+                             "tolerance": SCORED_TOLERANCE, "checked_calls": min(art.calls, CHECK_CALLS),
                              **{k: v for k, v in quality.items()}, "split": "full validation"},
             **info,
         }
-        manifest["files"] = {p.name: sha256_file(p) for p in sorted(stage.iterdir()) if p.is_file()}
+        (stage / "README.md").write_text(render_card(manifest, base_card_facts(base_dir, bench.cfg.model.name)))
+        manifest["files"] = {name: sha256_file(stage / name) for name in tree_files(stage)}
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
-        move_into(stage, out)
+        move_tree(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return manifest

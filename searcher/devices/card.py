@@ -1,0 +1,183 @@
+"""The model card (README.md) of an onnx/openvino export, written from its manifest.
+
+Hugging Face front matter (base_model when the base model's own card or config names a hub id,
+library_name, pipeline_tag, license taken from the base model's card where it has one, tags),
+then: the plan in words, the format and runtime, the speedup with its interval, the device it was
+measured on (CPU, threads, batch, sequence length), quality on validation and test against the
+uncompressed model where known, the lines that load it, and the settings that give the measured
+speed (OpenVINO compile config; ONNX Runtime session options).
+
+Imports: errors, methods (public names).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .layout import SENTENCE_TASK, load_lines
+
+__all__ = ["render_card", "plan_in_words", "base_card_facts", "PIPELINE_TAGS"]
+
+PIPELINE_TAGS = {SENTENCE_TASK: "sentence-similarity", "text-classification": "text-classification",
+                 "image-classification": "image-classification", "causal-lm": "text-generation"}
+ORT_SETTINGS = ("ONNX Runtime CPU session: graph_optimization_level ORT_ENABLE_ALL, intra_op_num_threads = the "
+                "threads below, inter_op_num_threads 1, execution_mode ORT_SEQUENTIAL, session config "
+                "session.intra_op.allow_spinning = 0")
+
+
+def _front_matter(path: Path) -> dict:
+    """key: value pairs (scalars only) of a README's YAML front matter."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return {}
+    if not text.startswith("---"):
+        return {}
+    out = {}
+    for line in text.split("\n---", 1)[0].splitlines()[1:]:
+        if ":" in line and not line.startswith((" ", "-")):
+            key, value = line.split(":", 1)
+            if value.strip():
+                out[key.strip()] = value.strip().strip("'\"")
+    return out
+
+
+def base_card_facts(base_dir: str | None, model_name: str) -> dict:
+    """license and base_model from the base model's own folder (README front matter, config's
+    _name_or_path), else base_model from a hub-id-like model name."""
+    facts = {}
+    if base_dir and Path(base_dir).is_dir():
+        front = _front_matter(Path(base_dir) / "README.md")
+        if front.get("license"):
+            facts["license"] = front["license"]
+        if front.get("base_model"):
+            facts["base_model"] = front["base_model"]
+    if "base_model" not in facts and model_name.count("/") == 1 and not Path(model_name).exists():
+        facts["base_model"] = model_name
+    return facts
+
+
+def _layers(values, kept) -> str:
+    return ", ".join(f"{layer}:{v}" for layer, v in zip(kept, values))
+
+
+def plan_in_words(plan: dict, num_layers: int | None = None) -> list[str]:
+    """One line per thing the plan changes; ['no change (the uncompressed model)'] when nothing."""
+    lines = []
+    kept = plan.get("layers")
+    idx = kept if kept is not None else list(range(num_layers or len(plan.get("heads") or plan.get("ffn")
+                                                                      or plan.get("bits") or [])))
+    if kept is not None:
+        lines.append(f"keeps {len(kept)} of {num_layers or '?'} layers (original indices {', '.join(map(str, kept))})")
+    if plan.get("heads") is not None:
+        lines.append(f"attention heads kept per layer (layer:heads) {_layers(plan['heads'], idx)}; "
+                     f"chosen by {plan.get('importance', 'magnitude')} importance")
+    if plan.get("ffn") is not None:
+        lines.append(f"FFN neurons kept per layer (layer:width) {_layers(plan['ffn'], idx)}")
+    if plan.get("rank") is not None and any(plan["rank"]):
+        lines.append(f"FFN projections factorised to rank (layer:rank, 0 dense) {_layers(plan['rank'], idx)}")
+    bits = plan.get("bits")
+    if bits is not None and any(b != 32 for b in bits):
+        lines.append(f"weight bits per layer (layer:bits) {_layers(bits, idx)}; int8 layers as the runtime's int8 "
+                     f"({plan.get('int8_scheme', 'dynamic')}, weights {plan.get('int8_weights', 's8')}, rounding "
+                     f"{plan.get('quant_method', 'rtn')})")
+    if plan.get("smooth"):
+        lines.append(f"SmoothQuant alpha {plan['smooth']}")
+    if plan.get("recovery") not in (None, "none"):
+        lines.append(f"after pruning: {plan['recovery']}")
+    steps = (plan.get("distill") or {}).get("steps") or 0
+    if steps:
+        lines.append(f"distilled from the uncompressed model for {steps} steps")
+    return lines or ["no change (the uncompressed model)"]
+
+
+def _num(v, fmt=".2f") -> str:
+    return format(v, fmt) if isinstance(v, int | float) else "not measured"
+
+
+def _speed_line(trial: dict) -> str:
+    again = trial.get("retimed") or {}
+    if again.get("speedup") is not None:
+        conf = again.get("confidence")
+        return (f"{again['speedup']:.2f}x against the uncompressed model in stock PyTorch float32, re-timed "
+                f"(interval {_num(again.get('low'))}x .. {_num(again.get('high'))}x"
+                + (f" at {conf:.0%} confidence" if isinstance(conf, float) else "") + ")")
+    if trial.get("speedup") is not None:
+        low, high = trial.get("speedup_low"), trial.get("speedup_high")
+        interval = f" (interval {_num(low)}x .. {_num(high)}x)" if low is not None else " (no interval measured)"
+        return f"{trial['speedup']:.2f}x against the uncompressed model in stock PyTorch float32, in the search{interval}"
+    return "not measured"
+
+
+def _quality_lines(manifest: dict) -> list[str]:
+    trial, check = manifest.get("trial") or {}, manifest.get("verification") or {}
+    metric = check.get("metric") or trial.get("metric") or "quality"
+    base = trial.get("baseline") or {}
+    rows = ["| split | this model | uncompressed |", "| --- | --- | --- |",
+            f"| validation (full split, re-scored from this folder's model file at export) | "
+            f"{_num(check.get('quality'))} | {_num(check.get('baseline_quality'))} |"]
+    if trial.get("quality") is not None:
+        rows.append(f"| validation ({base.get('split') or 'as the study scored it'}, PyTorch) | "
+                    f"{_num(trial['quality'])} | {_num(base.get('quality'))} |")
+    rows.append(f"| test | {_num(trial.get('test_quality'))} | {_num(base.get('test_quality'))} |")
+    return [f"Metric: {metric}.", "", *rows]
+
+
+def render_card(manifest: dict, base_facts: dict) -> str:
+    """README.md of an artifact folder."""
+    task, fmt = manifest.get("task", ""), manifest["format"]
+    timed = manifest.get("timed_on") or {}
+    sentence = task == SENTENCE_TASK
+    front = {"base_model": base_facts.get("base_model"),
+             "library_name": "sentence-transformers" if sentence else "transformers",
+             "pipeline_tag": PIPELINE_TAGS.get(task), "license": base_facts.get("license"),
+             "tags": ["slimformer", fmt, "compressed"] + (["sentence-transformers", "feature-extraction"] if sentence
+                                                         else ["optimum"])}
+    lines = ["---"]
+    for key, value in front.items():
+        if value is None:
+            continue
+        if isinstance(value, list):
+            lines += [f"{key}:", *[f"- {v}" for v in value]]
+        else:
+            lines.append(f"{key}: {value}")
+    lines += ["---", "", f"# {manifest.get('model', 'model')} compressed by slimformer ({fmt})", ""]
+    plan = manifest.get("plan") or {}
+    config = manifest.get("base_config") or {}
+    lines += ["## Plan", "", *[f"- {x}" for x in plan_in_words(plan, config.get("num_layers"))], ""]
+    runtime = "ONNX Runtime (CPUExecutionProvider)" if fmt == "onnx" else "OpenVINO (CPU plugin)"
+    files = ", ".join(f"`{f}`" for f in manifest.get("model_files", []))
+    lines += ["## Format", "", f"{fmt} ({files}), run by {runtime}; "
+              f"{'int8 layers: ' + ', '.join(manifest['int8_layers']) if manifest.get('int8_layers') else 'float32 weights'}.",
+              f"Outputs: {', '.join(manifest.get('outputs', []))}; dynamic batch and sequence axes.", ""]
+    trial = manifest.get("trial") or {}
+    lines += ["## Speed", "", f"Speedup: {_speed_line(trial)}.", "",
+              f"Measured on: {timed.get('cpu', 'unknown CPU')}, {timed.get('threads', '?')} threads, batch "
+              f"{timed.get('batch_size', '?')}, sequence length {timed.get('seq_len', '?')} (the study's device; "
+              f"the speed on another CPU differs).", ""]
+    lines += ["## Quality", "", *_quality_lines(manifest), ""]
+    check = manifest.get("verification") or {}
+    if check.get("scored_max_abs_diff") is not None:
+        lines += [f"Checked at export against the PyTorch model: max abs difference of {check.get('scored_output')} "
+                  f"{check['scored_max_abs_diff']:.2e} (real tokens only).", ""]
+    threads = timed.get("threads")
+    lines += ["## Load it", "", "```python", *load_lines(fmt, task, threads, manifest.get("compile_config")), "```", "",
+              "PATH is this folder. " + ("sentence-transformers needs `pip install sentence-transformers[onnx]` "
+                                         "(or `[openvino]`) for these backends."
+                                         if sentence else "Optimum needs `pip install optimum-onnx[onnxruntime]` "
+                                         "(or `optimum-intel[openvino]`)."), ""]
+    lines += ["## Settings that give the measured speed", ""]
+    if fmt == "openvino":
+        lines += [f"OpenVINO compile config: `{json.dumps(manifest.get('compile_config') or {})}`, plus "
+                  f"INFERENCE_NUM_THREADS {threads} and ENABLE_CPU_PINNING false. OpenVINO's defaults differ "
+                  "(on a CPU with AMX it runs bf16), so the speed and outputs loaded with defaults differ.", ""]
+    else:
+        lines += [ORT_SETTINGS.replace("the threads below", str(threads)) + ".", ""]
+    lines += ["## Config", "", "`config.json` is the base model's with `slimformer.plan`; "
+              + ("per-layer head counts and FFN widths are not expressible there, so only the graph carries the "
+                 "real shapes. There are no PyTorch weights in this folder." if (config.get("pruned"))
+                 else "the shapes are the base model's. There are no PyTorch weights in this folder."),
+              "", "Files are listed with their sha256 in `manifest.json`; `slimformer evaluate PATH --study STUDY` "
+              "checks them and re-measures quality and speed.", ""]
+    return "\n".join(lines)
