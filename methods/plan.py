@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["Plan", "DistillSpec", "ModelShape", "IMPORTANCE", "BITS", "SIMULATED_BITS", "QUANT_METHODS",
-           "INT8_WEIGHTS", "ATTENTION_IMPLEMENTATIONS"]
+           "INT8_WEIGHTS", "INT8_SCHEMES", "ATTENTION_IMPLEMENTATIONS"]
 
 IMPORTANCE = ("magnitude", "fisher")
 BITS = (32, 16, 8, 4, 3, 2)
@@ -24,6 +24,12 @@ QUANT_METHODS = ("rtn", "gptq")
 # how a runtime that re-quantizes int8 layers itself (ONNX Runtime) stores their weights: "s8" signed
 # per-channel, "u8" unsigned 7-bit per-channel (reduce_range); the first is the default
 INT8_WEIGHTS = ("s8", "u8")
+# what int8 layers quantize besides their weights: "dynamic" is each runtime's int8 without calibration
+# (PyTorch and ONNX Runtime: activations quantized per call at run time; OpenVINO: int8 weights only,
+# activations in its float precision); "static" quantizes the activations too, with scales calibrated on
+# the study's calibration set (OpenVINO: nncf.quantize; ONNX Runtime: QDQ quantize_static); the first is
+# the default
+INT8_SCHEMES = ("dynamic", "static")
 # transformers' stock attention implementations that need no extra package: the baseline's is the faster
 # of them on the study's device, and a plan's `attention` may name either for its candidate in PyTorch
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
@@ -123,6 +129,9 @@ class Plan:
         products on CPUs without VNNI); other runtimes do not read it.
     attention: the attention implementation the candidate runs with in PyTorch ("sdpa" or "eager");
         None = the baseline's. Runtimes that export a graph (ONNX Runtime, OpenVINO) do not read it.
+    int8_scheme: what int8 layers quantize in a runtime that quantizes them itself: "dynamic" (weights;
+        activations at run time, or not at all in OpenVINO) or "static" (weights and activations, scales
+        calibrated on the calibration set: needs calibration data). PyTorch runs only "dynamic".
     """
 
     layers: tuple[int, ...] | None = None
@@ -138,6 +147,7 @@ class Plan:
     smooth: float = 0.0
     int8_weights: str = INT8_WEIGHTS[0]
     attention: str | None = None
+    int8_scheme: str = INT8_SCHEMES[0]
 
     def __post_init__(self) -> None:
         if self.layers is not None:
@@ -172,6 +182,8 @@ class Plan:
         object.__setattr__(self, "smooth", float(self.smooth))
         if self.int8_weights not in INT8_WEIGHTS:
             raise ValueError(f"int8_weights must be one of {', '.join(INT8_WEIGHTS)}, got {self.int8_weights!r}")
+        if self.int8_scheme not in INT8_SCHEMES:
+            raise ValueError(f"int8_scheme must be one of {', '.join(INT8_SCHEMES)}, got {self.int8_scheme!r}")
         if self.attention is not None and self.attention not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"attention must be one of {', '.join(ATTENTION_IMPLEMENTATIONS)} (or null: the "
                              f"baseline's), got {self.attention!r}")

@@ -26,7 +26,8 @@ from .adapters import get_adapter
 from .calibration import Context
 from .surgery import is_conv1d
 
-__all__ = ["QuantSpec", "quantize", "fake_quantize_weight", "int8_available", "is_bf16", "BITS_ATTR"]
+__all__ = ["QuantSpec", "quantize", "fake_quantize_weight", "int8_available", "is_bf16", "bf16_to_float32",
+           "BITS_ATTR"]
 
 BITS_ATTR = "_slimformer_bits"
 
@@ -38,12 +39,13 @@ class QuantSpec:
     group_size: int = 64
     method: str = "rtn"
     smooth: float = 0.0
+    int8_scheme: str = "dynamic"  # "static": a runtime calibrates the int8 layers' activations (plan.int8_scheme)
 
     @classmethod
     def from_plan(cls, plan) -> QuantSpec | None:
         if all(plan.bits[i] == 32 for i in plan.layers):
             return None
-        return cls(plan.bits, plan.layers, plan.group_size, plan.quant_method, plan.smooth)
+        return cls(plan.bits, plan.layers, plan.group_size, plan.quant_method, plan.smooth, plan.int8_scheme)
 
 
 def int8_available() -> bool:
@@ -97,6 +99,17 @@ def _bf16_in(module, args, kwargs):
 def is_bf16(module: nn.Module) -> bool:
     """A layer that runs in bfloat16 (bits 16: its inputs are cast on the way in)."""
     return any(h is _bf16_in for h in module._forward_pre_hooks.values())
+
+
+def bf16_to_float32(module: nn.Module) -> None:
+    """Every bfloat16 layer under `module` made float32 again (its bf16-rounded weights kept, the casts
+    removed): how a graph runtime that sets its inference precision model-wide reads a bits-16 layer."""
+    for m in module.modules():
+        if is_bf16(m):
+            for hooks, fn in ((m._forward_pre_hooks, _bf16_in), (m._forward_hooks, _fp32_out)):
+                for key in [k for k, h in hooks.items() if h is fn]:
+                    del hooks[key]
+            m.to(torch.float32)
 
 
 def _fp32_out(module, args, output):
@@ -154,13 +167,20 @@ def _load_simulated(layer: nn.Module, rounded: dict, bits: int) -> None:
         setattr(m, BITS_ATTR, bits)
 
 
-def needs_calibration(spec: QuantSpec) -> bool:
+def _rounds_from_data(spec: QuantSpec) -> bool:
+    """GPTQ or smoothing at <= 8 bits: quantize itself reads calibration batches."""
     return any(spec.bits[i] <= 8 for i in spec.layers) and (spec.method == "gptq" or spec.smooth > 0)
+
+
+def needs_calibration(spec: QuantSpec) -> bool:
+    """GPTQ or smoothing at <= 8 bits, or int8 layers whose activations the runtime calibrates (static)."""
+    static = spec.int8_scheme == "static" and any(spec.bits[i] == 8 for i in spec.layers)
+    return static or _rounds_from_data(spec)
 
 
 def quantize(model: nn.Module, spec: QuantSpec, ctx: Context) -> nn.Module:
     adapter = get_adapter(model)
-    if needs_calibration(spec) and ctx.calibration is None and not ctx.structure_only:
+    if _rounds_from_data(spec) and ctx.calibration is None and not ctx.structure_only:
         what = "quant_method 'gptq'" if spec.method == "gptq" else "smooth > 0"
         raise ValueError(f"{what} needs calibration batches: set data.calibration in the study (or pass "
                          "calibration= to apply_plan)")

@@ -19,7 +19,7 @@ from slimformer.methods.adapters import UnsupportedModelError, get_adapter
 from .backends import local, workers
 from .backends.workers import check_scale_out, is_worker
 from .config import StudyConfig
-from .devices.registry import check_space, get_runtime, space_refusal
+from .devices.registry import check_space, get_runtime, native_choices, study_formats
 from .errors import UserError
 from .study.edge import EDGE, edge_seeds
 from .study.owners import fail_stale_trials, register_owner
@@ -173,19 +173,20 @@ def _baseline(cfg: StudyConfig, bench, log) -> dict:
             **bench.baseline_facts()}
 
 
+def _native(cfg: StudyConfig, bench) -> tuple[list[int], list[str]]:
+    """(bit-widths, int8 schemes) this device runs on real kernels in the study's runtimes (bits 16 only
+    with native bf16: AMX or AVX512-BF16; static int8 only with data.calibration to calibrate on)."""
+    fast_bf16 = bool(set(bench.facts()["flags"]) & {"amx_bf16", "avx512_bf16"})
+    bits, schemes = native_choices(cfg.device.runtime, fast_bf16)
+    return bits, schemes if cfg.data.calibration is not None else [s for s in schemes if s != "static"]
+
+
 def _default_space(cfg: StudyConfig, bench, log):
     """The default space, adapted to what this device and study can use."""
     from slimformer.methods.plan import ATTENTION_IMPLEMENTATIONS, INT8_WEIGHTS
-    from slimformer.spaces import AttentionDim, BitsDim, ImportanceDim, Int8WeightsDim, default_space
+    from slimformer.spaces import NATIVE, AttentionDim, BitsDim, ImportanceDim, Int8WeightsDim, default_space
 
-    space = default_space()
-    refusal = space_refusal(cfg.device.runtime, 16)
-    if refusal:
-        space = space.model_copy(update={"bits": BitsDim(choices=[32, 8])})
-        log(f"{refusal}: the default space leaves out bits 16")
-    elif not set(bench.facts()["flags"]) & {"amx_bf16", "avx512_bf16"}:
-        space = space.model_copy(update={"bits": BitsDim(choices=[32, 8])})
-        log("this CPU has no native bf16 (AMX/AVX512-BF16): the default space leaves out bits 16")
+    space = default_space().model_copy(update={"bits": BitsDim(choices=NATIVE)})
     if cfg.data.calibration is None:
         space = space.model_copy(update={"importance": ImportanceDim(choices=["magnitude"]), "recovery": None,
                                          "distill": None})
@@ -253,24 +254,30 @@ def prepare(cfg: StudyConfig, *, trials: int | None = None, timeout: float | Non
 
 def _bind_space(cfg: StudyConfig, log):
     """The workbench (model, data, timer) and the search space bound to its model, checked."""
-    from slimformer.spaces import Space, SpaceError
+    from slimformer.spaces import Space, SpaceError, parse_space_config
 
     from .problem.workbench import Workbench
 
     if cfg.space is not None:  # bit-widths the runtime cannot run: one line before any model is loaded
-        from slimformer.spaces import parse_space_config
-
         given = parse_space_config(cfg.space)
-        check_space(cfg.device.runtime, given.bits.choices if given.bits is not None else [],
+        check_space(cfg.device.runtime, given.bits.choices if given.bits is not None and not given.bits.native else [],
                     getattr(given.quant_method, "choices", ()), str(cfg.path or "study"),
-                    getattr(given.int8_weights, "choices", ()), getattr(given.attention, "choices", ()))
+                    getattr(given.int8_weights, "choices", ()), getattr(given.attention, "choices", ()),
+                    getattr(given.int8_scheme, "choices", ()),
+                    shared_bits=given.bits is not None and given.bits.tie == "shared")
     try:
         bench = Workbench(cfg, log=log)
         shape = get_adapter(bench.model).shape()
     except UnsupportedModelError as exc:
         raise UserError(str(exc)) from None
-    space_cfg = cfg.space if cfg.space is not None else _default_space(cfg, bench, log)
     try:
+        space_cfg = parse_space_config(cfg.space) if cfg.space is not None else _default_space(cfg, bench, log)
+        if space_cfg.bits is not None and space_cfg.bits.native:
+            bits, schemes = _native(cfg, bench)
+            space_cfg = space_cfg.with_native(bits, schemes)
+            formats = "; ".join(f"{n}: {', '.join(fs)}" for n, fs in study_formats(cfg.device.runtime).items())
+            schemes_note = f"; int8 schemes {', '.join(schemes)}" if 8 in bits else ""
+            log(f"bits: native on this CPU: {', '.join(map(str, bits))}{schemes_note} (real kernels: {formats})")
         space = Space.from_dict(space_cfg, shape)
     except SpaceError as exc:
         raise UserError(str(exc)) from None

@@ -11,6 +11,7 @@ from .config import (
     DepthDim,
     DistillDim,
     ImportanceDim,
+    Int8SchemeDim,
     Int8WeightsDim,
     QuantMethodDim,
     RankDim,
@@ -26,6 +27,6 @@ from .validation import format_validation_error, parse_space_config
 
 __all__ = [
     "Space", "SpaceConfig", "SpaceError", "WidthDim", "DepthDim", "BitsDim", "RankDim", "RecoveryDim",
-    "ImportanceDim", "DistillDim", "QuantMethodDim", "SmoothDim", "Int8WeightsDim", "AttentionDim",
+    "ImportanceDim", "DistillDim", "QuantMethodDim", "SmoothDim", "Int8WeightsDim", "Int8SchemeDim", "AttentionDim",
     "default_space", "parse_space_config", "format_validation_error",
 ]

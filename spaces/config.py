@@ -25,6 +25,7 @@ from slimformer.methods.plan import (
     BITS,
     DISTILL_LOSSES,
     IMPORTANCE,
+    INT8_SCHEMES,
     INT8_WEIGHTS,
     QUANT_METHODS,
     RECOVERY,
@@ -33,7 +34,7 @@ from slimformer.methods.plan import (
 
 __all__ = [
     "SpaceConfig", "WidthDim", "DepthDim", "BitsDim", "RankDim", "ImportanceDim", "DistillDim",
-    "QuantMethodDim", "SmoothDim", "Int8WeightsDim", "AttentionDim", "SpaceError", "CHOICE_ORDER", "default_space", "parse_tie",
+    "QuantMethodDim", "SmoothDim", "Int8WeightsDim", "Int8SchemeDim", "AttentionDim", "SpaceError", "CHOICE_ORDER", "default_space", "parse_tie", "NATIVE",
     "width_choices",
 ]
 
@@ -138,9 +139,19 @@ class DepthDim(_Section):
         return low, self.max if self.max is not None else num_layers
 
 
+NATIVE = "native"  # `bits: native`: the bit-widths (and int8 schemes) this device runs on real kernels
+
+
 class BitsDim(_Section):
-    choices: _choices(Annotated[int, Strict(), AfterValidator(_bits)])
+    """Per-layer bit-widths; `native` (the default space's choice) = what the study's runtimes run on a
+    real kernel on this CPU, decided when the search starts (`SpaceConfig.with_native`)."""
+
+    choices: _choices(Annotated[int, Strict(), AfterValidator(_bits)]) | Literal["native"]
     tie: Tie = "per_layer"
+
+    @property
+    def native(self) -> bool:
+        return self.choices == NATIVE
 
 
 class RankDim(_Section):
@@ -181,6 +192,14 @@ class Int8WeightsDim(_Section):
     choices: _choices(Literal[INT8_WEIGHTS])
 
 
+class Int8SchemeDim(_Section):
+    """What int8 layers quantize: dynamic (weights; activations at run time, or float in OpenVINO) or
+    static (weights and activations, calibrated; needs data.calibration); only searched in trials where
+    a kept layer is int8."""
+
+    choices: _choices(Literal[INT8_SCHEMES])
+
+
 class AttentionDim(_Section):
     """The attention implementation a candidate runs with in PyTorch (sdpa or eager); only searched in
     trials that keep an attention head."""
@@ -207,10 +226,10 @@ class DistillDim(_Section):
 
 
 _DIMS = ("heads", "ffn", "bits", "rank", "importance", "recovery", "quant_method", "smooth", "int8_weights",
-         "attention")
+         "int8_scheme", "attention")
 # the categorical dimensions without a tie, each one's choices in this order (None: ascending)
 CHOICE_ORDER = {"importance": IMPORTANCE, "recovery": RECOVERY, "quant_method": QUANT_METHODS, "smooth": None,
-                "int8_weights": INT8_WEIGHTS, "attention": ATTENTION_IMPLEMENTATIONS}
+                "int8_weights": INT8_WEIGHTS, "int8_scheme": INT8_SCHEMES, "attention": ATTENTION_IMPLEMENTATIONS}
 
 
 class SpaceConfig(_Section):
@@ -226,6 +245,7 @@ class SpaceConfig(_Section):
     quant_method: QuantMethodDim | None = None
     smooth: SmoothDim | None = None
     int8_weights: Int8WeightsDim | None = None
+    int8_scheme: Int8SchemeDim | None = None
     attention: AttentionDim | None = None
     distill: DistillDim | None = None
 
@@ -235,15 +255,28 @@ class SpaceConfig(_Section):
         if isinstance(data, dict):
             data = dict(data)
             for key in _DIMS:
-                if isinstance(data.get(key), list):
+                if isinstance(data.get(key), list) or (key == "bits" and data.get(key) == NATIVE):
                     data[key] = {"choices": data[key]}
             if isinstance(data.get("depth"), int) and not isinstance(data.get("depth"), bool):
                 data["depth"] = {"min": data["depth"]}
         return data
 
+    def with_native(self, bits: list[int], schemes: list[str]) -> SpaceConfig:
+        """This space with `bits: native` made concrete: the device's bit-widths `bits`, and unless the
+        space names its own, the int8 schemes `schemes` (searched where more than one and 8 is a choice)."""
+        if self.bits is None or not self.bits.native:
+            return self
+        update = {"bits": self.bits.model_copy(update={"choices": list(bits)})}
+        if self.int8_scheme is None and 8 in bits and len(schemes) > 1:
+            update["int8_scheme"] = Int8SchemeDim(choices=list(schemes))
+        return self.model_copy(update=update)
+
     def check(self, shape: ModelShape) -> None:
         """Raise SpaceError (one line, key path first) if a choice does not fit this model."""
         n = shape.num_layers
+        if self.bits is not None and self.bits.native:
+            raise SpaceError("space.bits: native is decided by the device when the search starts "
+                             "(SpaceConfig.with_native) and cannot be bound to a model as it is")
         if self.heads is not None:
             width_choices(self.heads, shape.num_heads, shape.heads_per_group, "heads", "attention heads")
         if self.ffn is not None:
@@ -255,14 +288,15 @@ class SpaceConfig(_Section):
                     raise SpaceError(f"space.depth.{key}: {v} is more than the model's {n} layers; allowed: 1..{n}")
             if high < low:
                 raise SpaceError(f"space.depth.max: {high} is less than depth.min ({low})")
-        rounded = self.bits is not None and any(b not in FLOAT_BITS for b in self.bits.choices)
+        rounded = self.bits is not None and any(b not in FLOAT_BITS for b in self.bits.choices)  # never native here
         for key in ("quant_method", "smooth"):
             if getattr(self, key) is not None and not rounded:
                 raise SpaceError(f"space.{key}: only searched where a layer is quantized, but space.bits has no "
                                  f"8/4/3/2 choice; add one to space.bits or remove space.{key}")
-        if self.int8_weights is not None and (self.bits is None or 8 not in self.bits.choices):
-            raise SpaceError("space.int8_weights: only searched where a layer is int8, but space.bits has no 8; "
-                             "add 8 to space.bits or remove space.int8_weights")
+        for key in ("int8_weights", "int8_scheme"):
+            if getattr(self, key) is not None and (self.bits is None or 8 not in self.bits.choices):
+                raise SpaceError(f"space.{key}: only searched where a layer is int8, but space.bits has no 8; "
+                                 f"add 8 to space.bits or remove space.{key}")
         if self.rank is not None:
             cap = min(shape.hidden_size, shape.intermediate_size)
             for i, r in enumerate(self.rank.choices):
@@ -304,7 +338,7 @@ def default_space() -> SpaceConfig:
         heads=WidthDim(fractions=[0.25, 0.5, 0.75, 1.0]),
         ffn=WidthDim(fractions=[0.25, 0.5, 0.75, 1.0]),
         depth=DepthDim(min_fraction=0.5),
-        bits=BitsDim(choices=[32, 16, 8]),
+        bits=BitsDim(choices=[32, 16, 8]),  # searcher.search makes it the device's native choices
         importance=ImportanceDim(choices=["magnitude", "fisher"]),
         recovery=RecoveryDim(choices=["none", "mask_tuning"]),
         distill=DistillDim(steps=[0, 100]),

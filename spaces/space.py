@@ -6,8 +6,8 @@ Parameter names (fixed choice lists per name, as Optuna 5 requires):
 - per dimension `heads`, `ffn`, `rank`, `bits` by tie: `heads_L3` (per_layer, layer = ORIGINAL
   index), `heads_B1` (block:N, block b covers layers b*N .. b*N+N-1), `heads` (shared);
 - `importance`, `recovery`; `quant_method`, `smooth` only in trials where a kept layer is
-  quantized (bits 8/4/3/2: float32 and bfloat16 have no rounding to choose); `int8_weights`
-  only in trials where a kept layer is int8; `attention` only in trials that keep a head;
+  quantized (bits 8/4/3/2: float32 and bfloat16 have no rounding to choose); `int8_weights` and
+  `int8_scheme` only in trials where a kept layer is int8; `attention` only in trials that keep a head;
 - `distill_steps`, then `distill_lr`, `distill_losses` (e.g. "embedding+hidden"),
   `distill_temperature`, `distill_alpha` only in trials with steps > 0.
 
@@ -142,8 +142,9 @@ class Space:
         quantized = any(b not in FLOAT_BITS for b in values["bits"] or ())  # dropped layers carry 32
         quant = {key: self._choose(pick, key) if quantized and key in self._dists else default
                  for key, default in _QUANT.items()}
-        if "int8_weights" in self._dists and 8 in (values["bits"] or ()):
-            quant["int8_weights"] = self._choose(pick, "int8_weights")
+        for key in ("int8_weights", "int8_scheme"):  # only where a kept layer is int8
+            if key in self._dists and 8 in (values["bits"] or ()):
+                quant[key] = self._choose(pick, key)
         attends = values["heads"] is None or any(values["heads"][i] for i in kept)  # a kept layer keeps a head
         attention = self._choose(pick, "attention") if "attention" in self._dists and attends else None
         distill = DistillSpec()
@@ -215,6 +216,8 @@ class Space:
                 return c[len(c) // 2] if sizes == "middle" else c[-1] if largest else c[0]
             if kind == "bits":
                 return bits if bits in c else c[-1] if largest else c[0]
+            if kind == "int8_scheme":  # static int8 (activations too) is the cheaper one
+                return c[0] if largest else c[-1]
             if kind == "rank":  # 0 = dense is the largest; the smallest is the lowest real rank
                 nonzero = [r for r in c if r > 0]
                 return (0 if 0 in c else c[-1]) if largest else (nonzero[0] if nonzero else 0)
@@ -360,6 +363,8 @@ class Space:
                 lines.append(f"{key}: {', '.join(map(str, self._dists[key].choices))} (only in trials where a "
                              "kept layer is quantized: bits 8/4/3/2)")
         for key, what in (("int8_weights", "ONNX Runtime's int8 weights; only in trials where a kept layer is int8"),
+                          ("int8_scheme", "int8 activations too (static, calibrated) or not; only in trials where a "
+                           "kept layer is int8"),
                           ("attention", "PyTorch's attention implementation; only in trials that keep a head")):
             if key in self._dists:
                 lines.append(f"{key}: {', '.join(self._dists[key].choices)} ({what})")

@@ -3,7 +3,8 @@ runtime the study times candidates in: the named runtime, or under `device.runti
 competing installed runtime, each from its own device profile and calibrated online on its own
 measured latency (a trial under auto records every runtime's first estimate in `runtime_speedups`).
 A candidate is predicted in each runtime that can run it, and skipped only when even its fastest
-runtime is predicted clearly over the budget (beyond that runtime's leave-one-out error margin).
+runtime is predicted clearly over the budget (beyond that runtime's leave-one-out error margin), and
+never when a runtime would run it in a format its profile did not time (`Runtime.predicts`).
 Without a profile for every runtime there is no screening: every candidate is measured.
 """
 
@@ -34,10 +35,10 @@ class StudyPredictor:
         self.facts = next(iter(self.predictors.values())).facts  # one model: the same facts in every runtime
 
     def runtimes_for(self, plan: Plan) -> list[str]:
-        """The runtimes that can run `plan` as built (bits 16 is refused by ONNX Runtime and OpenVINO)."""
+        """The runtimes that can run `plan` as built on this CPU (Runtime.plan_refusal)."""
         p = plan.resolve(self.facts.shape)
         bits = {p.bits[i] for i in p.layers}
-        return [rt for rt in self.predictors if not any(get_runtime(rt).refusal(b) for b in bits)] or \
+        return [rt for rt in self.predictors if get_runtime(rt).plan_refusal(bits, p.int8_scheme) is None] or \
             list(self.predictors)
 
     def predict(self, plan: Plan) -> dict:
@@ -51,7 +52,11 @@ class StudyPredictor:
         """Why `plan` can be skipped without measuring it: every runtime that can run it is predicted
         over `limit_ms` even after taking off its error margin; None when some runtime may hold."""
         over = {}
+        p = plan.resolve(self.facts.shape)
+        bits = [p.bits[i] for i in p.layers]
         for rt in self.runtimes_for(plan):
+            if not get_runtime(rt).predicts(bits, p.int8_scheme):  # bf16 or static int8 in a graph runtime
+                return None
             pred = self.predictors[rt].predict(plan)["latency_ms"]
             if pred <= limit_ms:  # within the budget before any margin: no need to fit the margin
                 return None

@@ -4,6 +4,7 @@ candidate costs tens of seconds on a CPU, more than timing it."""
 
 from __future__ import annotations
 
+from .eager import pytorch_formats
 from .runtime import Runtime
 
 __all__ = ["RUNTIME"]
@@ -16,5 +17,5 @@ def _runner(model, inputs, threads):
     return lambda: compiled(**inputs)
 
 
-RUNTIME = Runtime(name="compile", summary="torch.compile", artifact_format="pytorch", real_bits=(32, 16, 8),
+RUNTIME = Runtime(name="compile", summary="torch.compile", artifact_format="pytorch", formats=pytorch_formats,
                   competes=False, reads_attention=True, make_runner=_runner)

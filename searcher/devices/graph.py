@@ -18,7 +18,8 @@ from torch import nn
 
 from ..errors import UserError
 
-__all__ = ["float_copy", "ZeroWidthLinear", "export_onnx", "output_names", "require_onnx", "node_prefixes"]
+__all__ = ["float_copy", "ZeroWidthLinear", "export_onnx", "output_names", "require_onnx", "node_prefixes",
+           "has_bf16", "calibration_feeds"]
 
 ONNX_HINT = "exporting to ONNX needs: pip install onnx (or 'slimformer[onnx]')"
 
@@ -50,18 +51,19 @@ def float_copy(model: nn.Module, refusal: str | None = None) -> tuple[nn.Module,
 
     torch.ao int8 Linears become nn.Linear with their dequantized weights (the int8 grid values,
     so a per-channel re-quantization lands on the same grid); bfloat16 layers raise UserError with
-    `refusal` (the runtime's reason). A graph does not read the plan's `attention`: the copy runs the
+    `refusal` (the runtime's reason), or without one become float32 layers holding their bf16-rounded
+    weights (a runtime that then runs the graph in bfloat16, OpenVINO, sets that precision). A graph does not read the plan's `attention`: the copy runs the
     implementation the model was built from."""
-    from slimformer.methods.quantize import is_bf16
+    from slimformer.methods.quantize import bf16_to_float32, is_bf16
     from slimformer.methods.registry import CONFIG_KEY
     from slimformer.methods.size import is_dynamic_int8
     from slimformer.methods.surgery import set_attention
 
     for name, m in model.named_modules():
-        if is_bf16(m):
-            raise UserError(f"{refusal or 'bits 16 (bfloat16) layers cannot be exported'} (layer {name}); "
-                            "leave 16 out of space.bits, or export --format pytorch")
+        if is_bf16(m) and refusal is not None:
+            raise UserError(f"{refusal} (layer {name}); leave 16 out of space.bits, or export --format pytorch")
     out = copy.deepcopy(model)
+    bf16_to_float32(out)
     source = (getattr(getattr(out, "config", None), CONFIG_KEY, None) or {}).get("source_attention")
     if source is not None:
         set_attention(out, source)
@@ -126,6 +128,23 @@ def export_onnx(model: nn.Module, inputs: dict[str, torch.Tensor], path: str | P
     return path
 
 
+
+
+def has_bf16(model: nn.Module) -> bool:
+    """Whether a built candidate has bits-16 (bfloat16) layers."""
+    from slimformer.methods.quantize import is_bf16
+
+    return any(is_bf16(m) for m in model.modules())
+
+
+def calibration_feeds(options: dict, inputs: dict, what: str) -> list[dict]:
+    """The calibration inputs a static int8 build reads (options["calibration"]: {input name: numpy}
+    dicts, the study's calibration set as Workbench.runtime_options gives it), restricted to the graph's
+    inputs; ValueError naming `what` when there are none."""
+    feeds = options.get("calibration") or []
+    if not feeds:
+        raise ValueError(f"{what} needs calibration inputs: set data.calibration in the study")
+    return [{k: v for k, v in feed.items() if k in inputs} for feed in feeds]
 
 
 def node_prefixes(modules: list[str]) -> list[str]:

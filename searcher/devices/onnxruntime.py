@@ -6,7 +6,9 @@ intra-op threads, one inter-op thread, no spin-waiting so the interleaved timing
 are not slowed by idle workers). Layers the plan stores in int8 become real ORT int8 (`quantize_dynamic`,
 only the MatMuls of those layers: DynamicQuantizeLinear + MatMulInteger), with the weights the plan's
 `int8_weights` names: signed per-channel (`s8`, default) or unsigned 7-bit (`u8`, reduce_range), a
-choice `space.int8_weights` searches. bits 16 is refused (ORT's CPU
+choice `space.int8_weights` searches. With the plan's `int8_scheme` static, those MatMuls get static QDQ
+quantization instead (`quantize_static`, QDQ format: uint8 activations with MinMax scales calibrated on
+the study's calibration inputs, int8 per-channel weights). bits 16 is refused (ORT's CPU
 provider has no fast bfloat16 kernels); simulated 4/3/2 bits run in float32 as in eager. The artifact
 (`export --format onnx`) is model.onnx: the graph the latency runner ran.
 """
@@ -34,11 +36,25 @@ INT8_WEIGHTS = {"s8": {"weight_type": "QInt8", "per_channel": True, "reduce_rang
 assert tuple(INT8_WEIGHTS) == PLAN_INT8_WEIGHTS, "one setting per plan.int8_weights choice"
 
 
-def quantize_matmuls(src: Path, dst: Path, prefixes: list[str] | None = None, weight_type: str = "s8") -> list[str]:
+
+
+class _Feeds:
+    """The calibration inputs as ONNX Runtime's CalibrationDataReader reads them."""
+
+    def __init__(self, feeds: list[dict]):
+        self.it = iter(feeds)
+
+    def get_next(self):
+        return next(self.it, None)
+
+
+def quantize_matmuls(src: Path, dst: Path, prefixes: list[str] | None = None, weight_type: str = "s8",
+                     calibration: list[dict] | None = None) -> list[str]:
     """Dynamic int8 for the MatMul/Gemm nodes whose names start with a prefix (all of them when
-    `prefixes` is None), weights as INT8_WEIGHTS[weight_type]; returns the quantized node names."""
+    `prefixes` is None), weights as INT8_WEIGHTS[weight_type]; with `calibration` (input dicts) static QDQ
+    int8 of weights and activations instead. Returns the quantized node names."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     graph = onnx.load(str(src)).graph
     inits = {i.name for i in graph.initializer}
@@ -58,9 +74,14 @@ def quantize_matmuls(src: Path, dst: Path, prefixes: list[str] | None = None, we
         warnings.simplefilter("ignore")
         try:
             w = INT8_WEIGHTS[weight_type]
-            quantize_dynamic(str(src), str(dst), per_channel=w["per_channel"], reduce_range=w["reduce_range"],
-                             weight_type=getattr(QuantType, w["weight_type"]), nodes_to_quantize=nodes or None,
-                             op_types_to_quantize=["MatMul", "Gemm"])
+            if calibration is not None:
+                quantize_static(str(src), str(dst), _Feeds(calibration), quant_format=QuantFormat.QDQ,
+                                per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                nodes_to_quantize=nodes or None, op_types_to_quantize=["MatMul", "Gemm"])
+            else:
+                quantize_dynamic(str(src), str(dst), per_channel=w["per_channel"], reduce_range=w["reduce_range"],
+                                 weight_type=getattr(QuantType, w["weight_type"]), nodes_to_quantize=nodes or None,
+                                 op_types_to_quantize=["MatMul", "Gemm"])
         finally:
             root.setLevel(level)
     return nodes
@@ -87,20 +108,25 @@ def build(model, inputs: dict, folder: Path, options: dict) -> dict:
     (options["int8_weights"] overrides it, for models built elsewhere)."""
     from slimformer.methods import plan_of
 
-    from .graph import export_onnx, float_copy, node_prefixes
+    from .graph import calibration_feeds, export_onnx, float_copy, node_prefixes
 
     plan = plan_of(model)
     weights = options.get("int8_weights") or (plan.int8_weights if plan else PLAN_INT8_WEIGHTS[0])
+    static = plan is not None and plan.int8_scheme == "static"
     fmodel, int8 = float_copy(model, RUNTIME.refusal(16))
     path = folder / "model.onnx"
     if not int8:
         export_onnx(fmodel, inputs, path)
-        return {"files": ["model.onnx"], "int8_layers": [], "int8_weights": None}
+        return {"files": ["model.onnx"], "int8_layers": [], "int8_weights": None, "int8_scheme": None}
+    calibration = calibration_feeds(options, inputs, "int8_scheme static") if static else None
     raw = export_onnx(fmodel, inputs, folder / "float.onnx")
-    if not quantize_matmuls(raw, path, node_prefixes(int8), weights):
+    if not quantize_matmuls(raw, path, node_prefixes(int8), weights, calibration):
         raise RuntimeError("no MatMul of the int8 layers was found in the exported graph")
     raw.unlink()
-    return {"files": ["model.onnx"], "int8_layers": int8, "int8_weights": weights}
+    if static:
+        weights = f"s8 per channel, uint8 activations (QDQ quantize_static, {len(calibration)} calibration inputs)"
+    return {"files": ["model.onnx"], "int8_layers": int8, "int8_weights": weights,
+            "int8_scheme": "static" if static else "dynamic"}
 
 
 def load(files: dict[str, bytes], threads: int) -> ArtifactSession:
@@ -131,8 +157,9 @@ def ort_runner(model, inputs: dict, threads: int, weight_type: str = "s8"):
 
 
 RUNTIME = Runtime(
-    name="onnxruntime", summary="ONNX Runtime, CPU", artifact_format="onnx", real_bits=(32, 8),
-    refused={16: NO_BF16},
+    name="onnxruntime", summary="ONNX Runtime, CPU", artifact_format="onnx",
+    formats=lambda: {"float32": None, "bfloat16": NO_BF16, "int8": None, "int8_static": None},
     refused_methods={"gptq": "ONNX Runtime re-rounds int8 layers with its own quantize_dynamic"},
-    requires=("onnx", "onnxruntime"), install_hint=INSTALL_HINT, profiled=True, reads_int8_weights=True,
+    requires=("onnx", "onnxruntime"), install_hint=INSTALL_HINT, profiled=True,
+    profiled_formats=("float32", "int8"), reads_int8_weights=True,
     version=lambda: module_version("onnxruntime"), build=build, load=load, kernel=kernel)

@@ -2,21 +2,28 @@
 
 A candidate's float32 copy is exported to ONNX exactly as for ONNX Runtime (Hugging Face names,
 dynamic batch and sequence axes), read by `openvino.convert_model`, and compiled for the CPU with
-`device.threads` inference threads and COMPILE_CONFIG: the LATENCY performance hint, float32
-inference precision (no silent bf16 on CPUs that have it), denormals flushed to zero, and no CPU
-pinning (the other runners of an interleaved measurement share the cores). Flushing denormals
-left the outputs of a finished MiniLM plan unchanged and timed it slightly faster (3.37x vs 3.27x
-against stock PyTorch; with pretrained weights 3.58x vs 3.48x; within the spread of one run:
-benchmarks/denormals_results.md). The static study shape timed no faster than the dynamic graph
-(107.5 vs 107.45 ms for MiniLM at 128 tokens, 2 threads, loaded machine), so the IR keeps the
-dynamic axes and the artifact that is timed is the one that is handed over.
+`device.threads` inference threads and COMPILE_CONFIG: the LATENCY performance hint, denormals flushed
+to zero, no CPU pinning (the other runners of an interleaved measurement share the cores), and the
+inference precision the plan asks for: f32, or bf16 when its layers are bits 16. OpenVINO sets that
+precision for the whole model, so a plan mixing bits 32 and 16 is refused here (`model_wide_precision`).
+Flushing denormals left the outputs of a finished MiniLM plan unchanged and timed it slightly faster
+(benchmarks/denormals_results.md). The static study shape timed no faster than the dynamic graph, so the
+IR keeps the dynamic axes and the artifact that is timed is the one that is handed over.
 
-Layers a plan stores in int8 get int8 weights through NNCF weight compression (INT8_SYM,
-per-channel, only those layers' MatMuls; the embeddings stay float32): the MatMul reads int8
-weights and decompresses them in the kernel, activations stay float32. OpenVINO has no int8
-activations without calibration (NNCF PTQ), which this runtime does not do. bits 16 is refused
-(inference precision is pinned to float32); simulated 4/3/2 bits run in float32 as in eager.
-`slimformer profile --runtime openvino` runs the microbenchmark grid's kernel graphs through `kernel`.
+What runs on a real kernel is read from the CPU plugin at run time (`formats`: its
+OPTIMIZATION_CAPABILITIES): bf16 where it lists BF16 (AVX512-BF16 or AMX), int8 with calibrated
+activations where it lists INT8. The artifact carries the compile settings it was timed with
+(compile.json, also in the export's manifest) and `load` compiles with them.
+
+Int8 layers (bits 8), by the plan's `int8_scheme`:
+- dynamic: int8 weights through NNCF weight compression (INT8_SYM, per-channel, only those layers'
+  MatMuls; the embeddings stay float): the MatMul reads int8 weights and decompresses them in the kernel,
+  activations stay in the float precision;
+- static: `nncf.quantize` (post-training quantization, TRANSFORMER model type) calibrated on the study's
+  calibration inputs, every MatMul outside the int8 layers in its ignored scope: weights and activations
+  in int8 (real int8 kernels: VNNI/AMX).
+Simulated 4/3/2 bits run in float as in eager. `slimformer profile --runtime openvino` runs the
+microbenchmark grid's kernel graphs through `kernel`.
 
 The CPU plugin flushes denormals by setting FTZ/DAZ on the thread that compiles the model, and a
 synchronous inference runs on the calling thread: left alone, that state would stay on the thread
@@ -27,7 +34,9 @@ puts the caller's state back, and `infer` sets the compiled model's for each inf
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
+import json
 import logging
 import tempfile
 import warnings
@@ -36,20 +45,62 @@ from pathlib import Path
 from .runtime import ArtifactSession, Runtime, module_version, optional_module
 
 __all__ = ["RUNTIME", "INSTALL_HINT", "convert", "compile_ir", "infer", "flushes_denormals", "save_ir",
-           "IR_FILES", "COMPILE_CONFIG", "kernel"]
+           "IR_FILES", "COMPILE_CONFIG", "COMPILE_FILE", "kernel", "compile_config_for", "capabilities"]
 
 INSTALL_HINT = "device.runtime openvino needs: pip install 'slimformer[openvino]'"
-# how the CPU plugin compiles every timed model; the manifest of an openvino artifact carries it
+# how the CPU plugin compiles every timed model (the precision hint per plan: compile_config_for); the
+# artifact carries what it was compiled with (COMPILE_FILE, and the export's manifest)
 COMPILE_CONFIG = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "CPU_DENORMALS_OPTIMIZATION": True}
 IR_FILES = ("model.xml", "model.bin")
+COMPILE_FILE = "compile.json"
+
+
+@functools.lru_cache(maxsize=1)
+def capabilities() -> tuple[str, ...]:
+    """The CPU plugin's OPTIMIZATION_CAPABILITIES on this machine (e.g. FP32, BF16, INT8); () without
+    OpenVINO."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return ()
+    return tuple(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def _formats() -> dict[str, str | None]:
+    caps = capabilities()
+    return {"float32": None, "int8": None,
+            "bfloat16": None if "BF16" in caps else "the CPU plugin lists no BF16 capability on this CPU "
+                                                    "(it needs AVX512-BF16 or AMX)",
+            "int8_static": None if "INT8" in caps else "the CPU plugin lists no INT8 capability on this CPU"}
+
+
+def compile_config_for(bf16: bool) -> dict:
+    """COMPILE_CONFIG with the inference precision of a plan with (or without) bits-16 layers."""
+    return {**COMPILE_CONFIG, "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"}
 
 
 def _matmul_names(model) -> list[str]:
     return [op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "MatMul"]
 
 
-def convert(onnx_path: str | Path, int8_modules: list[str] = ()):
-    """The OpenVINO model of a float32 ONNX export; the MatMuls of `int8_modules` get int8 weights."""
+@contextlib.contextmanager
+def _quiet_nncf():
+    """NNCF prints a bit-width table for every call and a rich progress bar on stdout: a search prints
+    its own progress."""
+    nncf_log = logging.getLogger("nncf")
+    level = nncf_log.level
+    nncf_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        nncf_log.setLevel(level)
+
+
+def convert(onnx_path: str | Path, int8_modules: list[str] = (), calibration: list[dict] | None = None):
+    """The OpenVINO model of a float32 ONNX export; the MatMuls of `int8_modules` get int8 weights, or
+    with `calibration` (input dicts) int8 weights and activations (nncf.quantize)."""
     ov = optional_module("openvino", INSTALL_HINT)
     model = ov.convert_model(str(onnx_path))
     if not int8_modules:
@@ -63,16 +114,14 @@ def convert(onnx_path: str | Path, int8_modules: list[str] = ()):
     keep = [n for n in names if any(n.replace(".", "/").startswith(p) for p in prefixes)]
     if not keep:
         raise RuntimeError("no MatMul of the int8 layers was found in the OpenVINO model")
-    ignored = nncf.IgnoredScope(names=[n for n in names if n not in keep], types=["Gather"], validate=False)
-    nncf_log = logging.getLogger("nncf")
-    level = nncf_log.level
-    nncf_log.setLevel(logging.ERROR)  # NNCF prints a bit-width table for every call
-    try:  # and a rich progress bar on stdout: a search prints its own progress
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
+    others = [n for n in names if n not in keep]
+    with _quiet_nncf():
+        if calibration is None:
+            ignored = nncf.IgnoredScope(names=others, types=["Gather"], validate=False)
             return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM, ignored_scope=ignored)
-    finally:
-        nncf_log.setLevel(level)
+        ignored = nncf.IgnoredScope(names=others, validate=False)
+        return nncf.quantize(model, nncf.Dataset(calibration), model_type=nncf.ModelType.TRANSFORMER,
+                             subset_size=len(calibration), ignored_scope=ignored)
 
 
 def flushes_denormals() -> bool:
@@ -125,23 +174,40 @@ def save_ir(model, folder: Path) -> list[str]:
 
 
 def build(model, inputs: dict, folder: Path, options: dict) -> dict:
-    """model.xml + model.bin of a built candidate (through the same float32 ONNX graph as ONNX Runtime)."""
-    from .graph import export_onnx, float_copy
+    """model.xml + model.bin of a built candidate (through the same float32 ONNX graph as ONNX Runtime),
+    and compile.json: the settings it is compiled with (bf16 precision when it has bits-16 layers)."""
+    from slimformer.methods import plan_of
 
+    from .graph import calibration_feeds, export_onnx, float_copy, has_bf16
+
+    plan = plan_of(model)
+    static = plan is not None and plan.int8_scheme == "static"
+    bf16 = has_bf16(model)
     fmodel, int8 = float_copy(model, RUNTIME.refusal(16))
+    calibration = None
+    if int8 and static:
+        calibration = calibration_feeds(options, inputs, "int8_scheme static")
     with tempfile.TemporaryDirectory(prefix="slimformer-openvino-") as tmp:
         path = export_onnx(fmodel, inputs, Path(tmp) / "model.onnx")
-        files = save_ir(convert(path, int8), folder)
-    return {"files": files, "int8_layers": int8, "int8_weights": "int8_sym weight compression" if int8 else None,
-            "compile_config": COMPILE_CONFIG}
+        files = save_ir(convert(path, int8, calibration), folder)
+    config = compile_config_for(bf16)
+    (folder / COMPILE_FILE).write_text(json.dumps(config, sort_keys=True))
+    how = None
+    if int8:
+        how = (f"int8 weights and activations (nncf.quantize, {len(calibration)} calibration inputs)" if static
+               else "int8_sym weight compression")
+    return {"files": [*files, COMPILE_FILE], "int8_layers": int8, "int8_weights": how, "compile_config": config,
+            "int8_scheme": ("static" if static else "dynamic") if int8 else None}
 
 
 def load(files: dict[str, bytes], threads: int) -> ArtifactSession:
+    """The artifact compiled with the settings it carries (compile.json; COMPILE_CONFIG without one)."""
     import numpy as np
 
     ov = optional_module("openvino", INSTALL_HINT)
     weights = ov.Tensor(np.frombuffer(files["model.bin"], dtype=np.uint8).copy())
-    compiled = compile_ir(ov.Core().read_model(files["model.xml"].decode(), weights), threads)
+    config = json.loads(files[COMPILE_FILE]) if COMPILE_FILE in files else None
+    compiled = compile_ir(ov.Core().read_model(files["model.xml"].decode(), weights), threads, config)
     request = infer(compiled)
 
     def run(feed):
@@ -172,7 +238,7 @@ def kernel(path: Path, threads: int, int8_modules=()):
 
 
 RUNTIME = Runtime(
-    name="openvino", summary="OpenVINO, CPU", artifact_format="openvino", real_bits=(32, 8),
-    refused={16: "its CPU inference precision is pinned to float32 here (bf16 only pays with AMX)"},
-    requires=("onnx", "openvino", "nncf"), install_hint=INSTALL_HINT, profiled=True,
+    name="openvino", summary="OpenVINO, CPU", artifact_format="openvino", formats=_formats,
+    model_wide_precision=True, requires=("onnx", "openvino", "nncf"), install_hint=INSTALL_HINT, profiled=True,
+    profiled_formats=("float32", "int8"),
     version=lambda: module_version("openvino", lambda ov: ov.get_version()), build=build, load=load, kernel=kernel)

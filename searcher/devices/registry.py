@@ -11,7 +11,7 @@ from . import compiled, eager, onnxruntime, openvino
 from .runtime import Runtime
 
 __all__ = ["RUNTIMES", "AUTO", "get_runtime", "check_runtime", "check_space", "profiled_runtimes",
-           "study_runtimes", "runtimes_for_bits", "space_refusal"]
+           "study_runtimes", "runtimes_for_bits", "space_refusal", "study_formats", "native_choices"]
 
 RUNTIMES: dict[str, Runtime] = {m.RUNTIME.name: m.RUNTIME for m in (eager, compiled, onnxruntime, openvino)}
 AUTO = "auto"
@@ -43,15 +43,32 @@ def check_runtime(name: str) -> tuple[str, ...]:
     return names
 
 
-def runtimes_for_bits(name: str, bits) -> tuple[str, ...]:
-    """The study's runtimes that run every bit-width in `bits` (a plan's layers) as built."""
-    return tuple(n for n in study_runtimes(name) if not any(RUNTIMES[n].refusal(b) for b in set(bits)))
+def runtimes_for_bits(name: str, bits, scheme: str = "dynamic") -> tuple[str, ...]:
+    """The study's runtimes that run a plan whose kept layers have the bit-widths `bits` (int8 layers in
+    `scheme`) as built, on this CPU."""
+    return tuple(n for n in study_runtimes(name) if RUNTIMES[n].plan_refusal(bits, scheme) is None)
 
 
-def space_refusal(name: str, bits: int) -> str | None:
-    """Why no runtime of the study can run layers of `bits`, or None when one can."""
-    reasons = [RUNTIMES[n].refusal(bits) for n in study_runtimes(name)]
+def space_refusal(name: str, bits: int, scheme: str = "dynamic") -> str | None:
+    """Why no runtime of the study can run layers of `bits` (int8: in `scheme`), or None when one can."""
+    reasons = [RUNTIMES[n].refusal(bits, scheme) for n in study_runtimes(name)]
     return None if not all(reasons) else "; ".join(reasons)
+
+
+def study_formats(name: str) -> dict[str, list[str]]:
+    """runtime -> the number formats it runs on a real kernel on this CPU, for the study's runtimes (the
+    device facts a study stores and `report` shows)."""
+    return {n: list(RUNTIMES[n].native_formats()) for n in study_runtimes(name)}
+
+
+def native_choices(name: str, fast_bf16: bool) -> tuple[list[int], list[str]]:
+    """(bit-widths, int8 schemes) a space searches by default on this device: 32 and 8 always; 16 where a
+    runtime of the study runs bfloat16 on a real kernel AND the CPU computes it natively (`fast_bf16`:
+    AVX512-BF16 or AMX; elsewhere bf16 is emulated and never pays); the static int8 scheme where a
+    runtime of the study calibrates int8 activations on this CPU."""
+    formats = {f for fs in study_formats(name).values() for f in fs}
+    bits = [32, *([16] if fast_bf16 and "bfloat16" in formats else []), 8]
+    return bits, ["dynamic", *(["static"] if "int8_static" in formats else [])]
 
 
 # a space dimension only some runtimes read: the Runtime flag saying so, and what its readers do
@@ -59,7 +76,8 @@ _READ_BY = {"int8_weights": ("reads_int8_weights", "quantizes int8 layers itself
             "attention": ("reads_attention", "run the PyTorch module")}
 
 
-def check_space(name: str, bits, quant_methods, where: str = "study", int8_weights=(), attention=()) -> None:
+def check_space(name: str, bits, quant_methods, where: str = "study", int8_weights=(), attention=(),
+                int8_schemes=(), shared_bits: bool = False) -> None:
     """UserError when the searched space holds bit-widths or rounding the runtime cannot run as built
     (with `auto`: that none of the competing runtimes can), or int8 weight types or attention
     implementations no runtime of the study reads."""
@@ -73,6 +91,14 @@ def check_space(name: str, bits, quant_methods, where: str = "study", int8_weigh
         refusal = space_refusal(name, b)
         if refusal:
             raise UserError(f"{where}: space.bits: {refusal}; leave {b} out")
+    runtimes = [RUNTIMES[n] for n in study_runtimes(name)]
+    if {32, 16} <= set(bits) and not shared_bits and all(r.model_wide_precision for r in runtimes):
+        raise UserError(f"{where}: space.bits: {runtimes[0].plan_refusal([32, 16])}; tie bits shared "
+                        "(one bit-width for all layers), or leave 32 or 16 out")
+    for scheme in int8_schemes:
+        refusal = space_refusal(name, 8, scheme)
+        if refusal:
+            raise UserError(f"{where}: space.int8_scheme: {refusal}; leave {scheme} out")
     if 8 in bits:
         for method in quant_methods:
             runtimes = [RUNTIMES[n] for n in study_runtimes(name)]

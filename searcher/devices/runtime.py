@@ -1,6 +1,8 @@
 """What a deployment runtime declares (`device.runtime`), once, in its own module of this package.
 
-A `Runtime` says which bit-widths it runs on a real kernel and which it refuses (and why), which
+A `Runtime` says which number formats it runs on a real kernel ON THIS CPU (`formats`: decided from the
+device at run time, e.g. OpenVINO's OPTIMIZATION_CAPABILITIES or PyTorch's oneDNN; a format it cannot
+run here is refused with the reason), which
 modules it needs and the line that installs them, whether `slimformer profile` has a microbenchmark
 grid for it (and, for a runtime that reads ONNX, how that grid's kernel graphs run in it), the artifact
 format `export` writes for a trial timed in it, and how a built candidate becomes a runnable thing:
@@ -20,7 +22,21 @@ from pathlib import Path
 
 from ..errors import UserError
 
-__all__ = ["Runtime", "ArtifactSession", "ArtifactRunner", "optional_module", "module_version"]
+__all__ = ["Runtime", "ArtifactSession", "ArtifactRunner", "optional_module", "module_version", "FORMATS",
+           "format_of", "SIMULATED"]
+
+# the number formats a layer can run in: float32 (bits 32), bfloat16 (bits 16), int8 without calibration
+# (bits 8, plan.int8_scheme dynamic: PyTorch/ONNX Runtime quantize activations per call, OpenVINO keeps
+# them float) and int8 with calibrated activations (bits 8, int8_scheme static)
+FORMATS = ("float32", "bfloat16", "int8", "int8_static")
+SIMULATED = "simulated"  # bits 4/3/2: rounded to the low-bit grid, stored and run in float32 everywhere
+
+
+def format_of(bits: int, scheme: str = "dynamic") -> str:
+    """The number format a layer of `bits` (and int8 scheme) runs in; SIMULATED for 4/3/2 bits."""
+    if bits == 8:
+        return "int8_static" if scheme == "static" else "int8"
+    return {32: "float32", 16: "bfloat16"}.get(bits, SIMULATED)
 
 
 def optional_module(name: str, hint: str):
@@ -69,8 +85,14 @@ class Runtime:
     name: str
     summary: str
     artifact_format: str  # what `export` writes for a trial timed here (pytorch, onnx, openvino)
-    real_bits: tuple[int, ...]  # bit-widths on a real kernel here; 4/3/2 are simulated in float32 everywhere
-    refused: dict[int, str] = field(default_factory=dict)  # bit-width -> why it cannot run here
+    # () -> {format: None when it runs on a real kernel on this CPU, else why not}, for every FORMATS entry;
+    # read from the device at run time (cached by the runtime module)
+    formats: Callable[[], dict[str, str | None]] = lambda: {"float32": None}
+    # a plan whose float layers mix float32 and bfloat16 cannot run here (the precision is model-wide)
+    model_wide_precision: bool = False
+    # the formats `slimformer profile` times for it: the cost model predicts a plan in other formats in this
+    # runtime as if they were float32/int8, so the screen measures such a plan instead of skipping it
+    profiled_formats: tuple[str, ...] = ("float32", "bfloat16", "int8")
     refused_methods: dict[str, str] = field(default_factory=dict)  # quant_method -> why it is not what runs
     requires: tuple[str, ...] = ()  # modules it imports
     install_hint: str | None = None
@@ -98,10 +120,36 @@ class Runtime:
             return False
         return True
 
-    def refusal(self, bits: int) -> str | None:
-        """Why layers of `bits` cannot run in this runtime, or None when they can."""
-        reason = self.refused.get(bits)
-        return f"bits {bits} cannot run with device.runtime {self.name}: {reason}" if reason else None
+    def native_formats(self) -> tuple[str, ...]:
+        """The formats this runtime runs on a real kernel on this CPU."""
+        found = self.formats()
+        return tuple(f for f in FORMATS if f in found and found[f] is None)
+
+    def refusal(self, bits: int, scheme: str = "dynamic") -> str | None:
+        """Why layers of `bits` (int8: in `scheme`) cannot run in this runtime here, or None when they can
+        (simulated 4/3/2 bits run wherever float32 does)."""
+        fmt = format_of(bits, scheme)
+        found = self.formats()
+        reason = found.get("float32" if fmt == SIMULATED else fmt, "not supported")
+        if reason is None:
+            return None
+        what = f"bits {bits}" + (f" ({fmt})" if bits == 8 else "")
+        return f"{what} cannot run with device.runtime {self.name}: {reason}"
+
+    def predicts(self, bits, scheme: str = "dynamic") -> bool:
+        """Whether its device profile covers every format of a plan with these bit-widths."""
+        return all(format_of(b, scheme) in (*self.profiled_formats, SIMULATED) for b in set(bits))
+
+    def plan_refusal(self, bits, scheme: str = "dynamic") -> str | None:
+        """Why a plan whose kept layers have these bit-widths cannot run here, or None."""
+        for b in sorted(set(bits), reverse=True):
+            reason = self.refusal(b, scheme)
+            if reason:
+                return reason
+        if self.model_wide_precision and {32, 16} <= set(bits):
+            return (f"device.runtime {self.name} sets its float precision for the whole model: a plan cannot "
+                    "mix bits 32 and 16")
+        return None
 
     def runner(self, model, inputs: dict, threads: int, options: dict | None = None):
         """A zero-argument callable running the built candidate on `inputs` as this runtime runs it."""

@@ -23,6 +23,9 @@ from .tasks import get_task
 
 __all__ = ["Workbench", "study_rows", "BASELINE_RUNTIME"]
 
+# static int8 calibrates activation scales on this many calibration examples (NNCF's and ONNX Runtime's
+# MinMax statistics settle within a few dozen sentences; each one is a forward pass of the float model)
+CALIBRATION_INPUTS = 64
 BASELINE_RUNTIME = "eager"  # the one baseline is stock float32 PyTorch, whatever runtime candidates run in
 
 
@@ -102,7 +105,31 @@ class Workbench:
     def runner(self, model, runtime: str | None = None):
         """A zero-argument callable running `model` on `self.inputs` in `runtime` (default: the study's
         runtime, or its first with `device.runtime: auto`)."""
-        return get_runtime(runtime or self.runtimes[0]).runner(model, self.inputs, self.cfg.device.threads)
+        return get_runtime(runtime or self.runtimes[0]).runner(model, self.inputs, self.cfg.device.threads,
+                                                               self.runtime_options())
+
+    def runtime_options(self) -> dict:
+        """What a runtime's build reads from the study: the calibration inputs of static int8."""
+        return {"calibration": self.calibration_inputs}
+
+    @cached_property
+    def calibration_inputs(self) -> list[dict]:
+        """Up to CALIBRATION_INPUTS calibration examples as single-row {input name: numpy} dicts, padding
+        trimmed: what a runtime calibrates static int8 activations on ([] without data.calibration)."""
+        out: list[dict] = []
+        if self.calibration is None:
+            return out
+        for batch in self.calibration.batches:
+            for inputs in self.calibration.model_inputs(batch):
+                tensors = {k: v for k, v in inputs.items() if torch.is_tensor(v)}
+                mask = tensors.get("attention_mask")
+                for i in range(next(iter(tensors.values())).shape[0]):
+                    n = int(mask[i].sum()) if mask is not None else None
+                    out.append({k: (v[i:i + 1, :n] if n and v.dim() == 2 else v[i:i + 1]).numpy()
+                                for k, v in tensors.items()})
+                    if len(out) == CALIBRATION_INPUTS:
+                        return out
+        return out
 
     def runners_for(self, model, plan: Plan | None) -> dict:
         """runtime -> `model`'s runner in it, for each of the study's runtimes that can run `plan`."""
@@ -131,7 +158,15 @@ class Workbench:
         if plan is None:
             return self.runtimes
         resolved = plan.resolve(get_adapter(self.model).shape())
-        return runtimes_for_bits(self.cfg.device.runtime, [resolved.bits[i] for i in resolved.layers])
+        return runtimes_for_bits(self.cfg.device.runtime, [resolved.bits[i] for i in resolved.layers],
+                                 resolved.int8_scheme)
+
+    def refusals(self, plan: Plan) -> str:
+        """Why each of the study's runtimes cannot run `plan` on this CPU (one line)."""
+        resolved = plan.resolve(get_adapter(self.model).shape())
+        bits = [resolved.bits[i] for i in resolved.layers]
+        return "; ".join(get_runtime(n).plan_refusal(bits, resolved.int8_scheme) or f"{n} can"
+                         for n in self.runtimes)
 
     # ----- the one baseline ---------------------------------------------------------------
     def adopt(self, baseline: dict | None) -> None:

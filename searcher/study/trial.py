@@ -106,6 +106,8 @@ def evaluate(bench, plan: Plan, baseline: dict, quality: float | None = None) ->
         model = bench.build(plan, structure_only=quality is not None)
         t1 = time.perf_counter()
         runners = bench.runners_for(model, plan)
+        if not runners:  # e.g. static int8 (not in PyTorch) beside bf16 layers (not in ONNX Runtime)
+            raise TrialFailed(f"no runtime of the study runs this plan on this CPU: {bench.refusals(plan)}")
         with bench.timing():  # first and further rounds in one turn of the lock
             est = time_candidate(bench, model, baseline, runners=runners)  # adaptive rounds, with the interval
         # quality of what the fastest runtime runs: its ONNX Runtime / OpenVINO artifact, as export hands it over

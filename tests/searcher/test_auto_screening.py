@@ -98,17 +98,30 @@ def test_a_plan_over_budget_in_every_runtime_is_skipped_one_fast_in_one_runtime_
 
 
 def test_bits_16_is_predicted_only_in_the_runtime_that_runs_it(eager_profile, config):
-    """ONNX Runtime and OpenVINO refuse bfloat16: a bits-16 plan counts in eager alone, so a fast
-    prediction elsewhere cannot save it."""
+    """ONNX Runtime refuses bfloat16: a bits-16 plan counts in eager alone, so a fast prediction there
+    cannot save it."""
     from slimformer.searcher.study.trial import Rejected
 
     pred = _predictor({"eager": _scaled(eager_profile, "eager", 1.0),
-                       "openvino": _scaled(eager_profile, "openvino", 0.01)}, config)
+                       "onnxruntime": _scaled(eager_profile, "onnxruntime", 0.01)}, config)
     bf16 = Plan(bits=16)
     assert set(pred.predict(bf16)["by_runtime"]) == {"eager"}
     baseline = pred.predictors["eager"].predict(Plan())["latency_ms"]
     with pytest.raises(Rejected, match="exceeds"):
         _propose(pred, bf16, baseline, speedup=20.0)
+
+
+def test_a_format_no_profile_timed_is_measured_not_screened(eager_profile, config, monkeypatch):
+    """OpenVINO's profile times float32 and int8 weights only: a plan it would run in bf16, or with static
+    int8, is never skipped on its prediction (which would be that of another format)."""
+    from slimformer.searcher.devices import openvino
+
+    monkeypatch.setattr(openvino, "capabilities", lambda: ("FP32", "BF16", "INT8"))
+    pred = _predictor({"openvino": _scaled(eager_profile, "openvino", 1.0)}, config)
+    baseline = pred.predictors["openvino"].predict(Plan())["latency_ms"]
+    for plan in (Plan(bits=16), Plan(bits=8, int8_scheme="static")):
+        assert pred.rejection(plan, baseline / 50) is None
+    assert pred.rejection(Plan(bits=8), baseline / 50)  # int8 weights: profiled, so screened
 
 
 def test_each_runtime_is_calibrated_on_its_own_measured_latency(eager_profile, config):

@@ -43,7 +43,8 @@ def test_int8_layers_get_int8_weights(tiny_models, tmp_path):
     t = tiny_models["bert"]
     model = apply_plan(t.build(), Plan(bits=[8, 32, 8]))
     facts = get_runtime("openvino").build(model, t.inputs(), tmp_path, {})
-    assert sorted(facts["files"]) == ["model.bin", "model.xml"] and len(facts["int8_layers"]) == 12
+    assert sorted(facts["files"]) == ["compile.json", "model.bin", "model.xml"] and len(facts["int8_layers"]) == 12
+    assert facts["int8_scheme"] == "dynamic" and facts["compile_config"]["INFERENCE_PRECISION_HINT"] == "f32"
     ir = openvino.Core().read_model(str(tmp_path / "model.xml"))
     consts = Counter(str(op.get_output_element_type(0)) for op in ir.get_ops() if op.get_type_name() == "Constant")
     assert consts["<Type: 'int8_t'>"] == 12  # the 12 int8 Linears, not layer 1's nor the embeddings
@@ -91,9 +92,9 @@ def test_search_with_openvino(make_study, cli, tmp_path):
     assert s.user_attrs["device"]["runtime"] == "openvino" and s.user_attrs["device"]["openvino"]
 
 
-def test_bits_16_with_openvino_is_exit_2(make_study, cli, expect_user_error):
-    study = make_study(device={"runtime": "openvino"}, space={"bits": [32, 16]})
-    expect_user_error(cli("search", study), "space.bits", "openvino")
+def test_bits_16_with_onnxruntime_is_exit_2(make_study, cli, expect_user_error):
+    study = make_study(device={"runtime": "onnxruntime"}, space={"bits": [32, 16]})
+    expect_user_error(cli("search", study), "space.bits", "onnxruntime", "bfloat16")
 
 
 def test_missing_openvino_is_exit_2(make_study, expect_user_error):
@@ -107,14 +108,16 @@ def test_every_runtime_declares_its_facts_once():
     from slimformer.searcher.config import load_study_config
     from slimformer.searcher.devices.artifacts import EXPORT_FORMATS
     from slimformer.searcher.devices.registry import RUNTIMES, get_runtime
+    from slimformer.searcher.devices.runtime import FORMATS
     from slimformer.searcher.errors import UserError
 
     assert list(RUNTIMES) == ["eager", "compile", "onnxruntime", "openvino"]
     assert EXPORT_FORMATS == ("pytorch", "onnx", "openvino")
     for rt in RUNTIMES.values():
         assert (rt.make_runner is None) != (rt.build is None and rt.load is None)
-        assert 32 in rt.real_bits and all(b not in rt.real_bits for b in rt.refused)
+        assert "float32" in rt.native_formats() and set(rt.formats()) == set(FORMATS)
     assert get_runtime("onnxruntime").refusal(16) and get_runtime("eager").refusal(16) is None
+    assert get_runtime("eager").refusal(8, "static") and get_runtime("onnxruntime").refusal(8, "static") is None
     with pytest.raises(UserError, match="device.runtime: unknown runtime 'tvm'"):
         get_runtime("tvm")
     assert load_study_config(data={"device": {"runtime": "openvino"}}).device.runtime == "openvino"

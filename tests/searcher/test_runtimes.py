@@ -87,14 +87,30 @@ def test_a_plans_int8_weights_choose_ort_s8_or_u8_reduce_range(tiny_models, tmp_
     assert not np.array_equal(got["s8"], got["u8"])  # the choice changes what runs
 
 
-def test_bf16_layers_are_refused(tiny_models):
+def test_bf16_layers_are_refused_by_a_runtime_without_bf16_or_made_float(tiny_models):
+    """A runtime with a reason (ONNX Runtime) refuses bits-16 layers; without one (OpenVINO, which sets
+    bf16 precision model-wide) they become float32 layers holding their bf16-rounded weights."""
+    import torch
     from slimformer.methods import Plan, apply_plan
-    from slimformer.searcher.devices.graph import float_copy
+    from slimformer.methods.quantize import is_bf16
+    from slimformer.searcher.devices.graph import float_copy, has_bf16
+    from slimformer.searcher.devices.onnxruntime import RUNTIME
     from slimformer.searcher.errors import UserError
 
     _, base = _tiny_bert(tiny_models)
-    with pytest.raises(UserError, match="bits 16"):
-        float_copy(apply_plan(base, Plan(bits=[16, 32, 32])))
+    built = apply_plan(base, Plan(bits=[16, 32, 32]))
+    with pytest.raises(UserError, match="bits 16.*ONNX Runtime"):
+        float_copy(built, RUNTIME.refusal(16))
+    fmodel, int8 = float_copy(built)
+    assert has_bf16(built) and not has_bf16(fmodel) and int8 == []
+    assert not any(is_bf16(m) for m in fmodel.modules())
+    assert all(p.dtype == torch.float32 for p in fmodel.parameters())
+    w_bf16 = dict(built.named_parameters())["bert.encoder.layer.0.attention.self.query.weight"]
+    w_float = dict(fmodel.named_parameters())["bert.encoder.layer.0.attention.self.query.weight"]
+    assert w_bf16.dtype == torch.bfloat16 and torch.equal(w_bf16.float(), w_float)
+    ids = torch.randint(5, 90, (2, 7))
+    with torch.no_grad():  # float32 compute on bf16-rounded weights: close to the bf16 layer's output
+        assert torch.allclose(built(input_ids=ids).logits, fmodel(input_ids=ids).logits, atol=5e-2)
 
 
 def test_profile_and_search_with_onnxruntime(tmp_path, make_study, cli, monkeypatch):
