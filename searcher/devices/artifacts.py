@@ -220,7 +220,7 @@ def write_artifact(fmt: str, bench, model, out: Path, info: dict, options: dict 
     try:
         log(f"building the {fmt} artifact ...")
         with tempfile.TemporaryDirectory(prefix="slimformer-build-") as tmp:
-            facts = build_artifact(fmt, model, bench.inputs, Path(tmp), options)
+            facts = build_artifact(fmt, model, bench.inputs, Path(tmp), {**bench.runtime_options(), **(options or {})})
             paths = model_paths(fmt, task, facts["files"])
             for name in facts["files"]:
                 (stage / paths[name]).parent.mkdir(parents=True, exist_ok=True)
@@ -250,6 +250,7 @@ def write_artifact(fmt: str, bench, model, out: Path, info: dict, options: dict 
             "runtime_files": {f: paths[f] for f in facts["files"]}, "library_files": library,
             "inputs": {k: dims[k] for k in session.inputs}, "outputs": session.outputs,
             "dynamic_axes": True, "int8_layers": facts["int8_layers"], "int8_weights": facts["int8_weights"],
+            "int8_scheme": facts.get("int8_scheme"),
             **({"compile_config": facts["compile_config"]} if facts.get("compile_config") else {}),
             "verification": {"max_abs_diff": art.max_abs_diff, "masked": True, "scored_output": scored,
                              "scored_max_abs_diff": art.scored_diff, "scored_scale": art.scored_scale,

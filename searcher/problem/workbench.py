@@ -14,7 +14,7 @@ from slimformer.methods.surgery import set_attention
 from ..config import StudyConfig
 from ..devices.attention import fastest_attention
 from ..devices.latency import device_facts, fixed_threads, measure_latency
-from ..devices.registry import check_runtime, get_runtime, runtimes_for_bits
+from ..devices.registry import check_runtime, get_runtime, runtimes_for_bits, study_formats
 from ..devices.timelock import lock_path, timing_lock
 from ..errors import UserError
 from .data import is_builtin_source, load_rows
@@ -114,8 +114,12 @@ class Workbench:
 
     @cached_property
     def calibration_inputs(self) -> list[dict]:
-        """Up to CALIBRATION_INPUTS calibration examples as single-row {input name: numpy} dicts, padding
-        trimmed: what a runtime calibrates static int8 activations on ([] without data.calibration)."""
+        """What a runtime calibrates static int8 activations on: CALIBRATION_INPUTS examples."""
+        return self.calibration_examples(CALIBRATION_INPUTS)
+
+    def calibration_examples(self, limit: int) -> list[dict]:
+        """Up to `limit` calibration examples as single-row {input name: numpy} dicts, padding trimmed ([]
+        without data.calibration)."""
         out: list[dict] = []
         if self.calibration is None:
             return out
@@ -127,7 +131,7 @@ class Workbench:
                     n = int(mask[i].sum()) if mask is not None else None
                     out.append({k: (v[i:i + 1, :n] if n and v.dim() == 2 else v[i:i + 1]).numpy()
                                 for k, v in tensors.items()})
-                    if len(out) == CALIBRATION_INPUTS:
+                    if len(out) == limit:
                         return out
         return out
 
@@ -271,7 +275,7 @@ class Workbench:
     def facts(self) -> dict:
         d = self.cfg.device
         facts = {**device_facts(d.threads, d.runtime), "batch_size": d.batch_size, "seq_len": d.seq_len,
-                 **self.baseline_facts()}
+                 "formats": study_formats(d.runtime), **self.baseline_facts()}
         if self.runtimes != (BASELINE_RUNTIME,):
             facts["uncompressed"] = self.uncompressed_speedups
         return facts

@@ -249,6 +249,10 @@ def _device_text(dev: dict | None) -> str:
         timed = ", ".join(f"{k} {v:.2f} ms" for k, v in (dev.get("attention_ms") or {}).items())
         text += (f"\n  baseline: the uncompressed float32 model in eager PyTorch with {dev['attention']} attention"
                  + (f" (the faster stock setting here: {timed})" if timed else ""))
+    if dev.get("flags") is not None:
+        text += f"\n  ISA flags: {', '.join(dev['flags']) or 'none of those looked for'}"
+    for runtime, formats in (dev.get("formats") or {}).items():  # what runs on a real kernel here
+        text += f"\n  {runtime} runs here on real kernels: {', '.join(formats)}"
     for runtime, u in (dev.get("uncompressed") or {}).items():  # what each runtime alone buys
         text += f"\n  uncompressed model in {runtime}: {u['latency_ms']:.2f} ms, {u['speedup']:.2f}x the baseline"
     return text

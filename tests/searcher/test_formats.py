@@ -239,3 +239,27 @@ def test_a_loaded_openvino_artifact_compiles_with_the_settings_it_carries(tiny_m
     (tmp_path / "b").mkdir()
     f32 = ov_runtime.build(apply_plan(t.build(), Plan(bits=[8, 32, 32])), t.inputs(), tmp_path / "b", {})
     assert f32["compile_config"]["INFERENCE_PRECISION_HINT"] == "f32"
+
+
+def test_a_native_space_searches_static_int8_and_the_export_carries_it(make_study, cli, tmp_path):
+    """`bits: native` under ONNX Runtime (which runs static int8 on every CPU): the search logs what it
+    chose from the device, stores the formats in its device facts, runs static-int8 trials (the study pins
+    the scheme to static), and the exported artifact says which scheme it carries."""
+    study = make_study(device={"runtime": "onnxruntime"},
+                       space={"heads": {"choices": [2, 4]}, "bits": {"choices": "native", "tie": "shared"},
+                              "int8_scheme": ["static"]},
+                       search={"trials": 3, "seed": 0, "sampler": "random"})
+    res = cli("search", study)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "bits: native on this CPU: 32, 8; int8 schemes dynamic, static" in res.stderr  # pinned to static
+    report = json.loads(cli("report", study, "--json", "--all", "--no-rescore").stdout)
+    assert report["device"]["formats"] == {"onnxruntime": ["float32", "int8", "int8_static"]}
+    static = [t for t in report["trials"] if (t.get("plan") or {}).get("int8_scheme") == "static"
+              and 8 in t["plan"]["bits"]]
+    assert static, [t.get("plan") for t in report["trials"]]
+    out = tmp_path / "exported"
+    res = cli("export", study, "--trial", static[0]["number"], "--format", "onnx", "--out", out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["int8_scheme"] == "static" and manifest["int8_layers"]
+    assert "quantize_static" in manifest["int8_weights"]
