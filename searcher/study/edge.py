@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,7 +151,7 @@ def _timed(point: AxisPoint, samples: dict, name: str, runtime: str, confidence:
     low, _ = speedup_interval(ratios, confidence)
     _, high = speedup_interval(ratios, REFUSE_CONFIDENCE)
     high = max(high, float(np.quantile(ratios, SPREAD_QUANTILE)))
-    point.speedup, point.low, point.high = sorted(ratios)[len(ratios) // 2], low, high
+    point.speedup, point.low, point.high = statistics.median(ratios), low, high
     point.latency_ms, point.baseline_ms = samples[name].median_ms, samples["baseline"].median_ms
     point.runtime = runtime
     return point
