@@ -1,5 +1,6 @@
 """Loading models: a local directory, a hub id (when online), the bundled alias `minilm-l6`,
-or `recipe:<name>` (a small model trained here once and cached, see recipes.py)."""
+`recipe:<name>` (a small model trained here once and cached, see recipes.py), or a GGUF file
+(`.gguf`, or the alias `smollm2-135m`: dequantized once and cached as a folder, see gguf.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UserError
+from .gguf import gguf_folder, is_gguf
 
 __all__ = ["resolve_model_path", "load_model", "load_tokenizer", "load_preprocessor", "MINILM_SHA256", "ALIASES",
            "RECIPE_PREFIX", "SOURCES", "register_source"]
@@ -50,13 +52,16 @@ def _bundled(alias: str) -> Path:
 
 
 def resolve_model_path(name: str) -> str:
-    """A local directory, a bundled alias or a recipe (trained on first use) becomes a path;
+    """A local directory, a bundled alias, a recipe (trained on first use) or a GGUF file (dequantized on
+    first use) becomes a path;
     anything else is taken as a hub id."""
     for prefix, source in SOURCES.items():
         if name.startswith(prefix):
             return str(source(name[len(prefix):].strip()))
     if name in ALIASES:
         return str(_bundled(name))
+    if is_gguf(name):
+        return str(gguf_folder(name))
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
