@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import UserError
 
 __all__ = [
-    "StudyConfig", "ModelSection", "TaskSection", "DataSection", "DeviceSection", "BudgetSection",
+    "StudyConfig", "ModelSection", "TaskSection", "DataSection", "DeviceSection", "GenerateSection", "BudgetSection",
     "SearchSection", "load_study_config", "format_error", "TASKS", "TASK_FIELDS", "SAMPLERS",
 ]
 
@@ -35,12 +35,16 @@ class _Section(BaseModel):
 
 
 class ModelSection(_Section):
-    name: str = Field("minilm-l6", description="local directory, hub id, the alias minilm-l6, or recipe:<name>")
+    name: str = Field("minilm-l6", description="local directory, hub id, the alias minilm-l6, recipe:<name>, "
+                      "a .gguf file or the alias smollm2-135m")
 
 
 class TaskSection(_Section):
     type: Literal[TASKS] = "sentence-similarity"
     max_length: int = Field(128, ge=8, le=4096, description="tokenizer truncation length for quality")
+    stride: int | None = Field(None, ge=1, description="causal-lm: score the text as one token stream in windows "
+                               "of max_length tokens advancing by stride (sliding-window perplexity); default: "
+                               "each row on its own")
 
 
 class DataSection(_Section):
@@ -71,6 +75,13 @@ class DataSection(_Section):
         return self
 
 
+class GenerateSection(_Section):
+    """Decoder latency as users measure it (task causal-lm; docs/decoders.md): batch 1, greedy, a KV cache."""
+
+    prompt_tokens: int = Field(128, ge=1, le=8192, description="prompt length P: prefill ms is one forward over it")
+    new_tokens: int = Field(128, ge=1, le=8192, description="greedy tokens G: decode ms is their mean per token")
+
+
 class DeviceSection(_Section):
     runtime: str = Field("eager", description="eager, compile, onnxruntime, openvino, or auto: the installed "
                          "runtimes compete per candidate (searcher/devices/registry.py)")
@@ -82,11 +93,17 @@ class DeviceSection(_Section):
     max_rounds: int = Field(60, ge=3, description="rounds at most for a candidate whose speedup interval "
                             "straddles the budget; also the rounds of the final re-timing")
     warmup: int = Field(3, ge=0)
+    generate: GenerateSection | None = Field(None, description="causal-lm: time prefill and decode with a KV cache "
+                                             "instead of one forward over batch_size x seq_len")
 
 
 class BudgetSection(_Section):
     latency_ms: float | None = Field(None, gt=0)
     speedup: float | None = Field(None, gt=0)
+    decode_speedup: float | None = Field(None, gt=0, description="with device.generate: decode tokens per second "
+                                         "over the original's (latency_ms is then ms per generated token)")
+    prefill_speedup: float | None = Field(None, gt=0, description="with device.generate: the original's prefill "
+                                          "time (time to first token) over the candidate's")
     max_quality_drop: float | None = Field(None, ge=0, description="in metric points (e.g. Spearman x100)")
     size_mb: float | None = Field(None, gt=0)
     confidence: float = Field(0.9, ge=0.5, lt=1, description="a latency budget holds when the one-sided "
@@ -94,8 +111,8 @@ class BudgetSection(_Section):
 
     @model_validator(mode="after")
     def _one_latency_target(self):
-        if self.latency_ms is not None and self.speedup is not None:
-            raise ValueError("give either latency_ms or speedup, not both")
+        if sum(v is not None for v in (self.latency_ms, self.speedup, self.decode_speedup)) > 1:
+            raise ValueError("give one of latency_ms, speedup and decode_speedup, not several")
         return self
 
 
@@ -162,6 +179,23 @@ class StudyConfig(_Section):
             p = self.path.parent / p
         return p
 
+    def decoder_refusal(self) -> str | None:
+        """Why device.generate and the decoder budgets do not fit this study (None when they do)."""
+        gen, b = self.device.generate, self.budget
+        if gen is None:
+            if b.decode_speedup is not None or b.prefill_speedup is not None:
+                return ("budget.decode_speedup and prefill_speedup need device.generate (task causal-lm)")
+            return None
+        if self.task.type != "causal-lm":
+            return (f"device.generate times a decoder's prefill and decode: it needs task causal-lm, "
+                             f"not {self.task.type}")
+        if self.device.runtime != "eager":
+            return (f"device.generate runs in eager PyTorch only (a KV-cache loop for runtime "
+                             f"{self.device.runtime!r} is not built yet): set device.runtime: eager")
+        if b.speedup is not None:
+            return "with device.generate, name the phase: budget.decode_speedup or prefill_speedup, not speedup"
+        return None
+
     @property
     def name(self) -> str:
         return self.search.study_name or (self.path.stem if self.path else "study")
@@ -215,6 +249,8 @@ def load_study_config(path: str | Path | None = None, data: dict | None = None) 
         raise UserError(f"{path or 'study'}: {format_error(exc)}") from None
     except TypeError as exc:
         raise UserError(f"{path or 'study'}: {exc}") from None
+    if cfg.decoder_refusal():
+        raise UserError(f"{path or 'study'}: {cfg.decoder_refusal()}")
     if cfg.space is not None:
         from slimformer.spaces import SpaceError, parse_space_config
 

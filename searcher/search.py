@@ -141,6 +141,9 @@ def _predictor(cfg: StudyConfig, bench, log):
     from .cost.profile import ProfileError
     from .cost.screen import study_predictor
 
+    if cfg.device.generate is not None:  # it predicts one forward over batch x seq_len, not a decode step
+        log("device.generate: no cost-model screening (the cost model does not predict prefill or decode yet)")
+        return None
     try:
         return study_predictor(bench.runtimes, cfg.device.threads, cfg.resolve_path(cfg.device.profile),
                                bench.model.config, cfg.device.seq_len, cfg.device.batch_size,

@@ -95,8 +95,10 @@ def adaptive_speedup(more_rounds: Callable[[int], tuple[list[float], list[float]
 
 
 def speedup_target(budget, baseline_ms: float) -> float | None:
-    """The speedup a latency budget asks for (budget.speedup, or baseline_ms / budget.latency_ms)."""
-    speedup = budget.get("speedup") if isinstance(budget, dict) else budget.speedup
+    """The speedup a latency budget asks for (budget.speedup, or baseline_ms / budget.latency_ms; for a
+    decoder with device.generate budget.decode_speedup, the baseline then in ms per generated token)."""
+    get = budget.get if isinstance(budget, dict) else (lambda key: getattr(budget, key, None))
+    speedup = get("speedup") if get("speedup") is not None else get("decode_speedup")
     latency = budget.get("latency_ms") if isinstance(budget, dict) else budget.latency_ms
     if speedup is not None:
         return float(speedup)

