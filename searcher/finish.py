@@ -56,7 +56,7 @@ TIMING_RESERVE_S = 30.0  # kept back under --minutes for the final interleaved t
 
 def _candidates(study, bench, top: int, log) -> list:
     """The `top` feasible trials of highest search quality that hold the budget re-timed (the
-    study's stored re-timing, re-timed first when trials finished since: searcher/retime.py)."""
+    study's stored re-timing, re-timed first when trials finished since: searcher/report/retime.py)."""
     from .report.retime import RETIME_TOP, candidates, is_current, retime, retimed
 
     k = max(top, RETIME_TOP)
@@ -221,7 +221,7 @@ def run_finish(cfg: StudyConfig, *, storage=None, study_name=None, top: int = DE
 
 def _retime(study, bench, finals, handle, log) -> None:
     """All stored final models against the uncompressed model in one interleaved measurement,
-    bounded and judged as the search's re-timing is (searcher/retime.py)."""
+    bounded and judged as the search's re-timing is (searcher/report/retime.py)."""
     import statistics
 
     from slimformer.methods import load_compressed

@@ -26,6 +26,7 @@ import time
 from slimformer.methods import Plan
 
 from ..config import StudyConfig
+from ..devices.registry import get_runtime
 from ..study.session import SearchSession
 from ..study.trial import evaluate
 from .faults import fault_for, inject
@@ -277,8 +278,9 @@ def make_runner(session: SearchSession):
     cfg, log = session.cfg, session.log
     if not isolation_enabled(cfg, session.target):
         return InProcessRunner(session.bench)
-    if cfg.device.runtime == "compile":
-        log("note: isolated trials with runtime compile recompile in every fresh worker")
+    for name in session.bench.runtimes:
+        if get_runtime(name).fresh_process_cost:
+            log(f"note: isolated trials with runtime {name}: {get_runtime(name).fresh_process_cost}")
     from optuna.trial import TrialState
 
     slowest = 0.0

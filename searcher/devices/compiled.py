@@ -18,4 +18,5 @@ def _runner(model, inputs, threads):
 
 
 RUNTIME = Runtime(name="compile", summary="torch.compile", artifact_format="pytorch", formats=pytorch_formats,
+                  fresh_process_cost="torch.compile recompiles every candidate in each fresh worker process",
                   competes=False, reads_attention=True, make_runner=_runner)

@@ -93,6 +93,7 @@ class Runtime:
     # the formats `slimformer profile` times for it: the cost model predicts a plan in other formats in this
     # runtime as if they were float32/int8, so the screen measures such a plan instead of skipping it
     profiled_formats: tuple[str, ...] = ("float32", "bfloat16", "int8")
+    fresh_process_cost: str | None = None  # what every fresh (isolated) trial process pays again, if much
     refused_methods: dict[str, str] = field(default_factory=dict)  # quant_method -> why it is not what runs
     requires: tuple[str, ...] = ()  # modules it imports
     install_hint: str | None = None

@@ -37,7 +37,13 @@ def _row(t) -> dict:
         "latency_source": a.get("latency_source", "measured"), "transferred_from": a.get("transferred_from"),
         "runtime": a.get("runtime"), "runtime_speedups": a.get("runtime_speedups"),
         "predicted_runtime_ms": a.get(PREDICTED_BY_RUNTIME),
+        **{k: a[k] for k in DECODER_KEYS if k in a},  # decoders (device.generate): which latency, and the prefill
     }
+
+
+# a decoder's trial (device.generate, docs/decoders.md): latency_ms is decode ms per generated token
+DECODER_KEYS = ("latency_phase", "decode_tokens_per_s", "prefill_ms", "prefill_speedup", "prefill_speedup_low",
+                "prefill_speedup_high")
 
 
 def pareto_front(rows: list[dict], keys=("quality", "latency_ms")) -> list[dict]:
@@ -139,7 +145,7 @@ def report_study(cfg: StudyConfig, storage: str | None = None, study_name: str |
         "best": None if best is None else by_number.get(best.number),
         "best_search": None if searched is None else by_number.get(searched.number),
         "cost_model": _cost_model_accuracy(rows, study.user_attrs.get("baseline", {}).get("latency_ms")),
-        # final models (slimformer finish), from the sibling study <name>:final (searcher/finals.py)
+        # final models (slimformer finish), from the sibling study <name>:final (searcher/study/finals.py)
         "final": final_rows(handle.url, handle.name, study_budget(study)),
     }
 
@@ -245,6 +251,11 @@ def _device_text(dev: dict | None) -> str:
         return "device: unknown"
     text = (f"device: {dev.get('cpu', '?')}, {dev.get('threads', '?')} threads, runtime {dev.get('runtime', '?')}, "
             f"batch {dev.get('batch_size', '?')} x {dev.get('seq_len', '?')} tokens (every latency is for this)")
+    if dev.get("latency_phase") == "decode":  # device.generate: the decoder's two figures
+        text = (f"device: {dev.get('cpu', '?')}, {dev.get('threads', '?')} threads, runtime {dev.get('runtime', '?')}; "
+                f"latency = decode ms per generated token (greedy, batch 1, KV cache, {dev['new_tokens']} tokens "
+                f"after a {dev['prompt_tokens']}-token prompt); speedup = decode speedup; prefill of the original "
+                f"{dev['prefill_ms']:.1f} ms (time to first token)")
     if dev.get("attention"):
         timed = ", ".join(f"{k} {v:.2f} ms" for k, v in (dev.get("attention_ms") or {}).items())
         text += (f"\n  baseline: the uncompressed float32 model in eager PyTorch with {dev['attention']} attention"
