@@ -56,9 +56,10 @@ class Workbench:
         self.tokenizer = load_preprocessor(cfg.model.name, cfg.task.type)  # an image processor for images
         self.task = get_task(cfg.task.type, self.tokenizer, cfg.task.max_length, cfg.data.batch_size, cfg.task.stride)
         self.model = load_model(cfg.model.name, self.task.model_class)
-        self.inputs = self.task.example_inputs(self.model, cfg.device.batch_size, cfg.device.seq_len)
         self.generate = cfg.device.generate  # decoders: latency is decode ms per token (devices/generate.py)
-        if self.generate is not None:
+        if self.generate is None:
+            self.inputs = self.task.example_inputs(self.model, cfg.device.batch_size, cfg.device.seq_len)
+        else:  # the 1 x P prompt (batch_size and seq_len do not apply)
             self.inputs = {"input_ids": self.task.generation_prompt(self.model, self.generate.prompt_tokens,
                                                                      self.generate.new_tokens)}
 

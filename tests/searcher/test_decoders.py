@@ -278,3 +278,45 @@ def test_decoder_budgets_become_constraints():
     assert speedup_target(cfg.budget, 20.0) == 1.5 and speedup_target(cfg.budget.model_dump(), 20.0) == 1.5
     cons = constraints_of(cfg, -10.0, -11.0, 10.0, 1.6, 100.0, prefill_speedup=0.9)
     assert cons == {"decode_speedup": pytest.approx(-0.1), "prefill_speedup": pytest.approx(0.1)}
+
+
+def test_search_on_a_gguf_decoder_records_decode_and_prefill(tiny_gguf, tmp_path, cli):
+    """`slimformer search` on the tiny GGUF with device.generate: every trial names its latency's phase
+    (decode ms per token) and carries its prefill against the original's."""
+    import json
+
+    import optuna
+    import yaml
+
+    path, _ = tiny_gguf
+    rows = ["the cat sat on the mat and the dog sat on the log", "a tiny model reads tiny text all day long"] * 4
+    (tmp_path / "text.jsonl").write_text("".join(json.dumps({"text": r}) + "\n" for r in rows))
+    study = tmp_path / "decoder.yaml"
+    study.write_text(yaml.safe_dump({
+        "model": str(path), "task": {"type": "causal-lm", "max_length": 16, "stride": 8},
+        "data": {"validation": "text.jsonl", "calibration": "text.jsonl", "test": "text.jsonl", "calibration_size": 4},
+        "device": {"threads": 1, "rounds": 3, "max_rounds": 3, "warmup": 1,
+                   "generate": {"prompt_tokens": 8, "new_tokens": 4}},
+        "budget": {"prefill_speedup": 0.01},  # a tiny model's timings are too noisy to promise more
+        "space": {"heads": {"choices": [2, 4]}, "ffn": {"choices": [32, 64]}, "bits": {"choices": [32]}},
+        "search": {"trials": 2, "seed": 0, "sampler": "random", "storage": f"sqlite:///{tmp_path / 's.db'}"},
+    }))
+    res = cli("search", study)
+    assert res.returncode == 0, res.stderr[-3000:]
+    stored = optuna.load_study(study_name="decoder", storage=f"sqlite:///{tmp_path / 's.db'}")
+    base = stored.user_attrs["baseline"]
+    assert base["latency_phase"] == "decode" and base["latency_unit"] == "ms per generated token"
+    assert base["prompt_tokens"] == 8 and base["new_tokens"] == 4 and base["prefill_ms"] > 0
+    trials = [t for t in stored.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(trials) == 2
+    for t in trials:
+        a = t.user_attrs
+        assert a["latency_phase"] == "decode" and a["decode_tokens_per_s"] > 0 and a["prefill_ms"] > 0
+        assert a["prefill_speedup_low"] <= a["prefill_speedup"] <= a["prefill_speedup_high"]
+        assert "prefill_speedup" in a["constraints"]
+    rep = cli("report", study, "--json", "--all", "--no-rescore", "--storage", f"sqlite:///{tmp_path / 's.db'}")
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    rows = json.loads(rep.stdout)["trials"]
+    assert {r["latency_phase"] for r in rows} == {"decode"} and all(r["prefill_ms"] > 0 for r in rows)
+    text = cli("report", study, "--all", "--no-rescore", "--storage", f"sqlite:///{tmp_path / 's.db'}")
+    assert "decode ms per generated token" in text.stdout and "time to first token" in text.stdout
