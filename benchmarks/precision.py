@@ -76,7 +76,7 @@ def main() -> None:
                 key = f"{plan_name} | {fmt} | {rt}"
                 runners[key], scored[key] = runner, bench.as_run(model, runner)
                 rows[key] = {"plan": plan_name, "format": fmt, "runtime": rt, "build_s": time.perf_counter() - t0}
-    runners["baseline"] = bench.baseline_runner()
+    runners["baseline"] = bench.baseline_runner
     log(f"timing {len(runners)} runners, {args.rounds} interleaved rounds ...")
     lat = measure_latency(runners, baseline="baseline", rounds=args.rounds, warmup=3, threads=threads)
     for key, row in rows.items():

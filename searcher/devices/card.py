@@ -59,15 +59,19 @@ def base_card_facts(base_dir: str | None, model_name: str) -> dict:
 
 
 def _layers(values, kept) -> str:
-    return ", ".join(f"{layer}:{v}" for layer, v in zip(kept, values))
+    """`layer:value` for each kept layer (a plan's lists are per ORIGINAL layer index)."""
+    return ", ".join(f"{layer}:{values[layer]}" for layer in kept if layer < len(values))
 
 
 def plan_in_words(plan: dict, num_layers: int | None = None) -> list[str]:
     """One line per thing the plan changes; ['no change (the uncompressed model)'] when nothing."""
     lines = []
     kept = plan.get("layers")
-    idx = kept if kept is not None else list(range(num_layers or len(plan.get("heads") or plan.get("ffn")
-                                                                      or plan.get("bits") or [])))
+    per_layer = [plan.get(k) for k in ("heads", "ffn", "rank", "bits") if isinstance(plan.get(k), list)]
+    idx = kept if kept is not None else list(range(num_layers or max(map(len, per_layer), default=0)))
+    width = num_layers or max(map(len, per_layer), default=len(idx))
+    plan = {**plan, **{k: [plan[k]] * width for k in ("heads", "ffn", "rank", "bits")  # one value: every layer
+                       if isinstance(plan.get(k), int) and not isinstance(plan.get(k), bool)}}
     if kept is not None:
         lines.append(f"keeps {len(kept)} of {num_layers or '?'} layers (original indices {', '.join(map(str, kept))})")
     if plan.get("heads") is not None:

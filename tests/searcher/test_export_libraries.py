@@ -237,3 +237,15 @@ def test_the_check_fails_when_real_tokens_differ():
     off[0, :3] += 5.0  # real tokens
     with pytest.raises(ExportError, match="mean-pooled embedding differs"):
         _check(off, ref, mask)
+
+
+def test_the_card_reads_a_plan_per_original_layer_and_its_shorthands():
+    """A plan's lists are per ORIGINAL layer (a dropped layer keeps its entry); one int means every layer."""
+    from slimformer.searcher.devices.card import plan_in_words
+
+    dropped = plan_in_words({"heads": [4, 5, 6], "ffn": [64, 32, 16], "layers": [0, 2]}, 3)
+    assert "attention heads kept per layer (layer:heads) 0:4, 2:6" in dropped[1]
+    assert dropped[2] == "FFN neurons kept per layer (layer:width) 0:64, 2:16"
+    shorthand = plan_in_words({"ffn": 768, "bits": 8}, 2)
+    assert shorthand[0] == "FFN neurons kept per layer (layer:width) 0:768, 1:768"
+    assert shorthand[1].startswith("weight bits per layer (layer:bits) 0:8, 1:8")
