@@ -225,7 +225,7 @@ def quickstart_md(out: dict) -> None:
     from _report import write_md
 
     lines = ["# Scale out on the quickstart: do parallel trials measure the study's device?", "",
-             f"CPU: {out['cpu']}; ISA flags: {' '.join(out['flags'])}; {out['cores']} cores.", "",
+             f"({out['cpu']}.)", "",
              "Command (each run under the shared timing lock):", "", "```bash",
              *[f"flock /tmp/slimformer-timing.lock python benchmarks/scale_out.py --quickstart --trials "
                f"{r['trials_asked']} --budget {r['budget']} --seed {r['seed']} --runs {k}" for k, r in out["runs"].items()],
