@@ -124,7 +124,8 @@ class SearchSection(_Section):
     study_name: str | None = None
     seed: int | None = 0
     workers: int = Field(1, ge=1, description="trials run at once: worker processes, or Ray trials with backend ray")
-    worker_threads: int | None = Field(None, ge=1, description="torch threads per worker; default device.threads // workers")
+    worker_threads: int | None = Field(None, ge=1, description="threads per worker for building and scoring (timing always runs "
+                                        "at device.threads, under the host's timing lock); default device.threads // workers")
     backend: Literal["local", "ray"] = Field("local", description="local processes, or Ray Tune")
     ray_address: str | None = Field(None, description="Ray cluster to join (ray://HOST:10001 or auto); default a local Ray")
     objectives: list[Literal["quality", "latency", "size"]] = ["quality", "latency"]
