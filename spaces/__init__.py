@@ -6,6 +6,7 @@ Imports: methods. Never imports: torch.
 """
 
 from .config import (
+    NATIVE,
     AttentionDim,
     BitsDim,
     DepthDim,
@@ -28,5 +29,5 @@ from .validation import format_validation_error, parse_space_config
 __all__ = [
     "Space", "SpaceConfig", "SpaceError", "WidthDim", "DepthDim", "BitsDim", "RankDim", "RecoveryDim",
     "ImportanceDim", "DistillDim", "QuantMethodDim", "SmoothDim", "Int8WeightsDim", "Int8SchemeDim", "AttentionDim",
-    "default_space", "parse_space_config", "format_validation_error",
+    "default_space", "parse_space_config", "format_validation_error", "NATIVE",
 ]

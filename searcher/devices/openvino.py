@@ -115,7 +115,9 @@ def convert(onnx_path: str | Path, int8_modules: list[str] = (), calibration: li
     if not keep:
         raise RuntimeError("no MatMul of the int8 layers was found in the OpenVINO model")
     others = [n for n in names if n not in keep]
-    with _quiet_nncf():
+    # NNCF compiles models on this thread to collect statistics, and the CPU plugin sets FTZ/DAZ on it: put
+    # the thread's denormal handling back afterwards (as compile_ir does)
+    with _quiet_nncf(), _denormals(flushes_denormals()):
         if calibration is None:
             ignored = nncf.IgnoredScope(names=others, types=["Gather"], validate=False)
             return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM, ignored_scope=ignored)

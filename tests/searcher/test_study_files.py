@@ -22,4 +22,8 @@ def test_quickstart_searches_distillation_and_int8():
     """The README's first command runs this file: it must exercise the joint space, recovery included."""
     space = SpaceConfig(**load_study_config(STUDIES / "quickstart.yaml").space)
     assert 0 in space.distill.steps and max(space.distill.steps) > 0
-    assert 8 in space.bits.choices and "mask_tuning" in space.recovery.choices
+    assert "mask_tuning" in space.recovery.choices
+    # the device decides the formats (docs/formats.md): 8 whatever the CPU, the static scheme where it runs
+    assert space.bits.native and space.int8_scheme is None
+    resolved = space.with_native([32, 8], ["dynamic", "static"])
+    assert 8 in resolved.bits.choices and resolved.int8_scheme.choices == ["dynamic", "static"]
