@@ -250,7 +250,7 @@ def test_a_native_space_searches_static_int8_and_the_export_carries_it(make_stud
     study = make_study(device={"runtime": "onnxruntime"},
                        space={"heads": {"choices": [2, 4]}, "bits": {"choices": "native", "tie": "shared"},
                               "int8_scheme": ["static"]},
-                       search={"trials": 3, "seed": 0, "sampler": "random"})
+                       search={"trials": 3, "seed": 0, "sampler": "random"})  # the uniform seeds hold all-int8
     res = cli("search", study)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "bits: native on this CPU: 32, 8; int8 schemes dynamic, static" in res.stderr  # pinned to static
