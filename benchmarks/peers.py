@@ -91,12 +91,16 @@ def manifest_format(manifest: dict) -> str:
 
 def ov_default(model):
     """(the inference precision the plugin chose, the session): OpenVINO compiled as
-    `core.compile_model(model, "CPU")` does, only the thread count set."""
+    `core.compile_model(model, "CPU")` does (its own precision and performance hint), with the thread count
+    set and CPU pinning off."""
     import numpy as np
     import openvino
     from slimformer.searcher.devices.runtime import ArtifactSession
 
-    compiled = openvino.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": THREADS})
+    # CPU pinning off as for every other OpenVINO runner here: with OpenVINO's default pinning, the sync
+    # inference pins the calling thread, and every runner timed after it in this one process ran on one core
+    # (an earlier run of this script: OpenVINO float32 0.86x here against 1.58x in precision_results.md)
+    compiled = openvino.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": THREADS, "ENABLE_CPU_PINNING": False})
     req = compiled.create_infer_request()
     precision = str(compiled.get_property("INFERENCE_PRECISION_HINT")).removeprefix("<Type: '").removesuffix("'>")
     return precision, ArtifactSession(lambda feed: [np.array(req.infer(feed)[o]) for o in compiled.outputs],
