@@ -193,3 +193,21 @@ def no_telemetry():
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CI", "true")
         yield
+
+
+@pytest.fixture(autouse=True)
+def denormals_restored():
+    """Each test leaves this thread's denormal handling (FTZ/DAZ) as it found it. Libraries that compile
+    OpenVINO models on the calling thread (sentence-transformers' openvino backend, a test's own
+    `openvino.compile_model`) set FTZ there and leave it set, and hypothesis then refuses to run in the
+    same test process. slimformer's own compiles put the state back (test_openvino.py, test_formats.py
+    check that); this keeps one test's library call from changing the next test's arithmetic."""
+    import torch
+
+    def flushing() -> bool:
+        return 2.2250738585072014e-308 / 2 == 0.0
+
+    before = flushing()
+    yield
+    if flushing() != before:
+        torch.set_flush_denormal(before)
