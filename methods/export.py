@@ -23,6 +23,7 @@ from .registry import CONFIG_KEY, apply_plan, plan_of
 from .size import is_dynamic_int8
 
 __all__ = ["save_compressed", "load_compressed", "ExportError", "FORMAT_VERSION", "MANIFEST", "sha256_file", "move_into",
+           "read_manifest",
            "verified_files"]
 
 FORMAT_VERSION = 1
@@ -153,21 +154,28 @@ def _verified(root: Path) -> dict[str, bytes]:
     return verified_files(root, (WEIGHTS, META))[1]
 
 
-def verified_files(root: Path, required: tuple[str, ...]) -> tuple[dict, dict[str, bytes]]:
-    """(manifest, the bytes of every file it lists), each file checked against its sha256, and
-    every `required` name listed. Only these bytes are used to load: files not listed are never read."""
+def read_manifest(root: Path) -> dict:
+    """The manifest of the export folder `root` (its `files` a mapping of name -> sha256), written by a
+    slimformer that is not newer than this one; ExportError otherwise. Its files are not checked here."""
     if not root.is_dir():
         raise ExportError(f"export directory not found: {root}")
     try:
         manifest = json.loads((root / MANIFEST).read_text())
-        files = manifest["files"]
-        if not isinstance(files, dict):
+        if not isinstance(manifest["files"], dict):
             raise TypeError
     except (OSError, ValueError, KeyError, TypeError):
         raise ExportError(f"{root} has no readable {MANIFEST}: not a slimformer export, or damaged") from None
     version = manifest.get("format_version", 0)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ExportError(f"{root} was written by a newer slimformer (format {version!r})")
+    return manifest
+
+
+def verified_files(root: Path, required: tuple[str, ...]) -> tuple[dict, dict[str, bytes]]:
+    """(manifest, the bytes of every file it lists), each file checked against its sha256, and
+    every `required` name listed. Only these bytes are used to load: files not listed are never read."""
+    manifest = read_manifest(root)
+    files = manifest["files"]
     for name in required:
         if name not in files:
             raise ExportError(f"{root}/{MANIFEST} does not list {name}")

@@ -180,22 +180,11 @@ def tree_files(root: Path) -> list[str]:
 def verified_tree(root: Path) -> tuple[dict, dict[str, bytes]]:
     """(manifest, the bytes of every file it lists), each checked against its sha256. A listed path
     may name a subfolder (onnx/model.onnx) but never a link, an absolute path or '..'."""
-    from slimformer.methods.export import FORMAT_VERSION, MANIFEST, ExportError
+    from slimformer.methods.export import ExportError, read_manifest
 
-    if not root.is_dir():
-        raise ExportError(f"export directory not found: {root}")
-    try:
-        manifest = json.loads((root / MANIFEST).read_text())
-        files = manifest["files"]
-        if not isinstance(files, dict):
-            raise TypeError
-    except (OSError, ValueError, KeyError, TypeError):
-        raise ExportError(f"{root} has no readable {MANIFEST}: not a slimformer export, or damaged") from None
-    version = manifest.get("format_version", 0)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ExportError(f"{root} was written by a newer slimformer (format {version!r})")
+    manifest = read_manifest(root)
     data = {}
-    for name, digest in files.items():
+    for name, digest in manifest["files"].items():
         parts = name.split("/") if isinstance(name, str) else []
         path = root.joinpath(*parts) if parts and all(_plain_part(p) for p in parts) else None
         steps = [root.joinpath(*parts[:i]) for i in range(1, len(parts) + 1)] if path is not None else []

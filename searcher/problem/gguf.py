@@ -8,7 +8,7 @@ without `quantization_config`, the dequantized state dict is loaded into it, and
 file's tokenizer as an ordinary Hugging Face folder under `$SLIMFORMER_CACHE/gguf/<stem>-<sha256[:16]>/`
 (default cache ~/.cache/slimformer). Later uses find the folder by the file's sha256 and load nothing else.
 
-Imports: errors.
+Imports: errors, problem (cachedir).
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from ..errors import UserError
+from .cachedir import build_once
 
 __all__ = ["GGUF_ALIASES", "GGUF_SUFFIX", "is_gguf", "gguf_folder", "gguf_cache_dir", "file_sha256",
            "gguf_alias_path", "MARKER"]
@@ -94,20 +93,14 @@ def gguf_folder(name: str, log=None) -> Path:
         return out
     log = log or _stderr
     log(f"GGUF {path.name}: dequantizing to float32 once (cached at {out}) ...")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+
+    def make(tmp: Path) -> None:
         t0 = time.perf_counter()
         facts = _dequantize(path, tmp)
         (tmp / MARKER).write_text(json.dumps({"source": str(path), "sha256": sha, **facts,
                                               "seconds": round(time.perf_counter() - t0, 1)}, indent=1))
-        if out.exists():  # another process finished first: keep its folder
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    build_once(out, make)
     return out
 
 

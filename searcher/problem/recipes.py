@@ -18,8 +18,6 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..config import TASKS, format_error
 from ..errors import UserError
+from .cachedir import build_once
 from .models import load_tokenizer, resolve_model_path
 
 __all__ = ["Recipe", "load_recipe", "recipe_path", "ensure_trained", "cache_root", "RECIPE_CODE_VERSION",
@@ -180,17 +179,7 @@ def ensure_trained(spec: str, log=None) -> Path:
         return out
     log = log or _stderr
     log(f"recipe {recipe.name}: no cached model at {out}; training it once (cached afterwards) ...")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        result = train(recipe, tmp, log)
-        if out.exists():  # another process finished first: keep its result
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    result = build_once(out, lambda tmp: train(recipe, tmp, log))
     log(f"recipe {recipe.name}: {result['metric']} {result['validation_quality']:.2f} on validation "
         f"after {result['steps']} steps ({result['train_seconds']:.0f} s); cached at {out}")
     return out
