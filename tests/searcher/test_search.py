@@ -48,8 +48,9 @@ def test_search_report_export(tmp_path, make_study, cli, expect_user_error):
     study = _study(path)
     complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
     assert len(complete) == 4
-    first = complete[0]
-    assert first.user_attrs["seeded"] and first.params["depth"] == 4  # the baseline plan goes first
+    assert complete[0].user_attrs["seeded"] == "edge"  # the budget's edge first (searcher/study/edge.py),
+    uniform = [t for t in complete if t.user_attrs.get("seeded") is True]  # then the uniform plans,
+    assert uniform and uniform[0].params["depth"] == 4  # the baseline plan the first of them
     for t in complete:
         assert {"quality", "latency_ms", "speedup", "size_mb", "plan", "constraints", "speedup_low", "speedup_high",
                 "confidence", "rounds"} <= set(t.user_attrs)
