@@ -8,9 +8,15 @@ Latency = embeddings/pooler + for every kept layer (dropped layers cost nothing)
 Kernel times come from the profile's grids by piecewise-linear interpolation in every
 dimension (tokens, in, out; heads, seq); beyond the grid's last point they scale
 proportionally. kernel_scale, layer_ms and attn_ms were fitted on real (random) BERT layers
-when profiling (see `searcher.cost.microbench`). bits 8 uses the int8 tables (its activation
-quantization is inside the int8 kernel), 16 the bfloat16 ones (cast hooks are in its
-layer_ms), 32 and the simulated 4/3/2 the float32 ones (`simulated` says so).
+when profiling (see `searcher.cost.microbench`). Each layer is looked up in the table of its number
+format (`devices.runtime.format_of` of its bits and the plan's int8_scheme): bits 8 the int8 tables
+(dynamic: its activation quantization is inside the int8 kernel) or, with int8_scheme static, the
+int8_static ones; 16 the bfloat16 ones (cast hooks are in its layer_ms), 32 and the simulated 4/3/2 the
+float32 ones (`simulated` says so). int8 layers run attention and the activation in the float precision:
+float32, or bfloat16 in a runtime that sets its precision model-wide (OpenVINO) for a plan with bits-16
+layers. A static int8 layer in a profile without int8_static tables is looked up as dynamic int8 (as
+before version 2); any other format the profile has no table for is a ProfileError. `CompiledProfile.covers`
+says whether every format of a plan has its own table (the screen skips a plan on nothing less).
 Sizes are counted as `methods.size.model_size` counts a built model.
 """
 
@@ -23,11 +29,18 @@ from types import SimpleNamespace
 import numpy as np
 from slimformer.methods.plan import SIMULATED_BITS, ModelShape, Plan
 
+from ..devices.registry import get_runtime
+from ..devices.runtime import SIMULATED, format_of
+from ..errors import UserError
 from .profile import ProfileError, validate_profile
 
-__all__ = ["predict", "model_facts", "ModelFacts", "compile_profile", "CompiledProfile"]
+__all__ = ["predict", "model_facts", "ModelFacts", "compile_profile", "CompiledProfile", "table_format"]
 
-_RUNTIME_DTYPE = {32: "float32", 16: "bfloat16", 8: "int8", 4: "float32", 3: "float32", 2: "float32"}
+
+def table_format(bits: int, scheme: str = "dynamic") -> str:
+    """The profile table a layer of `bits` (int8: in `scheme`) is looked up in (simulated bits: float32)."""
+    fmt = format_of(bits, scheme)
+    return "float32" if fmt == SIMULATED else fmt
 
 
 # ----- interpolation ---------------------------------------------------------------------
@@ -72,7 +85,7 @@ def _slice_tokens(table: dict, tokens: int, key: str = "ms") -> list:
 
 def _bytes(dtype: str, tokens, k, n):
     """Bytes a Linear moves: weights at their width, activations in and out."""
-    w, a = {"float32": (4, 4), "bfloat16": (2, 2), "int8": (1, 4)}[dtype]
+    w, a = {"float32": (4, 4), "bfloat16": (2, 2), "int8": (1, 4), "int8_static": (1, 1)}[dtype]
     return w * k * n + a * tokens * (k + n)
 
 
@@ -97,9 +110,18 @@ class CompiledProfile:
         validate_profile(profile)
         self.profile, self.linear_model = profile, linear_model
         self.dtypes = tuple(profile["linear"])
+        runtime = profile["fingerprint"].get("runtime", "eager")
+        try:
+            self.model_wide = get_runtime(runtime).model_wide_precision
+        except UserError:  # a runtime this install does not know
+            self.model_wide = False
         self._slices: dict = {}
         self._memo: dict = {}
         self._fits = {dt: _fit_linear(dt, t) for dt, t in profile["linear"].items()} if linear_model == "fit" else {}
+
+    def covers(self, bits, scheme: str = "dynamic") -> bool:
+        """Whether the profile has a table for every format of layers with these bit-widths."""
+        return all(table_format(b, scheme) in self.dtypes for b in set(bits))
 
     def _sliced(self, section: str, dtype: str, tokens: int):
         key = (section, dtype, tokens)
@@ -113,8 +135,9 @@ class CompiledProfile:
         hit = self._memo.get(key)
         if hit is None:
             if dtype not in self.profile["linear"]:
-                raise ProfileError(f"the device profile has no {dtype} kernels (device "
-                                   f"{self.profile['fingerprint'].get('device', '?')}); choose other bits")
+                fp = self.profile["fingerprint"]
+                raise ProfileError(f"the device profile has no {dtype} kernels (runtime {fp.get('runtime', '?')}, "
+                                   f"device {fp.get('device', '?')}); choose other bits")
             t = self.profile["linear"][dtype]
             if self.linear_model == "fit":
                 a, b, c = self._fits[dtype]
@@ -262,16 +285,19 @@ def _param_bytes(linears, bits: int, group: int) -> tuple[int, float]:
 
 
 def _layer(cp: CompiledProfile, f: ModelFacts, heads: int, ffn: int, rank: int, bits: int, batch: int, seq: int,
-           group: int) -> tuple:
-    """(ms, flops, params, bytes, runtime weight bytes, live activation bytes) of one kept layer."""
-    key = ("layer", f, heads, ffn, rank, bits, batch, seq, group)
+           group: int, scheme: str = "dynamic", float_dt: str = "float32") -> tuple:
+    """(ms, flops, params, bytes, runtime weight bytes, live activation bytes) of one kept layer; an int8
+    layer runs attention and the activation in `float_dt`."""
+    key = ("layer", f, heads, ffn, rank, bits, batch, seq, group, scheme, float_dt)
     hit = cp._memo.get(key)
     if hit is not None:
         return hit
-    dt = _RUNTIME_DTYPE[bits]
+    dt = table_format(bits, scheme)
+    if dt == "int8_static" and dt not in cp.dtypes:  # no table of its own: as dynamic int8 (covers is False)
+        dt = "int8"
     tok, hdim = batch * seq, f.shape.hidden_size
     attn, dense = _linears(f, heads, ffn, rank)
-    kdt = "bfloat16" if dt == "bfloat16" else "float32"  # int8 layers run attention/activation in float32
+    kdt = float_dt if dt in ("int8", "int8_static") else dt
     ms = sum(cp.linear(dt, tok, k, n) for k, n, _ in attn + dense)
     if heads:
         ms += cp.attention(kdt, batch * heads, seq, f.head_dim)
@@ -311,9 +337,11 @@ def predict(plan: Plan, config, profile: dict | CompiledProfile, seq_len: int = 
     flops = 2 * batch_size * hdim * hdim if pooler else 0
     params, size = f.embed_params, 4.0 * f.embed_params
     wbytes, act = 4.0 * f.embed_params, 0.0
+    # a runtime that sets its float precision model-wide runs a bits-16 plan's int8 layers' attention in bf16
+    float_dt = "bfloat16" if cp.model_wide and any(p.bits[i] == 16 for i in p.layers) else "float32"
     for i in p.layers:
         lms, lfl, lpa, lsz, lwb, lac = _layer(cp, f, p.heads[i], p.ffn[i], p.rank[i], p.bits[i], batch_size,
-                                                seq_len, p.group_size)
+                                                seq_len, p.group_size, p.int8_scheme, float_dt)
         ms, flops, params, size, wbytes, act = ms + lms, flops + lfl, params + lpa, size + lsz, wbytes + lwb, max(act, lac)
     floor = _floor_ms(cp, flops)
     return {

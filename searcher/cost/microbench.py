@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .reference import OVERHEAD_LAYERS, layer_configs, reference_plans
+from .reference import INT8_DTYPES, OVERHEAD_LAYERS, layer_configs, reference_plans
 
 __all__ = [
     "run_benchmarks", "grid", "linear_tables", "activation_tables", "attention_tables", "overhead_table",
@@ -161,8 +161,8 @@ def run_benchmarks(
 
         rt = runtime
         linear_job = lambda dt, k, n, tokens, device: onnxbench.linear_job(rt, dt, k, n, tokens, threads)  # noqa: E731
-        activation_job = lambda dt, tokens, widths, device: onnxbench.activation_job(rt, tokens, widths, threads)  # noqa: E731
-        attention_job = lambda dt, d, h, seqs, device: onnxbench.attention_job(rt, d, h, seqs, threads)  # noqa: E731
+        activation_job = lambda dt, tokens, widths, device: onnxbench.activation_job(rt, dt, tokens, widths, threads)  # noqa: E731
+        attention_job = lambda dt, d, h, seqs, device: onnxbench.attention_job(rt, dt, d, h, seqs, threads)  # noqa: E731
         overhead_job = lambda h, hd, dts, tokens, device: onnxbench.overhead_job(rt, h, hd, dts, tokens, threads)  # noqa: E731
     else:
         linear_job, activation_job, attention_job, overhead_job = \
@@ -178,7 +178,7 @@ def run_benchmarks(
     for dt in float_dtypes(dtypes):
         jobs.append((len(tokens) * len(widths), activation_job(dt, tokens, widths, device)))
         jobs += [(len(tokens), attention_job(dt, d, h, tokens, device)) for d in head_dims for h in heads_grid]
-    n_models = 1 + 4 * len(dtypes) - ("int8" in dtypes)
+    n_models = 1 + 4 * len(dtypes) - sum(d in INT8_DTYPES for d in dtypes)
     jobs += [(len(tokens) * n_models, overhead_job(h, head_dims, dtypes, tokens, device)) for h in hidden_sizes]
     total = passes * sum(n for n, _ in jobs)
     best: dict[tuple, float] = {}
@@ -277,7 +277,7 @@ def attention_tables(raw: dict, head_dims, heads_grid, seqs, dtypes=("float32", 
 
 def _kernels(tables: dict, dt: str, t: int, hidden: int, d: int, heads: int, ffn: int) -> float:
     """The profiled kernels of one BERT layer (as `costmodel` adds them up), at grid points."""
-    kdt = "float32" if dt == "int8" else dt
+    kdt = "float32" if dt in INT8_DTYPES else dt
 
     def at(table, axes, point):
         value = table["ms"]
@@ -300,8 +300,8 @@ def overhead_table(raw: dict, tables: dict, dtypes, hidden_sizes, tokens, head_d
     Per reference model: (time - embeddings) / layers = layer_ms + attn_ms * [heads > 0]
     + kernel_scale * (its kernels), solved by bounded least squares in relative error
     (layer_ms, attn_ms >= 0; kernel_scale in [0.5, 2] absorbs what isolated kernels miss,
-    e.g. weights no longer in cache). int8 layers run attention in float32: their attn_ms is
-    float32's (which keeps the int8 fit to two unknowns).
+    e.g. weights no longer in cache). int8 layers (dynamic and static) run attention in float32: their
+    attn_ms is float32's (which keeps the int8 fits to two unknowns).
     """
     from scipy.optimize import lsq_linear
 
@@ -312,7 +312,7 @@ def overhead_table(raw: dict, tables: dict, dtypes, hidden_sizes, tokens, head_d
         d, configs = layer_configs(hidden, head_dims)
         for b, t in enumerate(tokens):
             e = embed[a, b] = raw[("model", hidden, t, "embed")]
-            for dt in sorted(dtypes, key=lambda x: x == "int8"):  # float32 before int8
+            for dt in sorted(dtypes, key=lambda x: x in INT8_DTYPES):  # float32 before int8
                 rows, ys = [], []
                 for name, (heads, ffn) in configs.items():
                     key = ("model", hidden, t, name, dt)
@@ -321,7 +321,7 @@ def overhead_table(raw: dict, tables: dict, dtypes, hidden_sizes, tokens, head_d
                         ys.append(max((raw[key] - e) / OVERHEAD_LAYERS, 1e-6))
                 x, y = np.array(rows), np.array(ys)
                 hi = [np.inf, np.inf, 2.0]
-                if dt == "int8":  # fix attn_ms to float32's: a bound of width ~0
+                if dt in INT8_DTYPES:  # fix attn_ms to float32's: a bound of width ~0
                     fixed = fitted["attn_ms"]["float32"][a, b] if "float32" in dtypes else 0.0
                     hi[1] = fixed + 1e-9
                     lo = [0.0, fixed, 0.5]

@@ -4,14 +4,18 @@ and cost model.
 
 Every kernel is a small float32 ONNX graph built directly (no export) with a dynamic token axis, one
 compiled graph per shape serving all token counts, run by the runtime's own `Runtime.kernel` (the
-session or compiled model it times candidates in, int8 made by its own quantizer): Linear = MatMul +
-Add, its int8 form what the runtime makes of a candidate's int8 layer (ONNX Runtime: `quantize_dynamic`
-with per-channel s8 weights; OpenVINO: NNCF INT8_SYM weight compression, float32 activations), and a
-Linear with no inputs or outputs as `devices.graph.ZeroWidthLinear` exports (its bias broadcast, no
-MatMul); GELU in its erf form; the attention core as the exporter writes it (reshape/transpose, QK^T,
-scale, softmax, xV, transpose back). The reference models of the overhead fit are `apply_plan` BERTs
-built by the runtime's own `build` (its artifact, loaded as a trial's is). There is no bfloat16 (both
-runtimes refuse bits 16).
+session or compiled model it times candidates in, int8 made by its own quantizer) in each number format
+the runtime profiles here (`Runtime.profile_formats`, a table each): Linear = MatMul + Add, its int8
+form what the runtime makes of a candidate's int8 layer (int8, dynamic: ONNX Runtime `quantize_dynamic`
+with per-channel s8 weights, OpenVINO NNCF INT8_SYM weight compression with float activations;
+int8_static: ONNX Runtime `quantize_static` QDQ, OpenVINO `nncf.quantize`, both calibrated on
+CALIBRATION_FEEDS random inputs), and a Linear with no inputs or outputs as
+`devices.graph.ZeroWidthLinear` exports (its bias broadcast, no MatMul); GELU in its erf form; the
+attention core as the exporter writes it (reshape/transpose, QK^T, scale, softmax, xV, transpose back).
+bfloat16 (OpenVINO only: ONNX Runtime refuses bits 16) compiles every kernel graph, activation and
+attention included, at bf16 inference precision: OpenVINO sets it for the whole model. The reference
+models of the overhead fit are `apply_plan` BERTs built by the runtime's own `build` (its artifact,
+loaded as a trial's is; static int8 calibrated on random token ids).
 """
 
 from __future__ import annotations
@@ -24,14 +28,15 @@ import numpy as np
 from ..devices.registry import get_runtime
 from .reference import reference_plans
 
-__all__ = ["DTYPES", "linear_job", "activation_job", "attention_job", "overhead_job"]
+__all__ = ["linear_job", "activation_job", "attention_job", "overhead_job", "linear_graph", "CALIBRATION_FEEDS"]
 
-DTYPES = ("float32", "int8")
+CALIBRATION_FEEDS = 4  # random inputs a static int8 kernel or reference model is calibrated on (ranges only)
 LINEAR = "lin"  # the kernel Linear's module name: its MatMul node is /m/lin/MatMul (devices.graph.node_prefixes)
 
 
-def _kernel(runtime: str, nodes, inputs, outputs, inits, threads: int, int8_modules=()):
-    """run(feed) of one kernel graph in `runtime` (its `Runtime.kernel`)."""
+def _kernel(runtime: str, nodes, inputs, outputs, inits, threads: int, int8_modules=(), fmt: str = "float32",
+            calibration: list[dict] | None = None):
+    """run(feed) of one kernel graph in `runtime` (its `Runtime.kernel`) in the number format `fmt`."""
     from onnx import helper, save
 
     graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=inits)
@@ -40,10 +45,10 @@ def _kernel(runtime: str, nodes, inputs, outputs, inits, threads: int, int8_modu
     with tempfile.TemporaryDirectory(prefix=f"slimformer-{runtime}-kernel-") as tmp:
         path = Path(tmp) / "kernel.onnx"
         save(model, str(path))
-        return get_runtime(runtime).kernel(path, threads, int8_modules)
+        return get_runtime(runtime).kernel(path, threads, int8_modules, fmt, calibration)
 
 
-def _linear_graph(k: int, n: int, seed: int):
+def linear_graph(k: int, n: int, seed: int):
     """(nodes, inputs, outputs, initializers) of Linear(k, n) on [1, t, k]."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -73,16 +78,19 @@ def _runner(run, feed):
 
 def linear_job(runtime: str, dt: str, k: int, n: int, tokens, threads: int):
     def make():
-        int8 = (LINEAR,) if dt == "int8" and k and n else ()  # int8 layers keep zero-width projections in float32
-        run = _kernel(runtime, *_linear_graph(k, n, k * 7919 + n), threads, int8)
+        # int8 layers keep zero-width projections in float32
+        int8 = (LINEAR,) if dt in ("int8", "int8_static") and k and n else ()
         rng = np.random.default_rng(k * 7919 + n)
+        calibration = [{"x": rng.standard_normal((1, 8, k)).astype(np.float32)} for _ in range(CALIBRATION_FEEDS)]
+        run = _kernel(runtime, *linear_graph(k, n, k * 7919 + n), threads, int8, dt,
+                      calibration if dt == "int8_static" and int8 else None)
         return [(("linear", dt, t, k, n), _runner(run, {"x": rng.standard_normal((1, t, k)).astype(np.float32)}))
                 for t in tokens]
 
     return make
 
 
-def activation_job(runtime: str, tokens, widths, threads: int):
+def activation_job(runtime: str, dt: str, tokens, widths, threads: int):
     def make():
         from onnx import TensorProto, helper, numpy_helper
 
@@ -93,15 +101,15 @@ def activation_job(runtime: str, tokens, widths, threads: int):
                  helper.make_node("Mul", ["m", "half"], ["y"])]
         x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["t", "w"])
         y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["t", "w"])
-        run = _kernel(runtime, nodes, [x], [y], c, threads)
+        run = _kernel(runtime, nodes, [x], [y], c, threads, fmt=dt)
         rng = np.random.default_rng(0)
-        return [(("activation", "float32", t, w), _runner(run, {"x": rng.standard_normal((t, w)).astype(np.float32)}))
+        return [(("activation", dt, t, w), _runner(run, {"x": rng.standard_normal((t, w)).astype(np.float32)}))
                 for t in tokens for w in widths]
 
     return make
 
 
-def attention_job(runtime: str, d: int, h: int, seqs, threads: int):
+def attention_job(runtime: str, dt: str, d: int, h: int, seqs, threads: int):
     def make():
         from onnx import TensorProto, helper, numpy_helper
 
@@ -118,12 +126,12 @@ def attention_job(runtime: str, d: int, h: int, seqs, threads: int):
                   helper.make_node("Reshape", ["ot", "merge"], ["y"])]
         ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, "s", h * d]) for n in "qkv"]
         y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "s", h * d])
-        run = _kernel(runtime, nodes, ins, [y], consts, threads)
+        run = _kernel(runtime, nodes, ins, [y], consts, threads, fmt=dt)
         rng = np.random.default_rng(h * 100 + d)
         out = []
         for s in seqs:
             feed = {n: rng.standard_normal((1, s, h * d)).astype(np.float32) for n in "qkv"}
-            out.append((("attention", "float32", d, h, s), _runner(run, feed)))
+            out.append((("attention", dt, d, h, s), _runner(run, feed)))
         return out
 
     return make
@@ -131,7 +139,7 @@ def attention_job(runtime: str, d: int, h: int, seqs, threads: int):
 
 def overhead_job(runtime: str, hidden: int, head_dims, dtypes, tokens, threads: int):
     """`microbench`'s reference models, built once by the runtime's own `build` and loaded as a trial's
-    artifact is (cached across passes)."""
+    artifact is (cached across passes; static int8 ones calibrated on CALIBRATION_FEEDS random token ids)."""
     made: list = []
 
     def make():
@@ -143,7 +151,11 @@ def overhead_job(runtime: str, hidden: int, head_dims, dtypes, tokens, threads: 
         base, plans = reference_plans(hidden, head_dims, dtypes, tokens)
         example = {"input_ids": torch.randint(0, 512, (1, min(tokens))),
                    "attention_mask": torch.ones(1, min(tokens), dtype=torch.long)}
-        sessions = {what: get_runtime(runtime).artifact_session(apply_plan(base, plan), example, threads)
+        rng = np.random.default_rng(hidden)
+        ids = [rng.integers(0, 512, (1, min(tokens)), dtype=np.int64) for _ in range(CALIBRATION_FEEDS)]
+        calibration = [{"input_ids": x, "attention_mask": np.ones_like(x)} for x in ids]
+        sessions = {what: get_runtime(runtime).artifact_session(apply_plan(base, plan), example, threads,
+                                                                {"calibration": calibration})
                     for what, plan in plans.items()}
         for t in tokens:
             ids = np.random.default_rng(t).integers(0, 512, (1, t), dtype=np.int64)

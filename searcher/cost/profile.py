@@ -1,8 +1,11 @@
 """Device profiles: microbenchmarks of the kernels a compressed Transformer runs.
 
 A profile is versioned JSON. Its tables hold milliseconds (best of repeated timings, see
-`searcher.cost.microbench`) on a grid, per dtype
-(`float32`, `bfloat16`, `int8` = PyTorch dynamic int8 Linear):
+`searcher.cost.microbench`) on a grid, per dtype: one table per number format the runtime runs
+here and profiles (`devices.runtime.FORMATS`, `Runtime.profile_formats`; `settings.formats` lists them):
+`float32`, `bfloat16` (eager: bf16 layers; OpenVINO: the bf16 precision hint, model-wide), `int8`
+(dynamic: PyTorch / ONNX Runtime int8 Linear, OpenVINO int8 weights) and `int8_static` (ONNX Runtime
+QDQ, OpenVINO nncf.quantize: weights and activations, calibrated):
 
 - `linear[dtype]`: nn.Linear forward, grid tokens x in_features x out_features;
 - `activation[dtype]`: the FFN activation (GELU) on [tokens, width];
@@ -27,16 +30,19 @@ from pathlib import Path
 import numpy as np
 
 from ..devices.registry import get_runtime, profiled_runtimes
+from ..devices.runtime import FORMATS
 
 __all__ = [
     "ProfileError", "PROFILE_VERSION", "RUNTIMES", "DTYPES", "profile_device", "save_profile", "load_profile",
     "validate_profile", "default_profile_path", "find_profile", "fingerprint", "fingerprint_hash",
 ]
 
-PROFILE_VERSION = 1
+# 2: a table per number format (int8_static; OpenVINO bfloat16); a version-1 profile lacks the tables the
+# cost model now reads for them
+PROFILE_VERSION = 2
 PROFILE_KIND = "slimformer-device-profile"
 RUNTIMES = profiled_runtimes()  # the runtimes with a microbenchmark grid (devices/registry.py)
-DTYPES = ("float32", "bfloat16", "int8")
+DTYPES = FORMATS
 
 
 class ProfileError(ValueError):
@@ -161,8 +167,8 @@ def validate_profile(data) -> None:
     _need(data.get("kind") == PROFILE_KIND and "version" in data,
           "not a slimformer device profile (no kind/version); re-run `slimformer profile`")
     _need(data["version"] == PROFILE_VERSION,
-          f"device profile version {data['version']!r} is not supported (expected {PROFILE_VERSION}); "
-          "re-run `slimformer profile`")
+          f"device profile version {data['version']!r} is not supported (expected {PROFILE_VERSION}, with a "
+          "table per number format); re-run `slimformer profile`")
     _need(isinstance(data.get("fingerprint"), dict), "fingerprint must be a mapping")
     for key in ("linear", "activation", "attention", "overhead"):
         _need(isinstance(data.get(key), dict), f"missing section {key!r}")
@@ -171,6 +177,7 @@ def validate_profile(data) -> None:
         _need(dt in DTYPES, f"linear: unknown dtype {dt!r}")
         _check_table(f"linear.{dt}", table, ("tokens", "in", "out"))
     for dt, table in data["activation"].items():
+        _need(dt in DTYPES, f"activation: unknown dtype {dt!r}")
         _check_table(f"activation.{dt}", table, ("tokens", "width"))
     for dt, by_dim in data["attention"].items():
         _need(isinstance(by_dim, dict) and by_dim, f"attention.{dt} must map head_dim to a table")
@@ -218,8 +225,6 @@ def profile_device(
         raise ProfileError(str(exc)) from None
     onnx_kernels = get_runtime(runtime).kernel is not None  # a runtime that reads ONNX: its CPU kernel graphs
     if onnx_kernels:
-        from .onnxbench import DTYPES as ONNX_DTYPES
-
         if device not in (None, "cpu"):
             raise ProfileError(f"runtime {runtime} is profiled on the CPU only (device cpu)")
         device = "cpu"
@@ -236,9 +241,9 @@ def profile_device(
     hidden_sizes = tuple(sorted({int(h) for h in hidden_sizes}))
     head_dims = tuple(int(d) for d in head_dims)
     widths, heads_grid = grid(hidden_sizes, head_dims, quick)
-    dtypes = tuple(d for d in DTYPES if not (d == "int8" and device == "cuda"))  # dynamic int8 is CPU-only
-    if onnx_kernels:
-        dtypes = ONNX_DTYPES  # no bfloat16: the runtime refuses bits 16
+    # the formats it profiles and runs on this CPU (ONNX Runtime: no bfloat16; eager: no static int8);
+    # dynamic int8 is CPU-only
+    dtypes = tuple(d for d in get_runtime(runtime).profile_formats() if not (d == "int8" and device == "cuda"))
     passes = passes or (1 if quick or onnx_kernels else 2)  # ONNX kernels: one pass keeps it within minutes
     started = time.perf_counter()
     bar = _progress(progress)
@@ -272,7 +277,8 @@ def _build_profile(raw: dict, threads: int, runtime: str, device: str, *, hidden
         "fingerprint": fingerprint(threads, runtime, device),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "profile_seconds": round(seconds, 1),
-        "settings": {"hidden_sizes": list(hidden_sizes), "tokens": list(tokens), "quick": quick, "passes": passes},
+        "settings": {"hidden_sizes": list(hidden_sizes), "tokens": list(tokens), "quick": quick, "passes": passes,
+                     "formats": list(dtypes)},
         **tables,
         "overhead": {"bert": overhead_table(raw, tables, dtypes, hidden_sizes, tokens, head_dims)},
     }

@@ -4,9 +4,10 @@ Runtime, OpenVINO) alike; the layer cost beyond the kernels is fitted from them.
 
 from __future__ import annotations
 
-__all__ = ["layer_configs", "reference_plans", "DTYPE_BITS", "OVERHEAD_LAYERS", "OVERHEAD_FFN"]
+__all__ = ["layer_configs", "reference_plans", "DTYPE_BITS", "INT8_DTYPES", "OVERHEAD_LAYERS", "OVERHEAD_FFN"]
 
-DTYPE_BITS = {"float32": 32, "bfloat16": 16, "int8": 8}
+DTYPE_BITS = {"float32": 32, "bfloat16": 16, "int8": 8, "int8_static": 8}
+INT8_DTYPES = ("int8", "int8_static")  # their layers run attention and the activation in the float precision
 OVERHEAD_LAYERS, OVERHEAD_FFN = 4, 32
 
 
@@ -22,8 +23,9 @@ def layer_configs(hidden: int, head_dims) -> tuple[int, dict[str, tuple[int, int
 
 def reference_plans(hidden: int, head_dims, dtypes, tokens) -> tuple:
     """The random BERT of width `hidden` (OVERHEAD_LAYERS full-width layers, seed 0) and the plans
-    of the reference models cut from it: no layers (embeddings + pooler), and per dtype each
-    reference shape (int8 without `bare`: its attention glue runs in float32 anyway)."""
+    of the reference models cut from it: no layers (embeddings + pooler), and per dtype (a number format:
+    int8_static is bits 8 with int8_scheme static) each reference shape (int8 without `bare`: its attention
+    glue runs in float32 anyway)."""
     import torch
     import transformers
     from slimformer.methods import Plan
@@ -38,6 +40,7 @@ def reference_plans(hidden: int, head_dims, dtypes, tokens) -> tuple:
     plans = {("embed",): Plan(layers=[])}
     for dt in dtypes:
         for name, (heads, ffn) in configs.items():
-            if not (dt == "int8" and name == "bare"):
-                plans[(name, dt)] = Plan(heads=heads, ffn=ffn, bits=DTYPE_BITS[dt])
+            if not (dt in INT8_DTYPES and name == "bare"):
+                plans[(name, dt)] = Plan(heads=heads, ffn=ffn, bits=DTYPE_BITS[dt],
+                                         int8_scheme="static" if dt == "int8_static" else "dynamic")
     return base, plans

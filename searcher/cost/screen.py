@@ -4,7 +4,8 @@ competing installed runtime, each from its own device profile and calibrated onl
 measured latency (a trial under auto records every runtime's first estimate in `runtime_speedups`).
 A candidate is predicted in each runtime that can run it, and skipped only when even its fastest
 runtime is predicted clearly over the budget (beyond that runtime's leave-one-out error margin), and
-never when a runtime would run it in a format its profile did not time (`Runtime.predicts`).
+never when a runtime would run it in a format its profile did not time (`Runtime.predicts`, and the
+profile's own tables: `CompiledProfile.covers`); such a runtime's figure is left out of the prediction.
 Without a profile for every runtime there is no screening: every candidate is measured.
 """
 
@@ -41,10 +42,20 @@ class StudyPredictor:
         return [rt for rt in self.predictors if get_runtime(rt).plan_refusal(bits, p.int8_scheme) is None] or \
             list(self.predictors)
 
+    def _covered(self, rt: str, plan: Plan) -> bool:
+        """Whether runtime `rt`'s profile has a table for every format `plan` runs in there."""
+        p = plan.resolve(self.facts.shape)
+        bits = [p.bits[i] for i in p.layers]
+        return get_runtime(rt).predicts(bits, p.int8_scheme) and \
+            self.predictors[rt].profile.covers(bits, p.int8_scheme)
+
     def predict(self, plan: Plan) -> dict:
         """The calibrated prediction in the fastest runtime (`runtime`), with every runtime's latency
-        (`by_runtime`, ms)."""
-        preds = {rt: self.predictors[rt].predict(plan) for rt in self.runtimes_for(plan)}
+        (`by_runtime`, ms); runtimes whose profile has no table for the plan's formats are left out unless
+        none has one."""
+        runtimes = self.runtimes_for(plan)
+        runtimes = [rt for rt in runtimes if self._covered(rt, plan)] or runtimes
+        preds = {rt: self.predictors[rt].predict(plan) for rt in runtimes}
         fastest = min(preds, key=lambda rt: preds[rt]["latency_ms"])
         return {**preds[fastest], "runtime": fastest, "by_runtime": {rt: p["latency_ms"] for rt, p in preds.items()}}
 
@@ -52,10 +63,8 @@ class StudyPredictor:
         """Why `plan` can be skipped without measuring it: every runtime that can run it is predicted
         over `limit_ms` even after taking off its error margin; None when some runtime may hold."""
         over = {}
-        p = plan.resolve(self.facts.shape)
-        bits = [p.bits[i] for i in p.layers]
         for rt in self.runtimes_for(plan):
-            if not get_runtime(rt).predicts(bits, p.int8_scheme):  # bf16 or static int8 in a graph runtime
+            if not self._covered(rt, plan):  # a format this runtime's profile did not time
                 return None
             pred = self.predictors[rt].predict(plan)["latency_ms"]
             if pred <= limit_ms:  # within the budget before any margin: no need to fit the margin

@@ -135,15 +135,22 @@ def load(files: dict[str, bytes], threads: int) -> ArtifactSession:
                            [o.name for o in sess.get_outputs()])
 
 
-def kernel(path: Path, threads: int, int8_modules=()):
+def kernel(path: Path, threads: int, int8_modules=(), fmt: str = "float32", calibration: list[dict] | None = None):
     """A microbenchmark kernel graph (float32 ONNX, `searcher.cost.onnxbench`) as this runtime runs a
-    candidate's: the MatMuls of `int8_modules` through `quantize_matmuls` (s8), in an `ort_session`;
-    returns run(feed)."""
+    candidate's, in the format `fmt`: the MatMuls of `int8_modules` through `quantize_matmuls` (s8
+    dynamic, or with int8_static QDQ calibrated on the `calibration` feeds), in an `ort_session`; returns
+    run(feed). bfloat16 is refused (NO_BF16)."""
     from .graph import node_prefixes
 
+    if fmt == "bfloat16":
+        raise ValueError(NO_BF16)
     if int8_modules:
+        static = fmt == "int8_static"
+        if static and not calibration:
+            raise ValueError("an int8_static kernel needs calibration feeds")
         quantized = path.with_name(f"{path.stem}-int8.onnx")
-        if not quantize_matmuls(path, quantized, node_prefixes(list(int8_modules)), PLAN_INT8_WEIGHTS[0]):
+        if not quantize_matmuls(path, quantized, node_prefixes(list(int8_modules)), PLAN_INT8_WEIGHTS[0],
+                                calibration if static else None):
             raise RuntimeError("no MatMul of the int8 modules was found in the kernel graph")
         path = quantized
     sess = ort_session(path.read_bytes(), threads)
@@ -161,5 +168,5 @@ RUNTIME = Runtime(
     formats=lambda: {"float32": None, "bfloat16": NO_BF16, "int8": None, "int8_static": None},
     refused_methods={"gptq": "ONNX Runtime re-rounds int8 layers with its own quantize_dynamic"},
     requires=("onnx", "onnxruntime"), install_hint=INSTALL_HINT, profiled=True,
-    profiled_formats=("float32", "int8"), reads_int8_weights=True,
+    profiled_formats=("float32", "int8", "int8_static"), reads_int8_weights=True,
     version=lambda: module_version("onnxruntime"), build=build, load=load, kernel=kernel)

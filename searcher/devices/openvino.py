@@ -23,7 +23,7 @@ Int8 layers (bits 8), by the plan's `int8_scheme`:
   calibration inputs, every MatMul outside the int8 layers in its ignored scope: weights and activations
   in int8 (real int8 kernels: VNNI/AMX).
 Simulated 4/3/2 bits run in float as in eager. `slimformer profile --runtime openvino` runs the
-microbenchmark grid's kernel graphs through `kernel`.
+microbenchmark grid's kernel graphs through `kernel`, in each format it runs here (a table per format).
 
 The CPU plugin flushes denormals by setting FTZ/DAZ on the thread that compiles the model, and a
 synchronous inference runs on the calling thread: left alone, that state would stay on the thread
@@ -219,28 +219,32 @@ def load(files: dict[str, bytes], threads: int) -> ArtifactSession:
     return ArtifactSession(run, [i.get_any_name() for i in compiled.inputs], [o.get_any_name() for o in compiled.outputs])
 
 
-def kernel(path: Path, threads: int, int8_modules=()):
+def kernel(path: Path, threads: int, int8_modules=(), fmt: str = "float32", calibration: list[dict] | None = None):
     """A microbenchmark kernel graph (float32 ONNX, `searcher.cost.onnxbench`) as this runtime runs a
-    candidate's: `convert` (the MatMuls of `int8_modules` weight-compressed), `compile_ir`; returns
-    run(feed). NNCF computes the int8 weights with numpy here instead of compiling an OpenVINO model per
+    candidate's, in the format `fmt`: `convert` (the MatMuls of `int8_modules` weight-compressed, or with
+    int8_static quantized by nncf.quantize on the `calibration` feeds), `compile_ir` (bfloat16: the
+    whole graph at bf16 inference precision, as a bits-16 plan's model is); returns run(feed). NNCF
+    computes the compressed int8 weights with numpy here instead of compiling an OpenVINO model per
     weight shape (about 0.5 s each): the graph it writes is the same."""
     import os
 
+    if fmt == "int8_static" and int8_modules and not calibration:
+        raise ValueError("an int8_static kernel needs calibration feeds")
     key = "NNCF_DISABLE_OPTIMIZED_COMPRESSION"
     before = os.environ.get(key)
     os.environ[key] = "1"
     try:
-        model = convert(path, list(int8_modules))
+        model = convert(path, list(int8_modules), calibration if fmt == "int8_static" else None)
     finally:
         if before is None:
             del os.environ[key]
         else:
             os.environ[key] = before
-    return infer(compile_ir(model, threads))
+    return infer(compile_ir(model, threads, compile_config_for(fmt == "bfloat16")))
 
 
 RUNTIME = Runtime(
     name="openvino", summary="OpenVINO, CPU", artifact_format="openvino", formats=_formats,
     model_wide_precision=True, requires=("onnx", "openvino", "nncf"), install_hint=INSTALL_HINT, profiled=True,
-    profiled_formats=("float32", "int8"),
+    profiled_formats=("float32", "bfloat16", "int8", "int8_static"),
     version=lambda: module_version("openvino", lambda ov: ov.get_version()), build=build, load=load, kernel=kernel)

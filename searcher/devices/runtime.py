@@ -90,8 +90,8 @@ class Runtime:
     formats: Callable[[], dict[str, str | None]] = lambda: {"float32": None}
     # a plan whose float layers mix float32 and bfloat16 cannot run here (the precision is model-wide)
     model_wide_precision: bool = False
-    # the formats `slimformer profile` times for it: the cost model predicts a plan in other formats in this
-    # runtime as if they were float32/int8, so the screen measures such a plan instead of skipping it
+    # the formats `slimformer profile` times for it (a table each; where it runs them here: `profile_formats`);
+    # a plan in another format has no prediction here, so the screen measures it instead of skipping it
     profiled_formats: tuple[str, ...] = ("float32", "bfloat16", "int8")
     fresh_process_cost: str | None = None  # what every fresh (isolated) trial process pays again, if much
     refused_methods: dict[str, str] = field(default_factory=dict)  # quant_method -> why it is not what runs
@@ -105,8 +105,10 @@ class Runtime:
     make_runner: Callable | None = None  # (model, inputs, threads) -> zero-argument callable
     build: Callable | None = None  # (model, inputs, folder, options) -> {"files": [...], ...}
     load: Callable | None = None  # ({file name: bytes}, threads) -> ArtifactSession
-    # (float32 ONNX file of one microbenchmark kernel graph, threads, int8 module names) -> run(feed): how
-    # `slimformer profile` runs its kernel graphs (searcher/cost/onnxbench.py) in a runtime that reads ONNX
+    # (float32 ONNX file of one microbenchmark kernel graph, threads, int8 module names, format, calibration
+    # feeds) -> run(feed): how `slimformer profile` runs its kernel graphs (searcher/cost/onnxbench.py) in a
+    # runtime that reads ONNX, in one of its `profiled_formats` (bfloat16: the whole graph at that precision;
+    # int8 / int8_static: the int8 modules quantized as a candidate's are, static with the calibration feeds)
     kernel: Callable | None = None
 
     def require(self) -> None:
@@ -125,6 +127,11 @@ class Runtime:
         """The formats this runtime runs on a real kernel on this CPU."""
         found = self.formats()
         return tuple(f for f in FORMATS if f in found and found[f] is None)
+
+    def profile_formats(self) -> tuple[str, ...]:
+        """The formats `slimformer profile` times for it on this CPU: those it profiles and runs here."""
+        native = self.native_formats()
+        return tuple(f for f in self.profiled_formats if f in native)
 
     def refusal(self, bits: int, scheme: str = "dynamic") -> str | None:
         """Why layers of `bits` (int8: in `scheme`) cannot run in this runtime here, or None when they can

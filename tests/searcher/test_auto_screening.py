@@ -112,15 +112,17 @@ def test_bits_16_is_predicted_only_in_the_runtime_that_runs_it(eager_profile, co
 
 
 def test_a_format_no_profile_timed_is_measured_not_screened(eager_profile, config, monkeypatch):
-    """OpenVINO's profile times float32 and int8 weights only: a plan it would run in bf16, or with static
-    int8, is never skipped on its prediction (which would be that of another format)."""
+    """A plan in a format the runtime's profile has no table for (here static int8: the eager grid has
+    none) is never skipped on its prediction (which would be that of another format); the formats it
+    has tables for (bf16, int8 weights) are screened."""
     from slimformer.searcher.devices import openvino
 
     monkeypatch.setattr(openvino, "capabilities", lambda: ("FP32", "BF16", "INT8"))
     pred = _predictor({"openvino": _scaled(eager_profile, "openvino", 1.0)}, config)
     baseline = pred.predictors["openvino"].predict(Plan())["latency_ms"]
-    for plan in (Plan(bits=16), Plan(bits=8, int8_scheme="static")):
-        assert pred.rejection(plan, baseline / 50) is None
+    assert "int8_static" not in eager_profile["linear"]
+    assert pred.rejection(Plan(bits=8, int8_scheme="static"), baseline / 50) is None
+    assert pred.rejection(Plan(bits=16), baseline / 50)  # OpenVINO profiles bf16 where it runs it
     assert pred.rejection(Plan(bits=8), baseline / 50)  # int8 weights: profiled, so screened
 
 

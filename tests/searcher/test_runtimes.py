@@ -131,7 +131,7 @@ def test_profile_and_search_with_onnxruntime(tmp_path, make_study, cli, monkeypa
     profile = profile_device(1, "onnxruntime", hidden_sizes=(64,), quick=True, tokens=(32,), head_dims=(16,),
                              progress=False)
     assert profile["fingerprint"]["runtime"] == "onnxruntime" and profile["fingerprint"]["onnxruntime"]
-    assert set(profile["linear"]) == {"float32", "int8"} and set(profile["attention"]) == {"float32"}
+    assert set(profile["linear"]) == {"float32", "int8", "int8_static"} and set(profile["attention"]) == {"float32"}
     path = save_profile(profile, default_profile_path(1, "onnxruntime"))
     assert load_profile(path) == json.loads(path.read_text())
 
