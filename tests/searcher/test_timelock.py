@@ -161,3 +161,48 @@ def test_another_cpu_is_refused_for_timing():
     other = cpu_refusal({**here, "cpu": "Another CPU 9000"})
     assert other.startswith("refused for timing") and "Another CPU 9000" in other and here["cpu"] in other
     assert cpu_refusal({**here, "flags": [*here["flags"], "amx_tile"]}) is not None  # same model, other ISA
+
+
+def test_the_ray_trial_module_imports_nothing_heavy():
+    # Ray unpickles the trainable by importing its module: that import must not load torch beside a
+    # measurement (the loading happens inside the trial, under the lock)
+    code = ("import sys; import slimformer.searcher.backends.raytrial as r; "
+            "print('torch' in sys.modules, 'transformers' in sys.modules, callable(r.evaluate_plan))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "False", "True"], out.stderr
+
+
+def test_a_ray_worker_loads_its_model_holding_the_lock(make_study, monkeypatch, tmp_path):
+    # while a Ray trial builds its Workbench, no measurement on the host can take the lock
+    import fcntl
+
+    from slimformer.searcher.backends import raytrial
+    from slimformer.searcher.config import load_study_config
+    from slimformer.searcher.devices.timelock import lock_path
+    from slimformer.searcher.problem import workbench
+
+    lock_file = tmp_path / "host.lock"
+    monkeypatch.setenv("SLIMFORMER_TIMING_LOCK", str(lock_file))
+    cfg = load_study_config(make_study())
+    seen = {}
+
+    class Probe:
+        def __init__(self, cfg, log=print):
+            assert lock_path(None) == lock_file
+            fd = os.open(lock_file, os.O_RDWR)
+            try:  # what a measurement does: the exclusive lock, without waiting
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen["exclusive"] = True
+            except BlockingIOError:
+                seen["exclusive"] = False
+            finally:
+                os.close(fd)
+            raise RuntimeError("probe done")
+
+    monkeypatch.setattr(workbench, "Workbench", Probe)
+    with pytest.raises(RuntimeError, match="probe done"):
+        raytrial.evaluate_plan({"number": 0, "plan": {}}, cfg=cfg, baseline=None, faults=None, device=None)
+    assert seen == {"exclusive": False}
+    fd = os.open(lock_file, os.O_RDWR)  # and it is released when the trial ends, however it ends
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.close(fd)
