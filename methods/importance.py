@@ -10,21 +10,33 @@ import torch
 
 from .adapters import Adapter
 from .calibration import Calibration
-from .surgery import weight_out_in
+from .surgery import module_at, weight_out_in
 
 __all__ = ["magnitude_scores", "fisher_scores", "importance_scores"]
 
 
+def _gain(adapter: Adapter, layer, norm: str | None) -> torch.Tensor | float:
+    """The per-channel gain of the pre-norm that feeds a block's input projections (1 without one): the
+    projections read the normalised stream times this gain, so their weights count as W * gain. An
+    RMSNorm gain can be far from 1 on a few channels (SmolLM2's layer 0), and scoring the raw weights
+    then drops exactly the neurons that read those channels."""
+    weight = getattr(module_at(layer, norm), "weight", None) if norm else None
+    return weight.detach().float() if weight is not None else 1.0
+
+
 def magnitude_scores(adapter: Adapter) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per layer: head scores (squared norm of each head's q/k/v rows and o columns) and
-    neuron scores (norm of the neuron's input rows times its output column)."""
+    neuron scores (norm of the neuron's input rows times its output column); the input rows are
+    scaled by the gain of the pre-norm that feeds them (`_gain`)."""
     d = adapter.head_dim
     g = adapter.shape().heads_per_group
     heads, neurons = [], []
     with torch.no_grad():
         for layer in adapter.layers():
             if adapter.has_attention(layer):
+                gain = _gain(adapter, layer, adapter.attn_norm)
                 wq, wk, wv, wo = (w.float() for w in adapter.attention_weights(layer))
+                wq, wk, wv = wq * gain, wk * gain, wv * gain
                 h = wq.shape[0] // d
                 q = wq.reshape(h, d, -1).pow(2).sum((1, 2))
                 kv = (wk.reshape(-1, d, wk.shape[1]).pow(2).sum((1, 2)) + wv.reshape(-1, d, wv.shape[1]).pow(2).sum((1, 2)))
@@ -33,7 +45,8 @@ def magnitude_scores(adapter: Adapter) -> tuple[list[torch.Tensor], list[torch.T
             else:
                 heads.append(torch.zeros(0))
             ins, out = adapter.ffn_modules(layer)
-            w_in = sum(weight_out_in(m).float().pow(2).sum(1) for m in ins).sqrt()
+            gain = _gain(adapter, layer, adapter.ffn_norm)
+            w_in = sum((weight_out_in(m).float() * gain).pow(2).sum(1) for m in ins).sqrt()
             w_out = weight_out_in(out).float().pow(2).sum(0).sqrt()
             neurons.append(w_in * w_out)
     return heads, neurons
