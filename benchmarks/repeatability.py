@@ -48,10 +48,11 @@ def measure(artifact: str, study: str, rounds: int) -> dict:
     """In this (fresh) process: the exported artifact against the study's baseline."""
     from slimformer.methods import load_compressed
     from slimformer.searcher.config import load_study_config
-    from slimformer.searcher.devices.adaptive import speedup_interval, speedup_target
+    from slimformer.searcher.devices.adaptive import speedup_interval
     from slimformer.searcher.devices.artifacts import ArtifactModel, is_artifact, open_artifact
     from slimformer.searcher.devices.runtime import ArtifactRunner
     from slimformer.searcher.problem.workbench import Workbench
+    from slimformer.searcher.study.budget import Budget
 
     cfg = load_study_config(study)
     bench = Workbench(cfg, log=lambda msg: None)
@@ -67,10 +68,10 @@ def measure(artifact: str, study: str, rounds: int) -> dict:
     ratios = [b / c for b, c in zip(samples["baseline"], samples["candidate"])]
     low, high = speedup_interval(ratios, cfg.budget.confidence)
     base_ms = statistics.median(samples["baseline"])
-    target = speedup_target(cfg.budget, base_ms)
+    budget = Budget.from_section(cfg.budget)
     return {
         "speedup": statistics.median(ratios), "low": low, "high": high, "confidence": cfg.budget.confidence,
-        "rounds": rounds, "target": target, "holds": target is None or low >= target,
+        "rounds": rounds, "target": budget.target(base_ms), "holds": budget.holds(low, base_ms),
         "baseline_ms": base_ms, "candidate_ms": statistics.median(samples["candidate"]),
         "quality_full": bench.quality(model, full=True)["quality"],
         "baseline_quality_full": bench.quality(bench.model, full=True)["quality"],

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .config import StudyConfig
 from .errors import UserError
-from .report.retime import study_budget
+from .study.budget import Budget
 from .study.finals import (
     TIMING_ATTR,
     best_holding_final,
@@ -34,6 +34,7 @@ from .study.finals import (
     final_table,
     open_finals,
 )
+from .study.records import FinalRecord, StudyRecord, TrialRecord, study_budget, write_study
 
 __all__ = ["run_finish", "render_finish", "final_plan", "check_corpus", "export_final_model", "export_final", "export_trial", "RECIPES", "DEFAULT_STEPS", "DEFAULT_TOP"]
 
@@ -71,30 +72,23 @@ def _candidates(study, bench, top: int, log) -> list:
     return chosen
 
 
-_LIMITS = {"speedup": ("speedup", -1), "latency_ms": ("latency_ms", 1), "size_mb": ("size_mb", 1),
-           "quality_drop": ("max_quality_drop", 1)}  # constraint -> (budget key, sign: held = limit + sign * value)
-
-
 def _closest_trials(study, cfg: StudyConfig, n: int = 3) -> str:
     """' (budget speedup 4.0; closest: #5 would hold speedup 3.62; ...)': the `n` finished trials nearest
     to the budget (largest relative miss, smallest first) and the budget each would hold; '' when none."""
     from optuna.trial import TrialState
 
-    budget = {**cfg.budget.model_dump(), **study.user_attrs.get("budget", {})}
+    budget = Budget.from_stored({**Budget.from_section(cfg.budget).to_dict(), **(StudyRecord.of(study).budget or {})})
     rows = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        cons = t.user_attrs.get("constraints") or {}
-        held = {name: budget[key] + sign * v for name, v in cons.items() if name in _LIMITS
-                for key, sign in [_LIMITS[name]] if budget.get(key)}
-        if held:
-            miss = max(max(cons[name], 0.0) / abs(budget[_LIMITS[name][0]]) for name in held)
-            rows.append((miss, t.number, held))
+        near = budget.would_hold(TrialRecord.of(t).constraints or {})
+        if near is not None:
+            rows.append((near[0], t.number, near[1]))
     rows.sort()
     parts = [f"#{number} would hold " + ", ".join(f"{name} {value:.2f}" for name, value in held.items())
              for _, number, held in rows[:n]]
     if not parts:
         return ""
-    asked = ", ".join(f"{name} {budget[key]}" for name, (key, _) in _LIMITS.items() if budget.get(key))
+    asked = ", ".join(f"{name} {value}" for name, value in budget.limits().items())
     return f" (budget {asked}; closest: {'; '.join(parts)})"
 
 
@@ -152,15 +146,16 @@ def run_finish(cfg: StudyConfig, *, storage=None, study_name=None, top: int = DE
     steps = steps or DEFAULT_STEPS
     handle = handle_for(cfg, storage, study_name)
     study = open_study(handle, read_only=True)
-    if "baseline" not in study.user_attrs:
+    stored = StudyRecord.of(study)
+    if stored.baseline is None:
         raise UserError(f"study {handle.name!r} was not written by slimformer search")
     if not feasible_trials(study):
         raise UserError(f"study {handle.name!r} has no feasible trial yet{_closest_trials(study, cfg)}: run more "
                         "trials (or relax the budget) before finishing")
     rows = check_corpus(cfg)
-    metric = study.user_attrs.get("metric")
+    metric = stored.metric
     bench = Workbench(cfg, log=log)
-    bench.adopt(study.user_attrs["baseline"])
+    bench.adopt(stored.baseline)
     chosen = _candidates(study, bench, top, log)
     stored = {r["search_trial"] for r in final_rows(handle.url, handle.name)}
     todo = [t for t in chosen if t.number not in stored]
@@ -169,14 +164,14 @@ def run_finish(cfg: StudyConfig, *, storage=None, study_name=None, top: int = DE
             log(f"trial {t.number}: its final model is stored already (kept)")
     corpus = build_corpus(rows, bench.task, cfg.data.batch_size, seed=cfg.search.seed or 0)
     finals = open_finals(handle.url, handle.name, create=True)
-    finals.set_user_attr("search_study", handle.name)
+    write_study(finals, search_study=handle.name)
     score_s = 0.0
     if todo:
         t0 = time.perf_counter()
         base_val = bench.quality(bench.model, full=True)["quality"]
         base_test = bench.test_quality(bench.model)
         score_s = time.perf_counter() - t0
-        finals.set_user_attr("baseline", {"quality": base_val, "test_quality": base_test})
+        write_study(finals, baseline={"quality": base_val, "test_quality": base_test})
         per_step = _probe_step_s(bench, corpus)
         expected = len(todo) * (steps * per_step + score_s + 30)
         log(f"finish: {len(todo)} plan(s) (trials {', '.join(str(t.number) for t in todo)}) x {steps} steps on "
@@ -186,17 +181,18 @@ def run_finish(cfg: StudyConfig, *, storage=None, study_name=None, top: int = DE
             log(f"--minutes {minutes:g} caps it: each plan gets an equal share of the time left and runs the steps "
                 "that fit")
     for i, cand in enumerate(todo):
+        searched = TrialRecord.of(cand)
         t_plan = time.monotonic()
         plan_deadline = None
         if deadline is not None:
             share = (deadline - t_plan - TIMING_RESERVE_S) / (len(todo) - i)
             plan_deadline = t_plan + share - score_s
         log(f"trial {cand.number} ({i + 1}/{len(todo)}): search {metric} {cand.values[0]:.2f} at "
-            f"{cand.user_attrs['speedup']:.2f}x; rebuilding and distilling ...")
-        plan = final_plan(cand.user_attrs["plan"], cfg.task.type, steps)
+            f"{searched.speedup:.2f}x; rebuilding and distilling ...")
+        plan = final_plan(searched.plan, cfg.task.type, steps)
         model = bench.build(plan, log=log, corpus=corpus, deadline=plan_deadline)
         ran = plan_of(model).distill.steps
-        scored = bench.deployed(model, cand.user_attrs.get("runtime"))  # as its runtime runs it, as exported
+        scored = bench.deployed(model, searched.runtime)  # as its runtime runs it, as exported
         val = bench.quality(scored, full=True)["quality"]
         test = bench.test_quality(scored)
         out = final_folder(cfg, handle.name, cand.number)
@@ -204,50 +200,38 @@ def run_finish(cfg: StudyConfig, *, storage=None, study_name=None, top: int = DE
         size = model_size(model, plan.group_size)
         save_compressed(model, None, out, tokenizer=bench.tokenizer, force=True,
                         metrics={"quality": val, "test_quality": test, "final_of_trial": cand.number})
-        attrs = {"search_trial": cand.number, "plan": plan_of(model).to_dict(), "steps": ran,
-                 "steps_asked": steps, "quality": val, "test_quality": test, "search_quality": cand.values[0],
-                 "search_speedup": cand.user_attrs["speedup"], "size_mb": size["size_mb"], "params": size["params"],
-                 "simulated": size["simulated"], "path": str(out.resolve()), "wall_s": time.monotonic() - t_plan}
-        finals.add_trial(optuna.trial.create_trial(value=val, user_attrs=attrs))
+        final = FinalRecord(search_trial=cand.number, plan=plan_of(model).to_dict(), steps=ran, steps_asked=steps,
+                            quality=val, test_quality=test, search_quality=cand.values[0],
+                            search_speedup=searched.speedup, size_mb=size["size_mb"], params=size["params"],
+                            simulated=size["simulated"], path=str(out.resolve()), wall_s=time.monotonic() - t_plan)
+        finals.add_trial(optuna.trial.create_trial(value=val, user_attrs=final.attrs()))
         log(f"trial {cand.number}: final model stored: {metric} {val:.2f} on the full validation split"
             + (f", {test:.2f} on test" if test is not None else "") + f" ({ran} steps"
-            + (f" of {steps}: capped by --minutes" if ran < steps else "") + f", {attrs['wall_s'] / 60:.1f} min)")
+            + (f" of {steps}: capped by --minutes" if ran < steps else "") + f", {final.wall_s / 60:.1f} min)")
     _retime(study, bench, finals, handle, log)
     return {"study": handle.name, "final_study": finals.study_name, "storage": handle.url, "metric": metric,
-            "finals": final_rows(handle.url, handle.name, study_budget(study)), "budget": study_budget(study),
-            "baseline": finals.user_attrs.get("baseline"), "wall_s": time.monotonic() - started,
+            "finals": final_rows(handle.url, handle.name, study_budget(study)), "budget": study_budget(study).to_dict(),
+            "baseline": StudyRecord.of(finals).baseline, "wall_s": time.monotonic() - started,
             "chosen": [t.number for t in chosen]}
 
 
 def _retime(study, bench, finals, handle, log) -> None:
-    """All stored final models against the uncompressed model in one interleaved measurement,
-    bounded and judged as the search's re-timing is (searcher/report/retime.py)."""
-    import statistics
-
+    """All stored final models against the uncompressed model in one interleaved measurement: the
+    search's re-timing (searcher/report/retime.py `retime_models`), stored as the final study's."""
     from slimformer.methods import load_compressed
 
-    from .devices.adaptive import speedup_interval, speedup_target
+    from .report.retime import retime_models, retime_rounds
 
     rows = final_rows(handle.url, handle.name)
     if not rows:
         return
-    budget = study_budget(study)
-    target = speedup_target(budget, study.user_attrs["baseline"]["latency_ms"])
-    rounds = max(bench.cfg.device.rounds, bench.cfg.device.max_rounds)
     log(f"re-timing {len(rows)} final model(s) against the uncompressed model in one interleaved measurement "
-        f"({rounds} rounds) ...")
-    models = {str(r["search_trial"]): load_compressed(r["path"])[0] for r in rows}
+        f"({retime_rounds(bench.cfg)} rounds) ...")
+    models = {r["search_trial"]: load_compressed(r["path"])[0] for r in rows}
     searched = {t.number: t for t in study.get_trials(deepcopy=False)}
-    runtimes = {n: searched[int(n)].user_attrs.get("runtime") if int(n) in searched else None for n in models}
-    samples = bench.paired_rounds(models, runtimes=runtimes)(rounds)
-    trials = {}
-    for n in models:
-        ratios = [b / c for b, c in zip(samples["baseline"], samples[n])]
-        low, high = speedup_interval(ratios, budget["confidence"])
-        trials[n] = {"speedup": statistics.median(ratios), "low": low, "high": high,
-                     "confidence": budget["confidence"], "holds": target is None or low >= target}
-    finals.set_user_attr(TIMING_ATTR, {"rounds": rounds, "target": target, "trials": trials,
-                                       "baseline_ms": statistics.median(samples["baseline"])})
+    runtimes = {n: TrialRecord.of(searched[n]).runtime if n in searched else None for n in models}
+    record = retime_models(bench, models, runtimes, study_budget(study), StudyRecord.of(study).baseline["latency_ms"])
+    finals.set_user_attr(TIMING_ATTR, record.to_dict())
 
 
 def render_finish(summary: dict) -> str:
@@ -283,12 +267,12 @@ def export_final_model(url: str, study, number: int | None, out, force: bool, ch
                             "feasible trials) or export the search trial with --trial N")
     if fmt is None:
         searched = [t for t in study.get_trials(deepcopy=False) if t.number == row["search_trial"]]
-        fmt = default_format(searched[0].user_attrs.get("runtime", "eager") if searched else "eager")
+        fmt = default_format((TrialRecord.of(searched[0]).runtime if searched else None) or "eager")
         require_format(fmt)
     check_out(out, force)
     finals = open_finals(url, study.study_name)
-    baseline = dict(finals.user_attrs.get("baseline") or {}) if finals is not None else {}
-    return export_final(row, out, force, study.user_attrs.get("metric"), fmt, make_bench, baseline)
+    baseline = dict(StudyRecord.of(finals).baseline or {}) if finals is not None else {}
+    return export_final(row, out, force, StudyRecord.of(study).metric, fmt, make_bench, baseline)
 
 
 def export_final(row: dict, out: Path, force: bool, metric: str, fmt: str = "pytorch", make_bench=None,
@@ -307,9 +291,8 @@ def export_final(row: dict, out: Path, force: bool, metric: str, fmt: str = "pyt
         metrics = {k: row.get(k) for k in ("quality", "test_quality", "size_mb", "params", "simulated", "steps")}
         metrics.update({"speedup": row.get("speedup_retimed"), "final_of_trial": row["search_trial"],
                         "metric": metric, "baseline": {**(baseline or {}), "split": "full validation"}})
-        if row.get("speedup_retimed") is not None:  # the interval of finish's re-timing, as for search trials
-            metrics["retimed"] = {"speedup": row["speedup_retimed"], "low": row["retimed_low"],
-                                  "high": row["retimed_high"], "holds": row["holds"]}
+        if row.get("retimed") is not None:  # the interval of finish's re-timing, as for search trials
+            metrics["retimed"] = row["retimed"]
         if fmt == "pytorch":
             from slimformer.methods import save_compressed
 
@@ -351,26 +334,25 @@ def export_trial(cfg, study, best: bool, number: int | None, out: Path, force: b
         trial = choose_best(study, bench, log)  # the best that holds re-timed (searcher/report/retime.py)
     else:
         matches = [t for t in study.get_trials(deepcopy=False) if t.number == number]
-        if not matches or matches[0].state != TrialState.COMPLETE or "plan" not in matches[0].user_attrs:
+        if not matches or matches[0].state != TrialState.COMPLETE or TrialRecord.of(matches[0]).plan is None:
             raise UserError(f"trial {number} is not a finished trial of this study")
         trial = matches[0]
         check_out(out, force)
         warning = miss_warning(study, trial)
         if warning:
             log(f"warning: {warning}; exporting it as asked")
-    fmt = fmt or default_format(trial.user_attrs.get("runtime", cfg.device.runtime))
+    searched = TrialRecord.of(trial)
+    fmt = fmt or default_format(searched.runtime or cfg.device.runtime)
     require_format(fmt)  # not installed: one line before anything is built
     bench = bench or Workbench(cfg, log=log)
-    plan = Plan.from_dict(trial.user_attrs["plan"])
+    plan = Plan.from_dict(searched.plan)
     log(f"rebuilding trial {trial.number} from its plan ...")
     model = bench.build(plan)
-    metrics = {k: trial.user_attrs.get(k) for k in ("quality", "latency_ms", "speedup", "size_mb", "params", "simulated")
-               + INTERVAL_KEYS}
+    metrics = searched.attrs("quality", "latency_ms", "speedup", "size_mb", "params", "simulated", *INTERVAL_KEYS)
     again = retimed(study).get(trial.number)
     if again is not None:
-        metrics["retimed"] = {"speedup": again.speedup, "low": again.low, "high": again.high,
-                              "confidence": again.confidence, "rounds": again.rounds, "holds": again.holds}
-    base = study.user_attrs.get("baseline") or {}
+        metrics["retimed"] = again.to_dict()
+    base = StudyRecord.of(study).baseline or {}
     metrics.update({"trial": trial.number, "study": study.study_name, "metric": bench.task.metric,
                     "baseline": {"quality": base.get("quality"), "split": "the search's validation split"}})
     try:

@@ -21,16 +21,20 @@ from .backends.workers import check_scale_out, is_worker
 from .config import StudyConfig
 from .devices.registry import check_space, get_runtime, native_choices, study_formats
 from .errors import UserError
-from .study.edge import EDGE, edge_seeds
+from .study.budget import Budget
+from .study.edge import EDGE, Edge, edge_seeds
 from .study.owners import fail_stale_trials, register_owner
 from .study.records import (
     DIRECTIONS,
     SCHEMA,
     SEEDED,
     StudyHandle,
+    StudyRecord,
+    TrialRecord,
     best_feasible,
     counted,
     handle_for,
+    write_study,
 )
 from .study.seeds import sensitivity_seeds
 from .study.session import SearchSession
@@ -87,9 +91,8 @@ def _brief(trial, again: dict) -> dict | None:
         return None
     keys = ("quality", "latency_ms", "speedup", "speedup_low", "speedup_high", "size_mb", "plan")
     r = again.get(trial.number)
-    return {"number": trial.number, **{k: trial.user_attrs.get(k) for k in keys},
-            "retimed": None if r is None else {"speedup": r.speedup, "low": r.low, "high": r.high,
-                                               "confidence": r.confidence, "holds": r.holds}}
+    return {"number": trial.number, **TrialRecord.of(trial).attrs(*keys),
+            "retimed": None if r is None else r.to_dict()}
 
 
 def _study_meta(cfg: StudyConfig, space, bench) -> dict:
@@ -100,39 +103,39 @@ def _study_meta(cfg: StudyConfig, space, bench) -> dict:
         "model": cfg.model.name,
         "task": cfg.task.type,
         "metric": bench.task.metric,
-        "budget": cfg.budget.model_dump(),
+        "budget": Budget.from_section(cfg.budget).to_dict(),
         "device": bench.facts(),
         "data": data_meta(cfg),
     }
 
 
 def _check_compatible(study: optuna.Study, meta: dict, cfg: StudyConfig) -> None:
-    stored = study.user_attrs
-    if stored.get("schema", SCHEMA) > SCHEMA:
-        raise UserError(f"study {study.study_name!r} was written by a newer slimformer (schema {stored['schema']})")
+    stored = StudyRecord.of(study)
+    if (stored.schema if stored.schema is not None else SCHEMA) > SCHEMA:
+        raise UserError(f"study {study.study_name!r} was written by a newer slimformer (schema {stored.schema})")
     want = [optuna.study.StudyDirection.MAXIMIZE if DIRECTIONS[o] == "maximize" else
             optuna.study.StudyDirection.MINIMIZE for o in cfg.search.objectives]
-    if list(study.directions) != want or stored.get("objectives", meta["objectives"]) != meta["objectives"]:
-        raise UserError(f"study {study.study_name!r} was created with objectives {stored.get('objectives')}, "
+    if list(study.directions) != want or stored.objectives not in (None, meta["objectives"]):
+        raise UserError(f"study {study.study_name!r} was created with objectives {stored.objectives}, "
                         f"the file asks for {meta['objectives']}; use a new --study-name or storage")
-    if stored.get("space_fingerprint") not in (None, meta["space_fingerprint"]):
+    if stored.space_fingerprint not in (None, meta["space_fingerprint"]):
         raise UserError(f"study {study.study_name!r} was created with a different search space; "
                         "use a new --study-name (or restore the space) to keep results comparable")
     for key in ("model", "task"):
-        if stored.get(key) not in (None, meta[key]):
-            raise UserError(f"study {study.study_name!r} was created for {key} {stored[key]!r}, "
+        if getattr(stored, key) not in (None, meta[key]):
+            raise UserError(f"study {study.study_name!r} was created for {key} {getattr(stored, key)!r}, "
                             f"the file says {meta[key]!r}")
 
 
-def _check_budget_reachable(cfg: StudyConfig, space, bench, log) -> list[dict]:
+def _check_budget_reachable(cfg: StudyConfig, space, bench, log) -> Edge:
     """Measure a few plans along the size axis (searcher/study/edge.py): refuse a budget the smallest plan
-    clearly misses (beyond the measured spread) and return the edge plans to queue first ([] without a
-    latency or size budget, or with search.seed_uniform off)."""
-    b = cfg.budget
-    if b.speedup is None and b.latency_ms is None and b.size_mb is None:
-        return []
-    seeds = edge_seeds(cfg, space, bench, log)
-    return seeds if cfg.search.seed_uniform else []
+    clearly misses (beyond the measured spread) and return the edge plans to queue first (none without a
+    latency or size budget, or with search.seed_uniform off) with the measured axis."""
+    b = Budget.from_section(cfg.budget)
+    if not b.times_one_forward and b.size_mb is None:
+        return Edge([], [])
+    edge = edge_seeds(cfg, space, bench, log)
+    return edge if cfg.search.seed_uniform else Edge([], edge.points)
 
 
 def _predictor(cfg: StudyConfig, bench, log):
@@ -154,16 +157,15 @@ def _predictor(cfg: StudyConfig, bench, log):
 
 def _calibrate(predictor, study: optuna.Study) -> None:
     """Re-fit the cost model on the study's measured trials (each runtime on its own latency)."""
-    from .study.records import LATENCY_SOURCE
     from .study.trial import runtime_latencies
 
     if predictor is None:
         return
-    base = study.user_attrs["baseline"]["latency_ms"]
+    base = StudyRecord.of(study).baseline["latency_ms"]
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        a = t.user_attrs
-        if "plan" in a and a.get("latency_ms") and a.get(LATENCY_SOURCE, "measured") == "measured":
-            predictor.observe(Plan.from_dict(a["plan"]), runtime_latencies(a, base))
+        a = TrialRecord.of(t)
+        if a.plan is not None and a.latency_ms and (a.latency_source or "measured") == "measured":
+            predictor.observe(Plan.from_dict(a.plan), runtime_latencies(a.attrs(), base))
 
 
 def _baseline(cfg: StudyConfig, bench, log) -> dict:
@@ -240,7 +242,7 @@ def prepare(cfg: StudyConfig, *, trials: int | None = None, timeout: float | Non
     meta = _study_meta(cfg, space, bench)
     predictor = _predictor(cfg, bench, log)
     study = _open_study(cfg, handle, space, bench, meta, predictor, target, seed, log)
-    baseline = study.user_attrs["baseline"]
+    baseline = StudyRecord.of(study).baseline
     bench.adopt(baseline)
     fail_stale_trials(study, log)
     register_owner(study)
@@ -317,15 +319,13 @@ def _open_study(cfg: StudyConfig, handle: StudyHandle, space, bench, meta: dict,
         sensitivity = sensitivity_seeds(space, bench, log)
     study = optuna.create_study(storage=open_storage(handle.url), study_name=handle.name,
                                 directions=[DIRECTIONS[o] for o in cfg.search.objectives], sampler=sampler)
-    for key, value in meta.items():
-        study.set_user_attr(key, value)
-    study.set_user_attr("baseline", first_baseline)
-    for params in edge:  # first: the budget's edge (searcher/study/edge.py)
+    write_study(study, **meta, baseline=first_baseline)
+    for params in edge.seeds:  # first: the budget's edge (searcher/study/edge.py)
         study.enqueue_trial(params, user_attrs={SEEDED: EDGE}, skip_if_exists=True)
     for params, attrs in transferred:
         study.enqueue_trial(params, user_attrs=attrs)
     if cfg.search.seed_uniform and cfg.transfer.source is None:
-        for params in space.uniform_plans():
+        for params in edge.worth_trying(cfg, space, space.uniform_plans(), log):
             study.enqueue_trial(params, user_attrs={SEEDED: True}, skip_if_exists=True)
     for params in sensitivity:  # after the uniform plans (search.seed_sensitivity)
         study.enqueue_trial(params, user_attrs={SEEDED: "sensitivity"}, skip_if_exists=True)

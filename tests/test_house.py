@@ -216,3 +216,89 @@ def test_the_wheel_lists_every_package():
     for name in tool["packages"]:
         top = ".".join(name.split(".")[:2])
         assert (ROOT / tool["package-dir"][top]).is_dir()
+
+
+RECORD_MODULE = "slimformer.searcher.study.records"  # the one home of the user-attribute keys
+_FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+
+
+def _own_nodes(scope: ast.AST):
+    """The nodes of a module or function, not those of the functions nested in it."""
+    stack = list(ast.iter_child_nodes(scope))
+    while stack:
+        node = stack.pop()
+        yield node
+        if not isinstance(node, _FUNCTIONS):
+            stack.extend(ast.iter_child_nodes(node))
+
+
+def _raw_attribute_keys(tree: ast.Module) -> list[tuple[int, str]]:
+    """(line, key) of each string key used with a trial's or a study's user attributes:
+    `x.user_attrs["k"]`, `x.user_attrs.get("k")`, `"k" in x.user_attrs`, `set_user_attr("k", v)`,
+    `set_trial_user_attr(id, "k", v)`, `user_attrs={"k": v}`, and the first three through a name bound
+    to `x.user_attrs` (or `dict(x.user_attrs)`) in the same function. Other dicts' keys are not read."""
+    def is_attrs(node) -> bool:
+        if isinstance(node, ast.Attribute) and node.attr == "user_attrs":
+            return True
+        return (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict"
+                and len(node.args) == 1 and is_attrs(node.args[0]))
+
+    def text(node) -> str | None:
+        return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+    found = []
+    for scope in [tree, *(n for n in ast.walk(tree) if isinstance(n, _FUNCTIONS))]:
+        nodes = list(_own_nodes(scope))
+        names = {t.id for n in nodes if isinstance(n, ast.Assign) and is_attrs(n.value)
+                 for t in n.targets if isinstance(t, ast.Name)}
+
+        def attrs(node, names=names) -> bool:
+            return is_attrs(node) or (isinstance(node, ast.Name) and node.id in names)
+
+        for n in nodes:
+            keys = []
+            if isinstance(n, ast.Subscript) and attrs(n.value):
+                keys = [text(n.slice)]
+            elif isinstance(n, ast.Compare) and isinstance(n.ops[0], (ast.In, ast.NotIn)) and attrs(n.comparators[0]):
+                keys = [text(n.left)]
+            elif isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute):
+                if n.func.attr in ("get", "pop", "setdefault") and attrs(n.func.value) and n.args:
+                    keys = [text(n.args[0])]
+                elif n.func.attr == "set_user_attr" and n.args:
+                    keys = [text(n.args[0])]
+                elif n.func.attr == "set_trial_user_attr" and len(n.args) > 1:
+                    keys = [text(n.args[1])]
+            if isinstance(n, ast.Call):
+                keys += [text(k) for kw in n.keywords if kw.arg == "user_attrs" and isinstance(kw.value, ast.Dict)
+                         for k in kw.value.keys if k is not None]
+            found += [(n.lineno, k) for k in keys if k is not None]
+    return sorted(found)
+
+
+def test_the_attribute_key_reader_sees_every_form():
+    src = '''
+def f(trial, study, row):
+    a = trial.user_attrs
+    b = dict(study.user_attrs)
+    x = (trial.user_attrs["plan"], trial.user_attrs.get("runtime"), "baseline" in study.user_attrs, a["quality"],
+         b.get("metric"), row["latency_ms"], {"speedup": 1}["speedup"])
+    trial.set_user_attr("seeded", True)
+    study._storage.set_trial_user_attr(1, "retried", True)
+    study.enqueue_trial({}, user_attrs={"host": 1})
+    return lambda t: t.user_attrs.get("size_mb")
+
+def g(a):
+    return a["quality"]  # another function's `a`: not the attributes
+'''
+    keys = [k for _, k in _raw_attribute_keys(ast.parse(src))]
+    assert sorted(keys) == sorted(["plan", "runtime", "baseline", "quality", "metric", "seeded", "retried", "host",
+                                   "size_mb"])
+
+
+def test_user_attribute_keys_live_in_the_record_module():
+    """A trial's and a study's user attributes are read and written through the typed records of
+    searcher/study/records.py (TrialRecord, StudyRecord, FinalRecord, Retiming and its key constants):
+    no raw key string elsewhere in the searcher."""
+    bad = [f"{m.path.relative_to(ROOT)}:{line} user attribute {key!r}" for n, m in MODS.items()
+           if n.startswith("slimformer.searcher") and n != RECORD_MODULE for line, key in _raw_attribute_keys(m.tree)]
+    assert not bad, "\n".join(bad)

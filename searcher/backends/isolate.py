@@ -27,6 +27,7 @@ from slimformer.methods import Plan
 
 from ..config import StudyConfig
 from ..devices.registry import get_runtime
+from ..study.records import TrialRecord
 from ..study.session import SearchSession
 from ..study.trial import evaluate
 from .faults import fault_for, inject
@@ -285,7 +286,7 @@ def make_runner(session: SearchSession):
 
     slowest = 0.0
     for t in session.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        a = t.user_attrs
-        slowest = max(slowest, float(a.get("build_s", 0) or 0) + float(a.get("eval_s", 0) or 0))
+        a = TrialRecord.of(t)
+        slowest = max(slowest, float(a.build_s or 0) + float(a.eval_s or 0))
     s = cfg.search
     return IsolatedRunner(cfg, log=log, timeout=s.trial_timeout, memory_mb=s.trial_memory_mb, slowest_s=slowest)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 
+from ..study.records import TrialRecord
+
 __all__ = ["SearchProgress"]
 
 
@@ -46,19 +48,19 @@ class SearchProgress:
             self._progress.update(self._task, completed=self.done, **fields)
 
     def trial_done(self, trial, best) -> None:
-        a = trial.user_attrs
+        a = TrialRecord.of(trial)
         q0 = self.baseline["quality"]
-        flag = "feasible" if a.get("feasible") else "over budget"
-        sim = " [simulated bits]" if a.get("simulated") else ""
-        seeded = a.get("seeded")  # queued before the sampler ran (study.records.SEEDED)
+        flag = "feasible" if a.feasible else "over budget"
+        sim = " [simulated bits]" if a.simulated else ""
+        seeded = a.seeded  # queued before the sampler ran (study.records.SEEDED)
         sim += f" seeded: {seeded if isinstance(seeded, str) else 'uniform'}" if seeded else ""
-        self._print(f"trial {trial.number:>3}: quality {a['quality']:.2f} ({a['quality'] - q0:+.2f}) "
-                    f"speedup {a['speedup']:.2f}x{_bounds(a)} latency {a['latency_ms']:.1f} ms size {a['size_mb']:.1f} MB "
-                    f"{flag}{sim} ({a['build_s'] + a['eval_s']:.0f} s)")
+        self._print(f"trial {trial.number:>3}: quality {a.quality:.2f} ({a.quality - q0:+.2f}) "
+                    f"speedup {a.speedup:.2f}x{_bounds(a)} latency {a.latency_ms:.1f} ms size {a.size_mb:.1f} MB "
+                    f"{flag}{sim} ({a.build_s + a.eval_s:.0f} s)")
         best_text = None
         if best is not None:
-            b = best.user_attrs
-            best_text = f"best feasible: #{best.number} {b['quality']:.2f} @ {b['speedup']:.2f}x"
+            b = TrialRecord.of(best)
+            best_text = f"best feasible: #{best.number} {b.quality:.2f} @ {b.speedup:.2f}x"
         self._advance(best_text)
 
     def trial_rejected(self, number: int, reason: str) -> None:
@@ -69,8 +71,8 @@ class SearchProgress:
         self._advance()
 
 
-def _bounds(attrs: dict) -> str:
+def _bounds(rec: TrialRecord) -> str:
     """The speedup's interval and rounds (searcher/devices/adaptive.py), when the latency was measured."""
-    if attrs.get("speedup_low") is None:
+    if rec.speedup_low is None:
         return ""
-    return f" [{attrs['speedup_low']:.2f}, {attrs['speedup_high']:.2f}] ({attrs['rounds']} rounds)"
+    return f" [{rec.speedup_low:.2f}, {rec.speedup_high:.2f}] ({rec.rounds} rounds)"

@@ -16,29 +16,37 @@ from optuna.trial import TrialState
 
 from ..config import StudyConfig
 from ..errors import UserError
+from ..study.budget import Budget
 from ..study.finals import final_rows, final_table
-from ..study.records import FAIL_REASON, PREDICTED_BY_RUNTIME, best_feasible, handle_for, open_study
+from ..study.records import (
+    FULL_QUALITY_ATTR,
+    RETIMED_ATTR,
+    StudyRecord,
+    TrialRecord,
+    best_feasible,
+    handle_for,
+    open_study,
+    study_budget,
+)
 from ..study.trial import runtime_latencies
-from .retime import RETIMED_ATTR, best_holding, is_current, retime, retimed, study_budget
+from .retime import best_holding, is_current, retime, retimed
 
 __all__ = ["report_study", "pareto_front", "render_text", "write_html", "FULL_QUALITY_ATTR"]
 
-FULL_QUALITY_ATTR = "quality_full"  # study user attr: {"baseline": q, "trials": {"N": q}} on the full split
 
 
 def _row(t) -> dict:
-    a = t.user_attrs
+    a = TrialRecord.of(t)
     return {
-        "number": t.number, "quality": a.get("quality"), "latency_ms": a.get("latency_ms"),
-        "speedup": a.get("speedup"), "speedup_low": a.get("speedup_low"), "speedup_high": a.get("speedup_high"),
-        "rounds": a.get("rounds"), "size_mb": a.get("size_mb"), "params": a.get("params"),
-        "feasible": bool(a.get("feasible")), "simulated": bool(a.get("simulated")),
-        "predicted_latency_ms": a.get("predicted_latency_ms"), "plan": a.get("plan"),
-        "latency_source": a.get("latency_source", "measured"), "transferred_from": a.get("transferred_from"),
-        "runtime": a.get("runtime"), "runtime_speedups": a.get("runtime_speedups"),
-        "predicted_runtime_ms": a.get(PREDICTED_BY_RUNTIME),
-        **{k: a[k] for k in DECODER_KEYS if k in a},  # decoders (device.generate): which latency, and the prefill
+        "number": t.number, **a.attrs(*ROW_KEYS), "feasible": bool(a.feasible), "simulated": bool(a.simulated),
+        "latency_source": a.latency_source or "measured",
+        **{k: v for k, v in a.attrs(*DECODER_KEYS).items() if v is not None},  # decoders (device.generate)
     }
+
+
+# the report's row of a trial: these TrialRecord fields, feasible, simulated, latency_source, and DECODER_KEYS
+ROW_KEYS = ("quality", "latency_ms", "speedup", "speedup_low", "speedup_high", "rounds", "size_mb", "params",
+            "predicted_latency_ms", "plan", "transferred_from", "runtime", "runtime_speedups", "predicted_runtime_ms")
 
 
 # a decoder's trial (device.generate, docs/decoders.md): latency_ms is decode ms per generated token
@@ -93,15 +101,16 @@ def report_study(cfg: StudyConfig, storage: str | None = None, study_name: str |
                  rescore: bool = True, log=print) -> dict:
     handle = handle_for(cfg, storage, study_name)
     study = open_study(handle, read_only=True)
-    if "baseline" not in study.user_attrs:
+    stored = StudyRecord.of(study)
+    if stored.baseline is None:
         raise UserError(f"study {handle.name!r} was not written by slimformer search")
     trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and "quality" in t.user_attrs]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and TrialRecord.of(t).quality is not None]
     rows = [_row(t) for t in complete]
     by_number = {r["number"]: r for r in rows}
-    keys = ("quality", "latency_ms", "size_mb") if "size" in study.user_attrs.get("objectives", []) else ("quality", "latency_ms")
+    keys = ("quality", "latency_ms", "size_mb") if "size" in (stored.objectives or []) else ("quality", "latency_ms")
     front = pareto_front([r for r in rows if r["feasible"]], keys)
-    baseline = dict(study.user_attrs["baseline"])
+    baseline = dict(stored.baseline)
     benches = []
 
     def bench():  # the Workbench, loaded only when something must be measured
@@ -130,13 +139,13 @@ def report_study(cfg: StudyConfig, storage: str | None = None, study_name: str |
     best, searched = best_holding(study), best_feasible(study)
     failed = [t for t in trials if t.state == TrialState.FAIL]
     return {
-        "study": handle.name, "storage": handle.url, "metric": study.user_attrs.get("metric"),
-        "budget": study.user_attrs.get("budget"), "device": study.user_attrs.get("device"),
+        "study": handle.name, "storage": handle.url, "metric": stored.metric,
+        "budget": stored.budget, "device": stored.device,
         "baseline": baseline, "n_trials": len(trials), "n_complete": len(complete),
         "n_failed": len(failed), "n_rejected": sum(t.state == TrialState.PRUNED for t in trials),
         "n_running": sum(t.state == TrialState.RUNNING for t in trials),
         "n_feasible": sum(r["feasible"] for r in rows),
-        "failures": [{"number": t.number, "reason": t.user_attrs.get(FAIL_REASON)} for t in failed],
+        "failures": [{"number": t.number, "reason": TrialRecord.of(t).fail_reason} for t in failed],
         "pareto": front, "trials": rows,
         # the final re-timing: the best feasible trials, one fresh measurement (searcher/report/retime.py)
         "retimed": timed, "retimed_current": is_current(study),
@@ -144,7 +153,7 @@ def report_study(cfg: StudyConfig, storage: str | None = None, study_name: str |
         # best under the budget: the best re-timed trial that holds (None: not re-timed, or none holds)
         "best": None if best is None else by_number.get(best.number),
         "best_search": None if searched is None else by_number.get(searched.number),
-        "cost_model": _cost_model_accuracy(rows, study.user_attrs.get("baseline", {}).get("latency_ms")),
+        "cost_model": _cost_model_accuracy(rows, stored.baseline.get("latency_ms")),
         # final models (slimformer finish), from the sibling study <name>:final (searcher/study/finals.py)
         "final": final_rows(handle.url, handle.name, study_budget(study)),
     }
@@ -300,8 +309,7 @@ def write_html(rep: dict, path: Path) -> list[Path]:
     b = rep["baseline"]
     fig.add_trace(go.Scatter(x=[b["latency_ms"]], y=[b["quality"]], mode="markers", name="uncompressed",
                              marker={"symbol": "star", "size": 14, "color": "#2ca02c"}))
-    budget = rep.get("budget") or {}
-    limit = budget.get("latency_ms") or (b["latency_ms"] / budget["speedup"] if budget.get("speedup") else None)
+    limit = Budget.from_stored(rep.get("budget")).latency_limit(b["latency_ms"])
     if limit:
         fig.add_vline(x=limit, line_dash="dash", annotation_text="latency budget")
     fig.update_layout(title=f"{rep['study']}: {metric} vs latency ({(rep.get('device') or {}).get('cpu', '')})",

@@ -20,44 +20,60 @@ reads the storage sees the same figures and a copy of a study folder carries non
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass
 
-from ..devices.adaptive import speedup_interval, speedup_target
+from ..devices.adaptive import speedup_interval
 from ..errors import UserError
-from ..study.records import CONSTRAINTS, feasible_trials
+from ..study.budget import Budget
+from ..study.records import (
+    RETIMED_ATTR,
+    Retimed,
+    Retiming,
+    StudyRecord,
+    TrialRecord,
+    feasible_trials,
+    study_budget,
+)
 
 __all__ = ["RETIMED_ATTR", "RETIME_TOP", "Retimed", "retimed", "candidates", "is_current", "retime",
-           "best_holding", "choose_best", "miss_warning", "study_budget"]
+           "retime_models", "retime_rounds", "best_holding", "choose_best", "miss_warning"]
 
-RETIMED_ATTR = "retimed"  # study user attr holding the final re-timing
 RETIME_TOP = 5            # feasible trials re-timed, best quality first
-
-
-@dataclass(frozen=True)
-class Retimed:
-    number: int
-    speedup: float     # median of the paired per-round ratios in the re-timing
-    low: float         # one-sided lower bound at `confidence`
-    high: float        # one-sided upper bound at `confidence`
-    confidence: float
-    rounds: int
-    holds: bool        # low >= the budget's speedup target (True when there is no latency budget)
-
-
-def study_budget(study) -> dict:
-    """The budget the study was created with (confidence 0.9 for studies stored before it existed)."""
-    return {"confidence": 0.9, **(study.user_attrs.get("budget") or {})}
 
 
 def retimed(study) -> dict[int, Retimed]:
     """The stored re-timing by trial number ({} when the study was never re-timed)."""
-    rec = study.user_attrs.get(RETIMED_ATTR) or {}
-    return {int(n): Retimed(number=int(n), **v) for n, v in rec.get("trials", {}).items()}
+    return Retiming.from_dict(study.user_attrs.get(RETIMED_ATTR)).trials
+
+
+def retime_rounds(cfg) -> int:
+    """The rounds of a re-timing: device.max_rounds (never fewer than device.rounds)."""
+    return max(cfg.device.rounds, cfg.device.max_rounds)
+
+
+def retime_models(bench, models: dict, runtimes: dict, budget: Budget, baseline_ms: float) -> Retiming:
+    """THE re-timing (the search's, the report's and finish's): `models` (search trial number -> model)
+    against the uncompressed model in ONE fresh interleaved measurement of `retime_rounds` rounds, each
+    in its runtime (`runtimes`: number -> runtime name or None), each speedup bounded by the bootstrap
+    of devices/adaptive.py and judged by the budget (its target from the study's `baseline_ms`)."""
+    rounds = retime_rounds(bench.cfg)
+    trials: dict[int, Retimed] = {}
+    measured_ms = None
+    if models:
+        samples = bench.paired_rounds({str(n): m for n, m in models.items()},
+                                      runtimes={str(n): runtimes.get(n) for n in models})(rounds)
+        base = samples["baseline"]
+        measured_ms = statistics.median(base)
+        for n in models:
+            ratios = [b / c for b, c in zip(base, samples[str(n)])]
+            low, high = speedup_interval(ratios, budget.confidence)
+            trials[n] = Retimed(n, statistics.median(ratios), low, high, budget.confidence, rounds,
+                                budget.holds(low, baseline_ms))
+    return Retiming(list(models), rounds, budget.confidence, budget.target(baseline_ms), measured_ms, trials)
 
 
 def candidates(study, k: int = RETIME_TOP) -> list:
     """The k feasible trials of highest quality (ties: lower latency)."""
-    ok = sorted(feasible_trials(study), key=lambda t: (-t.values[0], t.user_attrs.get("latency_ms", 0)))
+    ok = sorted(feasible_trials(study), key=lambda t: (-t.values[0], TrialRecord.of(t).latency_ms or 0))
     return ok[:k]
 
 
@@ -74,46 +90,31 @@ def retime(study, bench, log=print, k: int = RETIME_TOP) -> dict[int, Retimed]:
 
     from ..study.storage import storage_fault
 
-    budget = study_budget(study)
-    confidence = budget["confidence"]
-    target = speedup_target(budget, study.user_attrs["baseline"]["latency_ms"])
-    rounds = max(bench.cfg.device.rounds, bench.cfg.device.max_rounds)
-    chosen = candidates(study, k)
-    out: dict[int, Retimed] = {}
-    baseline_ms = None
+    chosen = {t.number: TrialRecord.of(t) for t in candidates(study, k)}
+    baseline = StudyRecord.of(study).baseline
+    models = {}
     if chosen:
         log(f"re-timing the {len(chosen)} best feasible trial(s) against the uncompressed model in one fresh "
-            f"interleaved measurement ({rounds} rounds) ...")
-        bench.adopt(study.user_attrs["baseline"])
-        models = {str(t.number): bench.build(Plan.from_dict(t.user_attrs["plan"]), structure_only=True)
-                  for t in chosen}
-        samples = bench.paired_rounds(models, runtimes={str(t.number): t.user_attrs.get("runtime") for t in chosen})(
-            rounds)
-        base = samples["baseline"]
-        baseline_ms = statistics.median(base)
-        for t in chosen:
-            ratios = [b / c for b, c in zip(base, samples[str(t.number)])]
-            low, high = speedup_interval(ratios, confidence)
-            out[t.number] = Retimed(t.number, statistics.median(ratios), low, high, confidence, rounds,
-                                    target is None or low >= target)
-    record = {"candidates": [t.number for t in chosen], "rounds": rounds, "confidence": confidence,
-              "target": target, "baseline_ms": baseline_ms,
-              "trials": {str(n): {k: v for k, v in asdict(r).items() if k != "number"} for n, r in out.items()}}
+            f"interleaved measurement ({retime_rounds(bench.cfg)} rounds) ...")
+        bench.adopt(baseline)
+        models = {n: bench.build(Plan.from_dict(rec.plan), structure_only=True) for n, rec in chosen.items()}
+    record = retime_models(bench, models, {n: rec.runtime for n, rec in chosen.items()}, study_budget(study),
+                           baseline["latency_ms"])
     try:
-        study.set_user_attr(RETIMED_ATTR, record)  # one write: a storage transaction, never cut in half
+        study.set_user_attr(RETIMED_ATTR, record.to_dict())  # one write: a storage transaction, never cut in half
     except Exception as exc:  # noqa: BLE001 - a read-only or locked storage: the figures are still used
         fault = storage_fault(exc)
         if not fault:
             raise
         log(f"note: the re-timing could not be stored in the study ({fault})")
-    return out
+    return record.trials
 
 
 def best_holding(study):
     """The re-timed trial of highest quality that holds the budget re-timed, or None."""
     held = {n for n, r in retimed(study).items() if r.holds}
     ok = [t for t in feasible_trials(study) if t.number in held]
-    return max(ok, key=lambda t: (t.values[0], -t.user_attrs.get("latency_ms", 0)), default=None)
+    return max(ok, key=lambda t: (t.values[0], -(TrialRecord.of(t).latency_ms or 0)), default=None)
 
 
 def choose_best(study, bench, log=print):
@@ -136,13 +137,12 @@ def choose_best(study, bench, log=print):
 
 def miss_warning(study, trial) -> str | None:
     """Why `trial` misses the budget (re-timed, or already in the search), or None when it does not."""
-    budget = study_budget(study)
     again = retimed(study).get(trial.number)
     if again is not None and not again.holds:
-        target = speedup_target(budget, study.user_attrs["baseline"]["latency_ms"])
+        target = study_budget(study).target(StudyRecord.of(study).baseline["latency_ms"])
         return (f"trial {trial.number} misses the budget when re-timed: {again.speedup:.2f}x, lower bound "
                 f"{again.low:.2f}x < {target:.2f}x at {again.confidence:.0%} confidence")
-    cons = trial.user_attrs.get(CONSTRAINTS, {})
+    cons = TrialRecord.of(trial).constraints or {}
     over = [k for k, v in cons.items() if v > 0]
     if over:
         return f"trial {trial.number} misses the budget in the search ({', '.join(over)})"

@@ -32,8 +32,9 @@ import numpy as np
 from slimformer.methods import Plan, model_size
 
 from ..config import StudyConfig
-from ..devices.adaptive import speedup_interval, speedup_target
+from ..devices.adaptive import speedup_interval
 from ..errors import UserError
+from .budget import Budget
 
 __all__ = ["EDGE", "MAX_MEASURED", "REFUSE_CONFIDENCE", "SPREAD_QUANTILE", "AxisPoint", "axis_params", "measured_steps", "measure_axis",
            "check_reach", "edge_seeds", "find_edge"]
@@ -162,8 +163,8 @@ def measure_axis(cfg: StudyConfig, space, bench, log, rounds: int | None = None)
     comes first and alone; when it clearly misses the budget (see `check_reach`) nothing else is built."""
     params = axis_params(space)
     steps = measured_steps(len(params))
-    b = cfg.budget
-    timed = b.speedup is not None or b.latency_ms is not None
+    b = Budget.from_section(cfg.budget)
+    timed = b.times_one_forward
     rounds = rounds or max(10, cfg.device.rounds)
     points, models = [], {}
     for k in steps:
@@ -188,18 +189,13 @@ def measure_axis(cfg: StudyConfig, space, bench, log, rounds: int | None = None)
     return points
 
 
-def _target(cfg: StudyConfig, point: AxisPoint) -> float | None:
-    return None if point.baseline_ms is None else speedup_target(cfg.budget, point.baseline_ms)
-
-
 def check_reach(cfg: StudyConfig, smallest: AxisPoint) -> None:
     """Refuse (UserError: one line, exit 2) a budget the smallest plan of the space clearly misses."""
-    b = cfg.budget
-    if b.size_mb is not None and smallest.size_mb > b.size_mb:
+    b = Budget.from_section(cfg.budget)
+    if not b.fits_size(smallest.size_mb):
         raise UserError(f"budget size_mb {b.size_mb} is out of reach: the smallest plan in the space is "
                         f"{smallest.size_mb:.1f} MB; widen the space or relax the budget")
-    target = _target(cfg, smallest)
-    if target is None or smallest.high >= target:
+    if smallest.baseline_ms is None or not b.misses(smallest.high, smallest.baseline_ms):
         return
     how = (f"{smallest.speedup:.2f}x faster (at most {smallest.high:.2f}x in the measured spread, "
            f"{smallest.runtime})")
@@ -211,9 +207,8 @@ def check_reach(cfg: StudyConfig, smallest: AxisPoint) -> None:
 
 
 def _holds(cfg: StudyConfig, p: AxisPoint) -> bool:
-    target = _target(cfg, p)
-    fits = cfg.budget.size_mb is None or p.size_mb <= cfg.budget.size_mb
-    return fits and (target is None or p.low >= target)
+    b = Budget.from_section(cfg.budget)
+    return b.fits_size(p.size_mb) and (p.baseline_ms is None or b.holds(p.low, p.baseline_ms))
 
 
 def find_edge(cfg: StudyConfig, points: list[AxisPoint], count: int) -> list[int]:
@@ -226,11 +221,12 @@ def find_edge(cfg: StudyConfig, points: list[AxisPoint], count: int) -> list[int
         return [edge.step]
     up = edge.step + 1
     above = min((p for p in points if p.step > edge.step), key=lambda p: p.step, default=None)
-    target = _target(cfg, edge)
+    b = Budget.from_section(cfg.budget)
+    target = None if edge.baseline_ms is None else b.target(edge.baseline_ms)
     if above is not None and up < above.step and target is not None and edge.speedup and above.speedup:
         f = (up - edge.step) / (above.step - edge.step)
         guess = math.exp((1 - f) * math.log(edge.speedup) + f * math.log(above.speedup))
-        if guess * edge.low / edge.speedup >= target:  # the edge's own relative spread applied to the guess
+        if b.holds(guess * edge.low / edge.speedup, edge.baseline_ms):  # the edge's own relative spread applied
             return [edge.step, up]
     return [edge.step, edge.step - 1] if edge.step > 0 else [edge.step]
 

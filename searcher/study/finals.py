@@ -6,24 +6,25 @@ search trial), so the search's sampler, its trial counts and its front never see
 weights are an ordinary export folder (`<study name>-final/trial-<N>/` next to the study file);
 their re-timed speedups (one interleaved measurement of all of them against the uncompressed
 model, bounded like the search's re-timing: searcher/report/retime.py) are the final study's user
-attribute `timing`: {"rounds": R, "target": 2.0, "trials": {"14": {"speedup", "low", "high",
-"confidence", "holds"}}}."""
+attribute `timing`, in the shape of the search's (`records.Retiming`)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
 from ..config import StudyConfig
+from .budget import Budget
+from .records import TIMING_ATTR, FinalRecord, Retiming, StudyRecord
 from .storage import open_storage, storage_file
 
 __all__ = ["FINAL_SUFFIX", "final_name", "is_final_name", "open_finals", "final_rows", "best_holding_final",
            "final_folder", "final_table", "TIMING_ATTR"]
 
 FINAL_SUFFIX = ":final"
-TIMING_ATTR = "timing"
 
 
 def final_name(search_name: str) -> str:
@@ -55,34 +56,32 @@ def open_finals(url: str, search_name: str, create: bool = False) -> optuna.Stud
         return None
 
 
-def final_rows(url: str, search_name: str, budget: dict | None = None) -> list[dict]:
+def final_rows(url: str, search_name: str, budget: Budget | None = None) -> list[dict]:
     """One dict per final model, best validation quality first: its search trial, steps, validation
     and test quality, speedup re-timed with its interval (None until timed) and `holds`: the re-timed
-    lower bound meets the budget's speedup, and its quality and size meet the rest of the budget."""
+    lower bound meets the budget's speedup, and its quality and size meet the rest of the budget
+    (`Budget.final_holds`)."""
     finals = open_finals(url, search_name)
     if finals is None:
         return []
-    timing = (finals.user_attrs.get(TIMING_ATTR) or {}).get("trials", {})
-    base = (finals.user_attrs.get("baseline") or {}).get("quality")
-    budget = budget or {}
+    timing = Retiming.from_dict(finals.user_attrs.get(TIMING_ATTR)).trials
+    base = (StudyRecord.of(finals).baseline or {}).get("quality")
+    budget = budget or Budget()
     rows = []
     for t in finals.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        a = dict(t.user_attrs)
-        timed = timing.get(str(a["search_trial"]))
+        rec = FinalRecord.of(t)
+        a = rec.attrs()
+        timed = timing.get(rec.search_trial)
         a.update(speedup_retimed=None, retimed_low=None, retimed_high=None, holds=None)
         if timed is not None:
-            a.update(speedup_retimed=timed["speedup"], retimed_low=timed["low"], retimed_high=timed["high"])
-            holds = timed["holds"]
-            if budget.get("max_quality_drop") is not None and base is not None:
-                holds = holds and base - a["quality"] <= budget["max_quality_drop"]  # both on the full split
-            if budget.get("size_mb") is not None:
-                holds = holds and a["size_mb"] <= budget["size_mb"]
-            a["holds"] = bool(holds)
+            holds = budget.final_holds(timed.holds, base, rec.quality, rec.size_mb)
+            a.update(speedup_retimed=timed.speedup, retimed_low=timed.low, retimed_high=timed.high, holds=holds,
+                     retimed=replace(timed, holds=holds).to_dict())  # what an export's metrics carry
         rows.append(a)
     return sorted(rows, key=lambda r: -r["quality"])
 
 
-def best_holding_final(url: str, search_name: str, budget: dict | None = None) -> dict | None:
+def best_holding_final(url: str, search_name: str, budget: Budget | None = None) -> dict | None:
     """The final model of highest validation quality that holds the budget re-timed, or None."""
     return next((r for r in final_rows(url, search_name, budget) if r["holds"]), None)
 

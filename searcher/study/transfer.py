@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from ..config import StudyConfig
 from ..errors import UserError
 from .finals import is_final_name
-from .records import SOURCE_LATENCY_MS, TRANSFERRED_FROM, TRANSFERRED_QUALITY
+from .records import SOURCE_LATENCY_MS, TRANSFERRED_FROM, TRANSFERRED_QUALITY, StudyRecord, TrialRecord
 from .storage import open_storage, storage_file
 
 __all__ = ["data_meta", "transferable_trials"]
@@ -67,15 +67,16 @@ def _source_study(cfg: StudyConfig) -> optuna.Study:
 
 
 def _check_same_problem(source: optuna.Study, meta: dict) -> None:
-    stored = source.user_attrs
+    stored = StudyRecord.of(source)
     for key in _SAME:
-        if key in stored and stored[key] != meta[key]:
+        there = getattr(stored, key)
+        if there is not None and there != meta[key]:
             what = "search space" if key == "space_fingerprint" else key
             raise UserError(f"cannot transfer from study {source.study_name!r}: its {what} differs "
-                            f"({stored[key]!r} there, {meta[key]!r} here); quality results would not apply")
-    if "data" in stored and stored["data"] != meta["data"]:
+                            f"({there!r} there, {meta[key]!r} here); quality results would not apply")
+    if stored.data is not None and stored.data != meta["data"]:
         raise UserError(f"cannot transfer from study {source.study_name!r}: its validation data or settings "
-                        f"differ ({stored['data']} there, {meta['data']} here)")
+                        f"differ ({stored.data} there, {meta['data']} here)")
 
 
 def transferable_trials(cfg: StudyConfig, meta: dict, log) -> list[tuple[dict, dict]]:
@@ -83,16 +84,16 @@ def transferable_trials(cfg: StudyConfig, meta: dict, log) -> list[tuple[dict, d
     Reads only: call it before the new study is written."""
     source = _source_study(cfg)
     _check_same_problem(source, meta)
-    if "data" not in source.user_attrs:
+    stored = StudyRecord.of(source)
+    if stored.data is None:
         log(f"note: study {source.study_name!r} predates data fingerprints; make sure it used the same "
             "validation data")
-    done = [t for t in source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if "quality" in t.user_attrs]
-    dev = source.user_attrs.get("device", {})
+    done = [(t, TrialRecord.of(t)) for t in source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    done = [(t, rec) for t, rec in done if rec.quality is not None]
+    dev = stored.device or {}
     how = "measured" if cfg.transfer.latency == "measure" else "predicted"
     log(f"transferring {len(done)} finished trial(s) from study {source.study_name!r} "
         f"({dev.get('cpu', '?')}, {dev.get('threads', '?')} threads, {dev.get('runtime', '?')}, "
         f"seq {dev.get('seq_len', '?')}): quality reused, latency {how} here")
-    return [(t.params, {TRANSFERRED_QUALITY: t.user_attrs["quality"],
-                        TRANSFERRED_FROM: f"{source.study_name}#{t.number}",
-                        SOURCE_LATENCY_MS: t.user_attrs.get("latency_ms")}) for t in done]
+    return [(t.params, {TRANSFERRED_QUALITY: rec.quality, TRANSFERRED_FROM: f"{source.study_name}#{t.number}",
+                        SOURCE_LATENCY_MS: rec.latency_ms}) for t, rec in done]

@@ -11,24 +11,19 @@ parallel workers, Ray) runs candidates the same way:
 from __future__ import annotations
 
 import math
+import statistics
 import time
+from dataclasses import replace
 
 from slimformer.methods import Plan, model_size
 
 from ..config import StudyConfig
-from ..devices.adaptive import speedup_target, time_candidate
-from .records import (
-    CONSTRAINTS,
-    LATENCY_SOURCE,
-    PREDICTED_BY_RUNTIME,
-    RETRY_OF,
-    SEEDED,
-    TIMING_THREADS,
-    TIMING_WAIT_S,
-)
+from ..devices.adaptive import SpeedupEstimate, adaptive_speedup
+from .budget import Budget
+from .records import LATENCY_SOURCE, TIMING_THREADS, TIMING_WAIT_S, TrialRecord, write_trial
 
-__all__ = ["MAX_REJECTIONS_IN_A_ROW", "TrialFailed", "Rejected", "propose", "evaluate", "predicted", "record", "constraints_of", "latency_limit",
-           "runtime_latencies"]
+__all__ = ["MAX_REJECTIONS_IN_A_ROW", "TrialFailed", "Rejected", "propose", "evaluate", "predicted", "record",
+           "time_candidate", "runtime_latencies"]
 
 
 class TrialFailed(Exception):
@@ -42,45 +37,53 @@ class Rejected(Exception):
     """The cost model says the candidate is clearly over the latency budget."""
 
 
-def constraints_of(cfg: StudyConfig, baseline_quality: float, quality: float, latency_ms: float,
-                   speedup: float, size_mb: float, prefill_speedup: float | None = None) -> dict[str, float]:
-    """Optuna constraint values: <= 0 means the budget is met. With device.generate `speedup` is the decode
-    speedup and `prefill_speedup` the prefill's (docs/decoders.md)."""
-    b = cfg.budget
-    out = {}
-    if b.speedup is not None:
-        out["speedup"] = b.speedup - speedup
-    if b.decode_speedup is not None:
-        out["decode_speedup"] = b.decode_speedup - speedup
-    if b.prefill_speedup is not None:
-        out["prefill_speedup"] = b.prefill_speedup - (prefill_speedup if prefill_speedup is not None else 0.0)
-    if b.latency_ms is not None:
-        out["latency_ms"] = latency_ms - b.latency_ms
-    if b.max_quality_drop is not None:
-        out["quality_drop"] = (baseline_quality - quality) - b.max_quality_drop
-    if b.size_mb is not None:
-        out["size_mb"] = size_mb - b.size_mb
-    return out
+def time_candidate(bench, model, baseline: dict, runtimes: tuple[str, ...] | None = None,
+                   runners: dict | None = None) -> SpeedupEstimate:
+    """Adaptive timing of `model` against the one baseline on the study's device (devices/adaptive.py),
+    held to the budget's target: the first estimate uses device.rounds, then step = max(5, rounds // 2)
+    more while undecided, up to device.max_rounds (never fewer than device.rounds).
 
+    With several `runtimes` (device.runtime auto) the candidate runs in each of them in the same
+    first rounds; the fastest (highest median paired ratio) counts and only it is timed further.
+    Choosing the best of a few noisy estimates flatters it slightly: the further rounds are unbiased,
+    and the search's final re-timing measures the chosen runtime afresh. `runners` (runtime -> the
+    candidate's runner in it, built by the caller to score the same artifact) replace building them."""
+    cfg = bench.cfg
+    d = cfg.device
+    runtimes = tuple(runners or runtimes or bench.runtimes)
+    runners = runners or {rt: bench.runner(model, rt) for rt in runtimes}
+    timer = bench.paired_runners(runners)
+    first = timer(d.rounds)
+    ratios = {rt: float(statistics.median(b / c for b, c in zip(first["baseline"], first[rt]))) for rt in runtimes}
+    best = max(runtimes, key=ratios.get)
+    if len(runtimes) > 1:  # the others are not timed any further
+        timer = bench.paired_runners({best: runners[best]})
+    pending = [(first["baseline"], first[best])]
 
-def latency_limit(cfg: StudyConfig, baseline: dict) -> float | None:
-    """The latency a candidate must beat: the baseline over the budget's speedup target (the one
-    budget arithmetic, `devices.adaptive.speedup_target`); None without a latency budget."""
-    target = speedup_target(cfg.budget, baseline["latency_ms"])
-    return None if target is None else baseline["latency_ms"] / target
+    def more(n: int):
+        if pending:
+            return pending.pop()
+        samples = timer(n)
+        return samples["baseline"], samples[best]
+
+    budget = Budget.from_section(cfg.budget)
+    est = adaptive_speedup(more, budget.target(baseline["latency_ms"]), budget.confidence,
+                           first=d.rounds, step=max(5, d.rounds // 2), cap=max(d.rounds, d.max_rounds))
+    return replace(est, runtime=best, runtime_speedups=ratios if len(runtimes) > 1 else None)
 
 
 def propose(trial, cfg: StudyConfig, space, baseline: dict, predictor=None, may_reject: bool = False) -> Plan:
     """Sample the trial's plan; raise `Rejected` when the cost model rules it out."""
     plan = space.sample(trial)
-    trial.set_user_attr("plan", plan.to_dict())
+    write_trial(trial, plan=plan.to_dict())
     if predictor is not None:  # a cost.screen.StudyPredictor: one calibrated predictor per runtime
         pred = predictor.predict(plan)
-        trial.set_user_attr("predicted_latency_ms", pred["latency_ms"])  # in the fastest predicted runtime
+        write_trial(trial, predicted_latency_ms=pred["latency_ms"])  # in the fastest predicted runtime
         if len(pred["by_runtime"]) > 1:
-            trial.set_user_attr(PREDICTED_BY_RUNTIME, pred["by_runtime"])
-        limit = latency_limit(cfg, baseline)
-        anchored = trial.user_attrs.get(SEEDED) or RETRY_OF in trial.user_attrs  # always measured
+            write_trial(trial, predicted_runtime_ms=pred["by_runtime"])
+        limit = Budget.from_section(cfg.budget).latency_limit(baseline["latency_ms"])
+        queued = TrialRecord.of(trial)
+        anchored = queued.seeded or queued.retry_of is not None  # always measured
         if may_reject and not anchored and limit is not None:
             reason = predictor.rejection(plan, limit)  # only when even the fastest runtime is clearly over
             if reason:
@@ -154,13 +157,11 @@ def record(trial, cfg: StudyConfig, baseline: dict, plan: Plan, result: dict, pr
     """Store constraints and measurements on the trial; return the objective values."""
     held = result.get("speedup_low") or result["speedup"]  # the budget must hold at budget.confidence
     prefill = result.get("prefill_speedup_low") or result.get("prefill_speedup")  # decoders: at confidence too
-    cons = constraints_of(cfg, baseline["quality"], result["quality"], baseline["latency_ms"] / held,
-                          held, result["size_mb"], prefill)
+    cons = Budget.from_section(cfg.budget).constraints(baseline["quality"], result["quality"],
+                                                       baseline["latency_ms"] / held, held, result["size_mb"], prefill)
     for key, value in cons.items():
         trial.set_constraint(key, value)
-    trial.set_user_attr(CONSTRAINTS, cons)
-    for k, v in {**result, "feasible": all(v <= 0 for v in cons.values())}.items():
-        trial.set_user_attr(k, v)
+    write_trial(trial, constraints=cons, **result, feasible=all(v <= 0 for v in cons.values()))
     if predictor is not None and result.get(LATENCY_SOURCE) == "measured":  # calibrate online, each runtime
         predictor.observe(plan, runtime_latencies(result, baseline["latency_ms"]))
     values = {"quality": result["quality"], "latency": result["latency_ms"], "size": result["size_mb"]}

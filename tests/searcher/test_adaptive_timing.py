@@ -8,13 +8,9 @@ import numpy as np
 import optuna
 import pytest
 from slimformer.searcher.config import load_study_config
-from slimformer.searcher.devices.adaptive import (
-    adaptive_speedup,
-    speedup_interval,
-    speedup_target,
-    time_candidate,
-)
-from slimformer.searcher.study.trial import record
+from slimformer.searcher.devices.adaptive import adaptive_speedup, speedup_interval
+from slimformer.searcher.study.budget import Budget
+from slimformer.searcher.study.trial import record, time_candidate
 
 
 class FakeTimer:
@@ -77,9 +73,9 @@ def test_interval_is_seeded_and_widens_with_confidence():
 
 
 def test_speedup_target_from_a_speedup_or_a_latency_budget():
-    assert speedup_target({"speedup": 1.5}, 30.0) == 1.5
-    assert speedup_target({"latency_ms": 10.0}, 30.0) == 3.0
-    assert speedup_target({"size_mb": 5.0}, 30.0) is None
+    assert Budget.from_stored({"speedup": 1.5}).target(30.0) == 1.5
+    assert Budget.from_stored({"latency_ms": 10.0}).target(30.0) == 3.0
+    assert Budget.from_stored({"size_mb": 5.0}).target(30.0) is None
 
 
 class FakeBench:

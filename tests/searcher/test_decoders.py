@@ -269,14 +269,14 @@ def test_decoder_latency_settings_are_refused_with_one_line(data, fragment):
 
 def test_decoder_budgets_become_constraints():
     from slimformer.searcher.config import load_study_config
-    from slimformer.searcher.devices.adaptive import speedup_target
-    from slimformer.searcher.study.trial import constraints_of
+    from slimformer.searcher.study.budget import Budget
 
     cfg = load_study_config(data={"task": "causal-lm", "device": {"generate": {"prompt_tokens": 16, "new_tokens": 8}},
                                   "budget": {"decode_speedup": 1.5, "prefill_speedup": 1.0}})
     assert cfg.device.generate.prompt_tokens == 16 and load_study_config(data={}).device.generate is None
-    assert speedup_target(cfg.budget, 20.0) == 1.5 and speedup_target(cfg.budget.model_dump(), 20.0) == 1.5
-    cons = constraints_of(cfg, -10.0, -11.0, 10.0, 1.6, 100.0, prefill_speedup=0.9)
+    budget = Budget.from_section(cfg.budget)
+    assert budget.target(20.0) == 1.5 and Budget.from_stored(cfg.budget.model_dump()).target(20.0) == 1.5
+    cons = budget.constraints(-10.0, -11.0, 10.0, 1.6, 100.0, prefill_speedup=0.9)
     assert cons == {"decode_speedup": pytest.approx(-0.1), "prefill_speedup": pytest.approx(0.1)}
 
 

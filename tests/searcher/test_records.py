@@ -75,17 +75,16 @@ def test_a_frozen_trial_of_a_dead_process_is_requeued_the_same_way():
 
 def test_the_prescreen_limit_is_the_budgets_speedup_target():
     """One budget arithmetic: the cost-model pre-screen's latency limit is the baseline over
-    `speedup_target` (what the timing and the re-timing hold candidates to)."""
+    `Budget.target` (what the timing and the re-timing hold candidates to)."""
     from slimformer.searcher.config import load_study_config
-    from slimformer.searcher.devices.adaptive import speedup_target
-    from slimformer.searcher.study.trial import latency_limit
+    from slimformer.searcher.study.budget import Budget
 
     baseline = {"latency_ms": 23.7}
 
     def limit(budget):
-        return latency_limit(load_study_config(data={"budget": budget}), baseline)
+        return Budget.from_section(load_study_config(data={"budget": budget}).budget).latency_limit(baseline["latency_ms"])
 
     assert limit({"latency_ms": 10.0}) == pytest.approx(10.0)
     assert limit({"speedup": 2.0}) == pytest.approx(11.85)
     assert limit({}) is None
-    assert speedup_target(load_study_config(data={"budget": {"latency_ms": 10.0}}).budget, 23.7) == pytest.approx(2.37)
+    assert Budget.from_section(load_study_config(data={"budget": {"latency_ms": 10.0}}).budget).target(23.7) == pytest.approx(2.37)
