@@ -17,7 +17,8 @@ used: it would replay a pickled searcher whose running Optuna trials no longer e
 Timing: a Ray trial builds and scores at its share of the CPUs and times at the study's
 `device.threads`, holding its node's timing lock (searcher/devices/timelock.py: a file in the node's
 temporary folder, so one measurement at a time per node, nothing else of the study running beside
-it; the trial records its wait). A node whose CPU model or ISA flags differ from the study's stored
+it; the trial records its wait). A worker's start-up (imports, loading the model: raytrial.py) and the
+driver's sampling are study work under the same lock, so neither runs beside a measurement. A node whose CPU model or ISA flags differ from the study's stored
 device facts is refused for timing: the trial fails with the reason ("refused for timing: ...") and
 never enters the front (`devices.latency.cpu_refusal`).
 
@@ -37,51 +38,18 @@ from optuna.storages._heartbeat import get_heartbeat_thread  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
+from ..devices.timelock import lock_path, timing_lock  # noqa: E402
 from ..study.owners import owner_attrs  # noqa: E402
 from ..study.records import FAIL_REASON, REJECTED, StudyRecord, requeue  # noqa: E402
 from ..study.session import SearchSession  # noqa: E402
 from ..study.storage import storage_file  # noqa: E402
 from ..study.trial import MAX_REJECTIONS_IN_A_ROW, Rejected, propose, record  # noqa: E402
-from .faults import FAULT_ENV, inject, parse_faults  # noqa: E402
+from .faults import FAULT_ENV, parse_faults  # noqa: E402
+from .raytrial import RESULT, evaluate_plan  # noqa: E402
 from .workers import worker_config, worker_threads  # noqa: E402
 
 __all__ = ["run", "SlimformerSearch"]
 
-RESULT = "slimformer_result"  # the Tune metric holding `trial.evaluate`'s result (JSON)
-_BENCHES: dict = {}  # one Workbench per study config in each Ray worker process (kept across trials)
-
-
-def _evaluate_plan(config: dict, cfg=None, baseline=None, faults=None, device=None) -> None:
-    """The Tune trainable: evaluate one plan in a Ray worker and report plain data. `faults` is
-    the driver's SLIMFORMER_FAULT table (a cluster's workers do not share the driver's environment);
-    `device` the study's stored device facts (a node with another CPU is refused for timing)."""
-    from ray import tune
-    from slimformer.methods import Plan
-
-    from ..devices.latency import cpu_refusal
-    from ..problem.workbench import Workbench
-    from ..study.trial import evaluate
-
-    nan = float("nan")
-    refusal = cpu_refusal(device)
-    if refusal:  # before loading anything: this node does not time for this study
-        tune.report({"error": f"{refusal} (Ray node {os.uname().nodename})", "quality": nan, "latency": nan,
-                     "size": nan})
-        return
-    key = cfg.model_dump_json()
-    if key not in _BENCHES:
-        _BENCHES[key] = Workbench(cfg, log=lambda msg: None)
-    try:
-        inject((faults or {}).get(config["number"]))
-        result = evaluate(_BENCHES[key], Plan.from_dict(config["plan"]), baseline)
-    except Exception as exc:  # noqa: BLE001 - reported like a failed local trial
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        tune.report({"error": reason, "quality": nan, "latency": nan, "size": nan})
-        return
-    # Tune wants the objectives as metrics; `trial.evaluate`'s result travels whole, as one JSON
-    # string (Tune flattens nested dicts and adds keys of its own), to the same `record` a local trial uses
-    tune.report({RESULT: json.dumps(result), "quality": result["quality"], "latency": result["latency_ms"],
-                 "size": result["size_mb"]})
 
 
 class SlimformerSearch(OptunaSearch):
@@ -108,6 +76,11 @@ class SlimformerSearch(OptunaSearch):
         return {"plan": plan.to_dict()}
 
     def suggest(self, trial_id: str):
+        # the sampler and the cost-model pre-screen run in this driver process: study work, held off a measurement
+        with timing_lock(lock_path(self.cfg.path.parent if self.cfg.path else None)).working():
+            return self._suggest(trial_id)
+
+    def _suggest(self, trial_id: str):
         while True:
             try:
                 config = super().suggest(trial_id)
@@ -217,7 +190,7 @@ def run(session: SearchSession) -> None:
         f"{'cluster ' + address if address else 'a local Ray on this machine'}")
     bar = SearchProgress(target, done, baseline, enabled=False, log=log)
     searcher = SlimformerSearch(session, bar)
-    trainable = tune.with_resources(tune.with_parameters(_evaluate_plan, cfg=tcfg, baseline=baseline,
+    trainable = tune.with_resources(tune.with_parameters(evaluate_plan, cfg=tcfg, baseline=baseline,
                                                         faults=parse_faults(os.environ.get(FAULT_ENV, "")),
                                                         device=StudyRecord.of(study).device),
                                     {"cpu": threads})
