@@ -37,9 +37,10 @@ from ..errors import UserError
 from .budget import Budget
 
 __all__ = ["EDGE", "MAX_MEASURED", "REFUSE_CONFIDENCE", "SPREAD_QUANTILE", "AxisPoint", "axis_params", "measured_steps", "measure_axis",
-           "check_reach", "edge_seeds", "find_edge"]
+           "check_reach", "edge_seeds", "find_edge", "Edge", "scheme_choices"]
 
 EDGE = "edge"  # user_attrs[SEEDED] of the queued edge plans
+SCHEME = "int8_scheme"  # the space's parameter for the int8 scheme (spaces/space.py)
 MAX_MEASURED = 4  # plans timed at the start, the smallest included
 REFUSE_CONFIDENCE = 0.99  # the upper bound of the median at this confidence, at least, must miss the budget
 SPREAD_QUANTILE = 0.9  # ... and this quantile of the per-round speedups (the measured spread)
@@ -57,6 +58,7 @@ class AxisPoint:
     baseline_ms: float | None = None  # median baseline time in the same rounds
     size_mb: float = 0.0
     runtime: str | None = None
+    scheme: str | None = None  # the axis's int8 scheme: the one step 0 ran fastest in (None: not a choice)
 
     def text(self) -> str:
         timing = "" if self.speedup is None else f"{self.speedup:.2f}x [{self.low:.2f}, {self.high:.2f}] "
@@ -92,11 +94,14 @@ def _order(kind: str, choices: list) -> list:
     return sorted(choices)
 
 
-def _smallest_choice(smallest: Plan, name: str, choices: list):
+def _smallest_choice(smallest: Plan, name: str, choices: list, scheme: str | None = None):
     """What the space's smallest plan chose for a parameter that is not a size (bits: the lowest; the
-    methods and their settings: as `Space.smallest_plan` picks them, read back from that plan)."""
+    int8 scheme: `scheme` when given; the methods and their settings: as `Space.smallest_plan` picks
+    them, read back from that plan)."""
     if name.startswith("bits"):
         return min(choices)
+    if name == SCHEME and scheme in choices:
+        return scheme
     if name.startswith("distill_"):
         value = getattr(smallest.distill, name.removeprefix("distill_"), None)
         value = "+".join(value) if isinstance(value, tuple) else value
@@ -105,9 +110,24 @@ def _smallest_choice(smallest: Plan, name: str, choices: list):
     return value if value in choices else choices[0]
 
 
-def axis_params(space) -> list[dict]:
+def scheme_choices(space) -> list:
+    """The int8 schemes the space's smallest plan can take ([None] when the scheme is not searched)."""
+    found: list = []
+
+    def probe(name, kind, choices):
+        if name == SCHEME:
+            found.extend(choices)
+        return _order(kind, choices)[0] if kind is not None else _smallest_choice(smallest, name, choices)
+
+    smallest = space.smallest_plan()
+    space.sample(_Walk(probe))
+    return found or [None]
+
+
+def axis_params(space, scheme: str | None = None) -> list[dict]:
     """Params (as `study.enqueue_trial` takes them) of the plans along the size axis, step 0 (the
-    smallest plan) to step K; K is the longest size dimension's number of choices less one."""
+    smallest plan) to step K, with the int8 `scheme` (default: the smallest plan's); K is the longest
+    size dimension's number of choices less one."""
     smallest = space.smallest_plan()
     lengths = []
 
@@ -115,7 +135,7 @@ def axis_params(space) -> list[dict]:
         if kind is not None:
             lengths.append(len(choices) - 1)
             return _order(kind, choices)[0]
-        return _smallest_choice(smallest, name, choices)
+        return _smallest_choice(smallest, name, choices, scheme)
 
     space.sample(_Walk(probe))  # the smallest plan's walk sees every size dimension (all layers share choices)
     steps = max(lengths, default=0)
@@ -125,7 +145,7 @@ def axis_params(space) -> list[dict]:
 
         def pick(name, kind, choices, fraction=fraction):
             if kind is None:
-                return _smallest_choice(smallest, name, choices)
+                return _smallest_choice(smallest, name, choices, scheme)
             order = _order(kind, choices)
             return order[math.floor(fraction * (len(order) - 1) + 0.5)]
 
@@ -160,32 +180,40 @@ def _timed(point: AxisPoint, samples: dict, name: str, runtime: str, confidence:
 
 def measure_axis(cfg: StudyConfig, space, bench, log, rounds: int | None = None) -> list[AxisPoint]:
     """Build and time the measured steps of the size axis (see the module docstring). The smallest plan
-    comes first and alone; when it clearly misses the budget (see `check_reach`) nothing else is built."""
-    params = axis_params(space)
-    steps = measured_steps(len(params))
+    comes first and alone, in every int8 scheme the space offers and every runtime that can run it; the
+    fastest pair is the axis's scheme and runtime. When it clearly misses the budget (see `check_reach`)
+    nothing else is built."""
     b = Budget.from_section(cfg.budget)
     timed = b.times_one_forward
     rounds = rounds or max(10, cfg.device.rounds)
-    points, models = [], {}
-    for k in steps:
-        plan = _cheap(space.plan_from_params(params[k]))
-        models[k] = (plan, bench.build(plan))
-        points.append(AxisPoint(k, params[k], size_mb=model_size(models[k][1])["size_mb"]))
-        if k == 0:
-            if timed:
-                runtimes = bench.runtimes_for(plan)
-                lat = bench.latency({rt: models[0][1] for rt in runtimes}, rounds, runtimes={rt: rt for rt in runtimes})
-                fastest = max(runtimes, key=lambda rt: lat[rt].speedup)
-                _timed(points[0], lat, fastest, fastest, b.confidence)
-            check_reach(cfg, points[0])
+    schemes = scheme_choices(space)
+    smallest = {scheme: _cheap(space.plan_from_params(axis_params(space, scheme)[0])) for scheme in schemes}
+    built = {scheme: bench.build(plan) for scheme, plan in smallest.items()}
+    scheme, fastest, lat0 = schemes[0], None, None
+    if timed:
+        pairs = {(sc, rt): built[sc] for sc in schemes for rt in bench.runtimes_for(smallest[sc])}
+        names = {pair: (pair[1] if len(schemes) == 1 else f"{pair[1]} int8 {pair[0]}") for pair in pairs}
+        lat0 = bench.latency({names[pair]: model for pair, model in pairs.items()}, rounds,
+                             runtimes={names[pair]: pair[1] for pair in pairs})
+        scheme, fastest = max(pairs, key=lambda pair: lat0[names[pair]].speedup)
+    params = axis_params(space, scheme)
+    steps = measured_steps(len(params))
+    points = [AxisPoint(0, params[0], size_mb=model_size(built[scheme])["size_mb"], scheme=scheme)]
+    if timed:
+        _timed(points[0], lat0, names[(scheme, fastest)], fastest, b.confidence)
+    check_reach(cfg, points[0])
+    models = {}
+    for k in steps[1:]:
+        models[k] = bench.build(_cheap(space.plan_from_params(params[k])))
+        points.append(AxisPoint(k, params[k], size_mb=model_size(models[k])["size_mb"], scheme=scheme))
     if timed and len(points) > 1:
-        rt = points[0].runtime
-        rest = {f"step{p.step}": models[p.step][1] for p in points[1:]}
-        lat = bench.latency(rest, rounds, runtimes={name: rt for name in rest})
+        rest = {f"step{p.step}": models[p.step] for p in points[1:]}
+        lat = bench.latency(rest, rounds, runtimes={name: fastest for name in rest})
         for p in points[1:]:
-            _timed(p, lat, f"step{p.step}", rt, b.confidence)
+            _timed(p, lat, f"step{p.step}", fastest, b.confidence)
+    where = "" if points[0].runtime is None else f" ({points[0].runtime}" + (f", int8 {scheme}" if scheme else "") + ")"
     log("size axis (cheap builds, lowest bits; speedup [low, spread high], size): "
-        + "; ".join(p.text() for p in points) + ("" if points[0].runtime is None else f" ({points[0].runtime})"))
+        + "; ".join(p.text() for p in points) + where)
     return points
 
 
@@ -231,13 +259,61 @@ def find_edge(cfg: StudyConfig, points: list[AxisPoint], count: int) -> list[int
     return [edge.step, edge.step - 1] if edge.step > 0 else [edge.step]
 
 
-def edge_seeds(cfg: StudyConfig, space, bench, log) -> list[dict]:
+@dataclass
+class Edge:
+    """What the start-up measurement found: the params to queue first and the measured axis."""
+    seeds: list[dict]
+    points: list[AxisPoint]
+
+    def worth_trying(self, cfg: StudyConfig, space, candidates: list[dict], log) -> list[dict]:
+        """`candidates` (params) less those no cheaper than a measured step that clearly misses the budget
+        (the upper end of its spread below the target): at least as many layers, heads, FFN neurons, rank
+        and bits in every layer, so at least as slow. The uniform seeds of a tight budget are mostly such
+        plans, and a trial spent on one is a trial the sampler does not get near the edge."""
+        b = Budget.from_section(cfg.budget)
+        missing = [p for p in self.points if p.baseline_ms is not None and b.misses(p.high, p.baseline_ms)]
+        if not missing:
+            return candidates
+        shape = space.shape
+        kept = []
+        for params in candidates:
+            plan = space.plan_from_params(params).resolve(shape)
+            slower = next((p for p in missing if _no_cheaper(plan, space.plan_from_params(p.params).resolve(shape))),
+                          None)
+            if slower is None:
+                kept.append(params)
+            else:
+                log(f"  not seeded: a uniform plan ({_brief(plan)}) no cheaper than axis step {slower.step}, "
+                    f"which misses the budget ({slower.speedup:.2f}x, at most {slower.high:.2f}x)")
+        return kept
+
+
+def _brief(plan: Plan) -> str:
+    """A resolved plan's widths in a few words: one value per dimension when every kept layer has it."""
+    def one(name):
+        values = sorted({getattr(plan, name)[i] for i in plan.layers})
+        return str(values[0]) if len(values) == 1 else f"{values[0]}-{values[-1]}"
+    return f"{len(plan.layers)} layers, heads {one('heads')}, FFN {one('ffn')}, bits {one('bits')}"
+
+
+def _no_cheaper(plan: Plan, step: Plan) -> bool:
+    """Every size and format of `plan` at least `step`'s (resolved plans): it runs no faster."""
+    if not set(step.layers) <= set(plan.layers):
+        return False
+    def rank(r):
+        return math.inf if r == 0 else r  # 0 = dense: the largest
+
+    return all(plan.heads[i] >= step.heads[i] and plan.ffn[i] >= step.ffn[i] and rank(plan.rank[i]) >= rank(step.rank[i])
+               and plan.bits[i] >= step.bits[i] for i in step.layers)
+
+
+def edge_seeds(cfg: StudyConfig, space, bench, log) -> Edge:
     """Measure the size axis, refuse an unreachable budget, and return the params to queue first."""
     points = measure_axis(cfg, space, bench, log)
-    count = len(axis_params(space))
+    params = axis_params(space, points[0].scheme)
+    count = len(params)
     steps = find_edge(cfg, points, count)
     noise = "" if any(_holds(cfg, p) for p in points) else " (not clearly holding: within the measured noise)"
     log(f"budget edge: step {steps[0]} of {count - 1}{noise}"
         + (f"; queued first with its neighbour, step {steps[1]}" if len(steps) > 1 else "; queued first"))
-    params = axis_params(space)
-    return [params[k] for k in steps]
+    return Edge([params[k] for k in steps], points)

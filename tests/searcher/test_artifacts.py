@@ -84,7 +84,7 @@ def test_artifact_runs_without_slimformer(searched, cli, tmp_path, fmt, trial):
     check = manifest["verification"]
     assert check["metric"] == "spearman" and np.isfinite(check["quality"])
     assert "max abs difference of the mean-pooled embedding vs PyTorch" in res.stderr
-    assert check["masked"] and check["scored_max_abs_diff"] <= check["tolerance"] * check["scored_scale"]
+    assert check["masked"] and check["scored_relative_error"] <= check["tolerance"]
 
     model, inputs = _reference(searched, manifest)
     np.savez(tmp_path / "feed.npz", **{k: v.numpy() for k, v in inputs.items()})
@@ -129,3 +129,33 @@ def test_runtime_not_installed_is_exit_2(searched, tmp_path, expect_user_error, 
                           "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=300)
     expect_user_error(res, hint)
     assert not (tmp_path / "x").exists()
+
+
+def test_the_check_bounds_the_median_relative_error():
+    """An int8 artifact may move one element of the scored vector by a third of the largest value while the
+    vector moves by far less, and miss by more on an example outside its calibrated ranges (the export of a
+    finished quickstart did, at the same validation quality): the check bounds the median example's relative
+    error, and still refuses vectors that point elsewhere."""
+    import torch
+    from slimformer.methods.export import ExportError
+    from slimformer.searcher.devices.artifacts import (
+        SCORED_TOLERANCE,
+        ArtifactModel,
+        check_scored,
+        relative_errors,
+    )
+
+    ref = torch.full((3, 100), 0.1)
+    ref[:, 0] = 1.0  # length sqrt(1 + 99 * 0.01) = 1.41
+    close = ref.clone()
+    close[:, 1] += 0.3  # 30% of the largest element, 21% of the length
+    close[2] = -ref[2]  # and one example far off
+    errors = relative_errors(close, ref)
+    assert errors[:2] == pytest.approx([0.3 / (1.99 ** 0.5)] * 2, rel=1e-4) and errors[2] == pytest.approx(2.0)
+    art = ArtifactModel(None, None)
+    art.scored_errors = errors
+    assert art.scored_rel_err == errors[0] < SCORED_TOLERANCE
+    check_scored(art, "mean-pooled embedding")
+    art.scored_errors = relative_errors(-ref, ref)  # every example points the other way
+    with pytest.raises(ExportError, match="differs from the PyTorch model's by 200.0% of its length"):
+        check_scored(art, "logits")

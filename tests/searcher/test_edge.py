@@ -113,8 +113,13 @@ def test_each_sampler_gets_the_edge_first(sampler, axis, make_study, fake_timing
     logged = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.startswith("trial   0:")]
     assert len(logged) == 1 and logged[0].endswith("feasible seeded: edge (0 s)")  # the trial log says so
     assert trials[1].user_attrs["seeded"] == "edge" and trials[1].params in (params[1], params[3])  # its neighbour
-    uniform = trials[2]  # then the uniform plans, the uncompressed one first: over this budget
-    assert uniform.user_attrs["seeded"] is True and uniform.params["depth"] == 4 and not uniform.user_attrs["feasible"]
+    # then the uniform plans the axis does not rule out: not the uncompressed one (no cheaper than step 7,
+    # which clearly misses this budget), which the log says
+    seeded = [t for t in trials if t.user_attrs.get("seeded") is True]
+    assert seeded
+    assert not any(t.params.get("depth") == 4 and t.params.get("ffn_L0") == 256 and t.params.get("heads_L0") == 4
+                   for t in trials)
+    assert "not seeded: a uniform plan (4 layers, heads 4, FFN 256, bits 32) no cheaper than axis step" in res.stdout + res.stderr
     assert sum(t.user_attrs.get("seeded") == "edge" for t in trials) == 2  # queued once each, run once each
 
 
@@ -192,3 +197,53 @@ def test_queued_edge_plans_survive_kill_9_and_resume(make_study, cli, start):
     assert len(done) == 4
     params = [tuple(sorted(t.params.items())) for t in done if t.user_attrs.get("seeded")]
     assert len(params) == len(set(params))  # no queued plan ran twice
+
+
+def test_uniform_seeds_no_cheaper_than_a_missing_step_are_dropped(axis, make_study):
+    from slimformer.methods import get_adapter
+    from slimformer.searcher.config import load_study_config
+    from slimformer.searcher.problem.models import load_model
+    from slimformer.searcher.study.edge import AxisPoint, Edge
+    from slimformer.spaces import Space
+
+    params, _ = axis
+    cfg = load_study_config(make_study(space=SPACE, budget={"speedup": 3.0}))
+    space = Space.from_dict(SPACE, get_adapter(load_model(str(cfg.model.name), "AutoModel")).shape())
+    misses = AxisPoint(5, params[5], speedup=2.0, low=1.9, high=2.2, baseline_ms=10.0)  # clearly under 3x
+    holds = AxisPoint(2, params[2], speedup=3.5, low=3.3, high=3.8, baseline_ms=10.0)
+    uniform = space.uniform_plans()
+    said = []
+    kept = Edge([], [holds, misses]).worth_trying(cfg, space, uniform + [params[4], params[6]], said.append)
+    assert uniform[0] not in kept and params[6] not in kept  # the uncompressed plan; a wider step than 5
+    assert params[4] in kept  # narrower than step 5: it may hold
+    assert len(said) == len(uniform) + 2 - len(kept) and all("no cheaper than axis step 5" in m for m in said)
+    near = AxisPoint(5, params[5], speedup=2.9, low=2.8, high=3.1, baseline_ms=10.0)  # within its spread: kept
+    assert Edge([], [near]).worth_trying(cfg, space, uniform, said.append) == uniform
+
+
+def test_the_axis_runs_in_the_fastest_int8_scheme(make_study, fake_timing, monkeypatch):
+    """With static and dynamic int8 in the space, step 0 is timed in both; the faster one (here: static,
+    made twice as fast by the fake) is the axis's scheme, and the queued edge plans carry it."""
+    from slimformer.methods import plan_of
+    from slimformer.searcher.problem import workbench
+
+    class SchemeRunner(FakeRunner):
+        def __init__(self, model):
+            super().__init__(model)
+            if plan_of(model) is not None and plan_of(model).int8_scheme == "static":
+                self.cost /= 2
+
+    monkeypatch.setattr(workbench.Workbench, "runner", lambda self, model, runtime=None: SchemeRunner(model))
+    space = {**SPACE, "bits": [8], "int8_scheme": ["dynamic", "static"]}
+    path = make_study(space=space, budget={"speedup": 2.0}, device={"runtime": "onnxruntime", "threads": 1,
+                                                                    "batch_size": 1, "seq_len": 16},
+                      search={"trials": 1, "sampler": "tpe", "seed": 0})
+    from slimformer.searcher.config import load_study_config
+    from slimformer.searcher.search import run_search
+
+    said = []
+    run_search(load_study_config(path), log=said.append, progress=False)
+    text = "\n".join(said)
+    assert "int8 static)" in text.split("size axis")[1].splitlines()[0]
+    first = _study(path).get_trials()[0]
+    assert first.user_attrs["seeded"] == "edge" and first.params["int8_scheme"] == "static"
