@@ -14,8 +14,9 @@ positions. `measure_generation` is the whole protocol in one: each round runs ev
 then its decode (as a user's `generate` does), timing both phases, and returns both with their
 speedups from the same rounds.
 
-Eager PyTorch only (transformers' forward with `DynamicCache`): other runtimes have no KV-cache
-runner here yet (`GENERATE_RUNTIMES`).
+Here eager PyTorch (transformers' forward with `DynamicCache`; the prefill computes the LM head on the
+last position only, as `generate` does); OpenVINO's stateful LLM has the same interface
+(devices/openvino_lm.OVGeneration). A study times eager only so far (`GENERATE_RUNTIMES`).
 
 Imports: errors, methods (public names).
 """
@@ -29,13 +30,14 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ..errors import UserError
 from .latency import IDLE_GAP_MS, LatencyResult, fixed_threads
 
 __all__ = ["Generation", "measure_generation", "per_token", "latency_result", "prompt_ids", "PHASES",
-           "GENERATE_RUNTIMES", "tokens_per_s"]
+           "GENERATE_RUNTIMES", "tokens_per_s", "generation"]
 
 PHASES = ("prefill", "decode")
-GENERATE_RUNTIMES = ("eager",)  # runtimes with a KV-cache generation loop here
+GENERATE_RUNTIMES = ("eager", "openvino")  # runtimes with a KV-cache generation loop (`generation`)
 
 
 def prompt_ids(tokenizer, prompt_tokens: int, text: str | None = None) -> torch.Tensor:
@@ -61,7 +63,8 @@ class Generation:
         from transformers import DynamicCache
 
         with torch.inference_mode():
-            out = self.model(input_ids=self.prompt, cache=DynamicCache(config=self.model.config), use_cache=True)
+            out = self.model(input_ids=self.prompt, cache=DynamicCache(config=self.model.config), use_cache=True,
+                             logits_to_keep=1)  # the LM head on the last position only, as `generate` does
         return out.cache, out.logits[:, -1:].argmax(-1)
 
     def prefill(self) -> torch.Tensor:
@@ -97,6 +100,20 @@ class Generation:
         self._steps(cache, first)
         t2 = time.perf_counter()
         return {"prefill": (t1 - t0) * 1e3, "decode": (t2 - t1) * 1e3 / self.new_tokens}
+
+
+def generation(runtime: str, model, prompt: torch.Tensor, new_tokens: int, threads: int, plan=None):
+    """`model`'s greedy KV-cache generation in `runtime`: eager PyTorch (`Generation`), or OpenVINO's stateful
+    LLM (devices/openvino_lm.py: a resolved plan's bits 8 and 4 as real int8 / int4 weights, so `model` is
+    then built with float weights)."""
+    if runtime == "eager":
+        return Generation(model, prompt, new_tokens)
+    if runtime == "openvino":
+        from .openvino_lm import plan_generation
+
+        return plan_generation(model, prompt, new_tokens, threads, plan)
+    raise UserError(f"device.generate: no KV-cache generation loop for runtime {runtime!r} "
+                    f"(runtimes with one: {', '.join(GENERATE_RUNTIMES)})")
 
 
 def latency_result(samples_ms: list[float]) -> LatencyResult:
