@@ -166,7 +166,7 @@ def render_card(manifest: dict, base_facts: dict) -> str:
         lines += [f"Checked at export against the PyTorch model: max abs difference of {check.get('scored_output')} "
                   f"{check['scored_max_abs_diff']:.2e} (real tokens only).", ""]
     threads = timed.get("threads")
-    lines += ["## Load it", "", "```python", *load_lines(fmt, task, threads, manifest.get("compile_config")), "```", "",
+    lines += ["## Load it", "", "```python", *load_lines(fmt, task, threads, manifest.get("compile_config"), manifest.get("max_length")), "```", "",
               "PATH is this folder. " + ("sentence-transformers needs `pip install sentence-transformers[onnx]` "
                                          "(or `[openvino]`) for these backends."
                                          if sentence else "Optimum needs `pip install optimum-onnx[onnxruntime]` "

@@ -117,6 +117,7 @@ def base_normalizes(base_dir: str | None) -> bool:
 def write_library_files(stage: Path, fmt: str, task: str, model, plan, max_length: int, normalize: bool) -> list[str]:
     """config.json and, for sentence similarity, the sentence-transformers module files; returns their paths."""
     written = {"config.json": honest_config(model, plan)}
+    written["config.json"]["slimformer"]["max_length"] = max_length  # the truncation the study scored with
     if task == SENTENCE_TASK:
         width = int(written["config.json"].get("hidden_size") or 0)
         modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -140,8 +141,10 @@ def write_library_files(stage: Path, fmt: str, task: str, model, plan, max_lengt
     return list(written)
 
 
-def load_lines(fmt: str, task: str, threads: int | None = None, compile_config: dict | None = None) -> list[str]:
-    """The lines that load the export in the user's library (for the card and docs/export.md)."""
+def load_lines(fmt: str, task: str, threads: int | None = None, compile_config: dict | None = None,
+               max_length: int | None = None) -> list[str]:
+    """The lines that load the export in the user's library (for the card and docs/export.md); a
+    classifier's tokenizer call truncates at `max_length`, the length the study scored with."""
     if task == SENTENCE_TASK:
         kwargs = ""
         if fmt == "openvino" and compile_config:
@@ -157,7 +160,8 @@ def load_lines(fmt: str, task: str, threads: int | None = None, compile_config: 
         kwargs = f", ov_config={json.dumps({**compile_config, **({'INFERENCE_NUM_THREADS': threads} if threads else {})})}"
     return [f"from {module} import {cls}; from transformers import AutoTokenizer",
             f"model, tok = {cls}.from_pretrained(\"PATH\"{kwargs}), AutoTokenizer.from_pretrained(\"PATH\")",
-            "logits = model(**tok([\"a sentence to classify\"], return_tensors=\"pt\")).logits"]
+            "logits = model(**tok([\"a sentence to classify\"], "
+            + (f"truncation=True, max_length={max_length}, " if max_length else "") + "return_tensors=\"pt\")).logits"]
 
 
 def _plain_part(part: str) -> bool:

@@ -249,3 +249,130 @@ def test_the_card_reads_a_plan_per_original_layer_and_its_shorthands():
     shorthand = plan_in_words({"ffn": 768, "bits": 8}, 2)
     assert shorthand[0] == "FFN neurons kept per layer (layer:width) 0:768, 1:768"
     assert shorthand[1].startswith("weight bits per layer (layer:bits) 0:8, 1:8")
+
+
+# ----- classifiers: the Optimum layout ----------------------------------------------------------
+# Optimum cannot be installed here (optimum-intel 2.2.0: transformers<5.6), so these tests hold the
+# folder to what ORTModelForSequenceClassification / OVModelForSequenceClassification.from_pretrained(DIR)
+# read (optimum/onnxruntime/modeling.py, optimum/intel/openvino/modeling_base.py): the default file
+# name at the folder's top (model.onnx; openvino_model.xml + .bin), config.json (model_type, labels),
+# inputs among input_ids/attention_mask/token_type_ids and an output named `logits`, then run that
+# file the way Optimum does (the tokenizer's tensors in, logits out). benchmarks/export_libraries.py
+# --task sst2 runs the real classes in their own venvs.
+OPTIMUM_FILES = {"onnx": ["model.onnx"], "openvino": ["openvino_model.xml", "openvino_model.bin"]}
+OPTIMUM_INPUTS = {"input_ids", "attention_mask", "token_type_ids"}
+MAX_LENGTH = 24
+
+
+@pytest.fixture(scope="module")
+def classifier_exports(tmp_path_factory, tiny_model_dir):
+    """A tiny BERT classifier study (trial 1 pruned) searched and exported in both formats."""
+    import transformers as T
+    import yaml
+    from conftest import STUDIES, copy_tokenizer
+
+    folder = tmp_path_factory.mktemp("classifier-libraries")
+    torch.manual_seed(0)
+    T.BertForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2).save_pretrained(folder / "clf")
+    copy_tokenizer(tiny_model_dir, folder / "clf")
+    rows = [ln.split("\t") for ln in (STUDIES / "data" / "sts-dev.tsv").read_text().splitlines()[:48]]
+    (folder / "dev.jsonl").write_text("".join(json.dumps({"text": r[5], "label": int(float(r[4]) >= 2.5)}) + "\n"
+                                              for r in rows))
+    study = {"model": str(folder / "clf"), "task": {"type": "text-classification", "max_length": MAX_LENGTH},
+             "data": {"validation": "dev.jsonl", "calibration": "dev.jsonl", "calibration_size": 16},
+             "device": {"threads": 1, "seq_len": 16, "rounds": 4, "warmup": 1},
+             "space": {"heads": {"choices": [1, 2, 4]}, "ffn": {"choices": [64, 128]}, "bits": [32],
+                       "importance": ["magnitude"]},
+             "search": {"trials": 2, "seed": 0, "sampler": "random"}}
+    path = folder / "clf-study.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    cli = [sys.executable, "-m", "slimformer.searcher.cli"]
+    res = subprocess.run([*cli, "search", str(path)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = {}
+    for fmt in ("onnx", "openvino"):
+        out[fmt] = folder / f"clf-{fmt}"
+        res = subprocess.run([*cli, "export", str(path), "--trial", "1", "--format", fmt, "--out", str(out[fmt])],
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+    return SimpleNamespace(study=path, texts=[r[5] for r in rows], **out)
+
+
+def _optimum_style_logits(folder: Path, fmt: str, texts: list[str], max_length: int) -> np.ndarray:
+    """The folder's top-level default file run as Optimum's ...ForSequenceClassification runs it."""
+    from transformers import AutoTokenizer
+
+    enc = AutoTokenizer.from_pretrained(str(folder))(texts, padding=True, truncation=True, max_length=max_length,
+                                                     return_tensors="np")
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+        names = {i.name for i in sess.get_inputs()}
+        assert names <= OPTIMUM_INPUTS and "logits" in [o.name for o in sess.get_outputs()]
+        return sess.run(["logits"], {k: v for k, v in enc.items() if k in names})[0]
+    import openvino as ov
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    compiled = ov.Core().compile_model(str(folder / "openvino_model.xml"), "CPU", manifest.get("compile_config") or {})
+    names = {i.get_any_name() for i in compiled.inputs}
+    assert names <= OPTIMUM_INPUTS and "logits" in {n for o in compiled.outputs for n in o.get_names()}
+    return compiled({k: v for k, v in enc.items() if k in names})["logits"]
+
+
+def _slimformer_logits(folder: Path, texts: list[str]) -> np.ndarray:
+    from slimformer.searcher.devices.artifacts import ArtifactModel, open_artifact
+    from transformers import AutoTokenizer
+
+    _, session = open_artifact(folder, threads=1)
+    enc = AutoTokenizer.from_pretrained(str(folder))(texts, padding=True, truncation=True, max_length=MAX_LENGTH,
+                                                     return_tensors="pt")
+    return ArtifactModel(session, None)(**{k: v for k, v in enc.items() if k in session.inputs}).logits.numpy()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_a_classifier_export_is_the_optimum_layout(classifier_exports, fmt):
+    folder = getattr(classifier_exports, fmt)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    config = json.loads((folder / "config.json").read_text())
+    # the model file(s) at the folder's top where Optimum looks; beside them only OpenVINO's compile settings
+    assert [f for f in manifest["model_files"] if f != "compile.json"] == OPTIMUM_FILES[fmt]
+    assert all((folder / f).is_file() for f in manifest["model_files"])
+    assert not (folder / "modules.json").exists() and not (folder / fmt).exists()  # no sentence-transformers layout
+    assert config["model_type"] == "bert" and len(config["id2label"]) == 2
+    assert manifest["max_length"] == MAX_LENGTH and config["slimformer"]["max_length"] == MAX_LENGTH
+    texts = classifier_exports.texts[:8]
+    got = _optimum_style_logits(folder, fmt, texts, config["slimformer"]["max_length"])
+    want = _slimformer_logits(folder, texts)
+    assert got.shape == want.shape == (8, 2)
+    assert float(np.abs(got - want).max()) < TOLERANCE
+
+
+def test_a_classifier_config_does_not_rebuild_the_unpruned_shape(classifier_exports):
+    """The pruned classifier's config.json says what was pruned; the torch route refuses the folder
+    instead of building the base model's shape from it; the graph carries the pruned FFN width."""
+    import onnx
+    from transformers import AutoModelForSequenceClassification
+
+    folder = classifier_exports.onnx
+    config = json.loads((folder / "config.json").read_text())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert config["slimformer"]["pruned"] and not config["slimformer"]["per_layer_shapes_in_config"]
+    assert manifest["plan"]["layers"] is None and config["num_hidden_layers"] == 4  # no depth searched: all kept
+    with pytest.raises(OSError):
+        AutoModelForSequenceClassification.from_pretrained(str(folder))
+    kept = manifest["plan"]["ffn"][0]
+    assert kept < config["intermediate_size"]
+    widths = {tuple(i.dims) for i in onnx.load(str(folder / "model.onnx")).graph.initializer if len(i.dims) == 2}
+    assert (config["hidden_size"], kept) in widths and (config["hidden_size"], config["intermediate_size"]) not in widths
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_a_classifier_card_loads_it_with_optimum_at_the_scored_length(classifier_exports, fmt):
+    folder = getattr(classifier_exports, fmt)
+    card = (folder / "README.md").read_text()
+    front = _front_matter(card)
+    assert front["pipeline_tag"] == "text-classification" and "optimum" in front["tags"]
+    cls = "ORTModelForSequenceClassification" if fmt == "onnx" else "OVModelForSequenceClassification"
+    assert f'{cls}.from_pretrained("PATH"' in card
+    assert f"truncation=True, max_length={MAX_LENGTH}" in card
