@@ -49,6 +49,11 @@ CONTEXT, STRIDE = 256, 128
 LLAMA_PY = os.environ.get("LLAMA_PY", "/tmp/llama-venv/bin/python")
 OUT = HERE / "decoder_peers_results"
 BASE = "PyTorch float32 (eager, sdpa)"
+# a fixed per-layer plan (not searched): int8 weights on the layers whose down_proj inputs carry the largest
+# activations (docs/decoders.md: 1, 2, 11, 28, 29) and on layer 0, int4 g64 elsewhere; embeddings/LM head float
+SENSITIVE = (0, 1, 2, 11, 28, 29)
+PLAN_BITS = [8 if i in SENSITIVE else 4 for i in range(30)]
+PLAN_ROW = "slimformer plan: int8 layers 0-2, 11, 28-29, int4 g64 the rest (OpenVINO bf16)"
 
 
 def texts() -> list[str]:
@@ -126,11 +131,13 @@ def build(tmp: Path):
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     bf16 = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
     irs = {"f32": lm.convert_lm(model), "int8_asym": lm.convert_lm(model, weights="int8_asym"),
-           "int4_asym": lm.convert_lm(model, weights="int4_asym", group_size=64)}
+           "int4_asym": lm.convert_lm(model, weights="int4_asym", group_size=64),
+           "plan": lm.convert_lm(model, bits=PLAN_BITS, group_size=64)}
     lm.save_lm(irs["int4_asym"], tmp / "int4", model, tok)
     ov_rows = {"OpenVINO f32": ("f32", "f32"), "OpenVINO bf16 (its default on this CPU)": ("f32", "bf16"),
                "OpenVINO INT8_ASYM weights (bf16)": ("int8_asym", "bf16"),
-               "OpenVINO INT4_ASYM g64 weights (bf16)": ("int4_asym", "bf16")}
+               "OpenVINO INT4_ASYM g64 weights (bf16)": ("int4_asym", "bf16"),
+               PLAN_ROW: ("plan", "bf16")}
     return tok, model, bf16, irs, ov_rows, gguf_alias_path("smollm2-135m")[0], lm
 
 
