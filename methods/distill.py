@@ -19,7 +19,7 @@ a fresh seeded order every epoch.
 The learning rate warms up over the first 10% of the steps and then falls linearly to 0 (the
 BERT fine-tuning schedule, Devlin et al. 2019). A constant rate stops mid-trajectory: on the
 SST-2 teacher, 100 constant-rate steps took a 2x plan from 85.89% to 80.85% dev accuracy, the
-schedule from 85.89% to 85.55% (benchmarks/recovery_results.md).
+schedule from 85.89% to 85.55% (benchmarks/results/recovery_results.md).
 """
 
 from __future__ import annotations

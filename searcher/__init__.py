@@ -4,7 +4,7 @@ Heavy modules load lazily so `slimformer --help` starts fast.
 
 OpenMP's wait policy is left as the environment gives it: stock PyTorch is the baseline. Its spinning
 idle threads are fastest on a quiet machine and slow PyTorch far more than the runtimes beside it when
-other work shares the cores (benchmarks/wait_policy_results.md); the device facts record the policy.
+other work shares the cores (benchmarks/results/wait_policy_results.md); the device facts record the policy.
 """
 
 __all__ = ["load_study_config", "run_search", "report_study"]

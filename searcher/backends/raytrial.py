@@ -5,7 +5,7 @@ the models and the Workbench load INSIDE the trial, holding the host's timing lo
 (searcher/devices/timelock.py). A Ray worker that starts up, imports torch and loads the model
 beside another trial's latency measurement takes a core from it, and stock PyTorch (the baseline)
 loses far more from that than the runtimes it is compared with: the search's speedups came out
-high (benchmarks/scale_out_quickstart_results.md: 31.9x in the search against 3.0x re-timed, while a
+high (benchmarks/results/scale_out_quickstart_results.md: 31.9x in the search against 3.0x re-timed, while a
 second actor was starting). Under the lock, the start-up waits for the measurement and the
 measurement for the start-up.
 """

@@ -4,7 +4,7 @@ the baseline from the same rounds; device facts recorded with every figure.
 
 Every timed call starts after IDLE_GAP_MS of idle time, so no call runs while the threads of the
 call before it (another runtime's pool, PyTorch's OpenMP workers) are still settling: without the
-gap, a candidate's speedup depended on which runners shared its rounds (benchmarks/
+gap, a candidate's speedup depended on which runners shared its rounds (benchmarks/results/
 interleaving_results.md: OpenVINO 3.42x timed alone with the baseline, 3.70x beside the
 candidate's other runtimes; with a 10 ms gap 4.05x and 3.91x; ONNX Runtime 3.38x and 3.22x, then
 3.55x and 3.58x). 50 ms of idle time slows the next call instead (cooler caches)."""

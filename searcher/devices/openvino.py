@@ -7,7 +7,7 @@ to zero, no CPU pinning (the other runners of an interleaved measurement share t
 inference precision the plan asks for: f32, or bf16 when its layers are bits 16. OpenVINO sets that
 precision for the whole model, so a plan mixing bits 32 and 16 is refused here (`model_wide_precision`).
 Flushing denormals left the outputs of a finished MiniLM plan unchanged and timed it slightly faster
-(benchmarks/denormals_results.md). The static study shape timed no faster than the dynamic graph, so the
+(benchmarks/results/denormals_results.md). The static study shape timed no faster than the dynamic graph, so the
 IR keeps the dynamic axes and the artifact that is timed is the one that is handed over.
 
 What runs on a real kernel is read from the CPU plugin at run time (`formats`: its
