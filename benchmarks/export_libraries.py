@@ -217,9 +217,26 @@ def export(fmt: str, out: Path) -> dict:
     return json.loads((out / "manifest.json").read_text())
 
 
+def cpu_line(facts: dict) -> str:
+    """The CPU model (family/model from /proc/cpuinfo) and the ISA flags that matter here, AMX said either way."""
+    info = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    have = set(info.get("flags", "").split())
+    wanted = ["avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
+              "amx_int8"]
+    model = f" (family {info['cpu family']} model {info['model']})" if "cpu family" in info and "model" in info else ""
+    flags = [f for f in wanted if f in have] or list(facts.get("flags") or [])
+    return (f"CPU: {facts['cpu']}{model}, {facts['cores']} cores; ISA flags {' '.join(flags)}"
+            + ("" if any(f.startswith("amx") for f in flags) else " (no AMX)"))
+
+
 def header(facts: dict) -> list[str]:
-    return ["# Exports loaded where users work (benchmarks/export_libraries.py)", "",
-            f"CPU: {facts['cpu']}; flags: {' '.join(facts['flags'])}; {facts['cores']} cores", ""]
+    return ["# Exports loaded where users work (benchmarks/export_libraries.py)", "", cpu_line(facts), ""]
 
 
 def versions_lines(rows: list[dict]) -> list[str]:
