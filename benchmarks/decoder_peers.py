@@ -16,7 +16,8 @@ against PyTorch float32's next-token distributions, mean KL (nats per token) and
 
 Run: /work/briefs/bin/heavy python benchmarks/decoder_peers.py --part quality
      /work/briefs/bin/quiet python benchmarks/decoder_peers.py --part timing    (ROUNDS=5: ~6 min)
-Writes benchmarks/decoder_peers_results.md and .json (each part fills its own columns).
+Writes benchmarks/decoder_peers_results.md and .json (each part fills its own columns; --part report rewrites
+the .md from the .json).
 """
 
 from __future__ import annotations
@@ -222,6 +223,9 @@ def write(results: dict, note: str | None) -> None:
     q, t = results.get("quality", {}), results.get("timing", {})
     lines = ["# Decoder peers: SmolLM2-135M-Instruct, batch 1, greedy, 2 threads, 128-token prompt, 128 new tokens",
              "",
+             "Machine: AMD EPYC (family 25 model 17), 2 cores, no GPU; flags avx2 avx512f avx512bw avx512vl "
+             "avx512_vnni avx512_bf16, no AMX.",
+             "",
              f"torch {torch.__version__}, transformers {transformers.__version__}, OpenVINO {openvino.__version__}, "
              f"llama-cpp-python {results.get('llama_cpp', '?')} (own venv; GGML_NATIVE=OFF, AVX512, VNNI, BF16). "
              f"Timing: {results.get('rounds', '?')} interleaved rounds after 1 warm-up ({results.get('timing_wall_s', '?')} s); "
@@ -249,15 +253,16 @@ def write(results: dict, note: str | None) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=["quality", "timing"], required=True)
+    ap.add_argument("--part", choices=["quality", "timing", "report"], required=True)
     ap.add_argument("--windows", type=int, default=0, help="quality on the first N windows only (0: all)")
     ap.add_argument("--note")
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
     path = OUT.with_suffix(".json")
     results = json.loads(path.read_text()) if path.exists() else {}
-    results.update(quality(args) if args.part == "quality" else timing(args))
-    path.write_text(json.dumps(results, indent=1))
+    if args.part != "report":  # report: the .md rewritten from the .json
+        results.update(quality(args) if args.part == "quality" else timing(args))
+        path.write_text(json.dumps(results, indent=1))
     write(results, args.note)
 
 
