@@ -45,7 +45,23 @@ from pathlib import Path
 from .runtime import ArtifactSession, Runtime, module_version, optional_module
 
 __all__ = ["RUNTIME", "INSTALL_HINT", "convert", "compile_ir", "infer", "flushes_denormals", "save_ir",
-           "IR_FILES", "COMPILE_CONFIG", "COMPILE_FILE", "kernel", "compile_config_for", "capabilities"]
+           "IR_FILES", "COMPILE_CONFIG", "COMPILE_FILE", "kernel", "compile_config_for", "capabilities", "no_telemetry"]
+
+def no_telemetry() -> None:
+    """OpenVINO and NNCF send usage telemetry unless told not to: each model conversion or quantization
+    forks a process (`fork` in a threaded process) that posts to a web endpoint. On a machine without
+    internet the forked sender hung in the resolver with a lock its parent's threads held, and the
+    search, done, waited for it at exit for good (a feasibility run here, 10 minutes until it was killed).
+    slimformer sends nothing: its processes answer OpenVINO's consent check with "declined", as its
+    telemetry does for CI jobs, without touching the user's consent file."""
+    try:
+        from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+    except ImportError:  # no OpenVINO here, or a telemetry package of another shape: nothing to silence
+        return
+    OptInChecker.check = lambda self, *args, **kwargs: ConsentCheckResult.DECLINED
+
+
+no_telemetry()  # at import: before anything here converts or quantizes
 
 INSTALL_HINT = "device.runtime openvino needs: pip install 'slimformer[openvino]'"
 # how the CPU plugin compiles every timed model (the precision hint per plan: compile_config_for); the

@@ -265,3 +265,19 @@ def test_a_native_space_searches_static_int8_and_the_export_carries_it(make_stud
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["int8_scheme"] == "static" and manifest["int8_layers"]
     assert "quantize_static" in manifest["int8_weights"]
+
+
+def test_openvino_telemetry_is_declined_in_slimformer(monkeypatch):
+    """OpenVINO's telemetry forks a sender per conversion; offline, one hung a finished search at exit.
+    With slimformer's OpenVINO runtime imported, its consent check declines even outside CI."""
+    monkeypatch.delenv("CI", raising=False)
+    import slimformer.searcher.devices.openvino  # noqa: F401
+    from openvino_telemetry import Telemetry
+    from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult, OptInChecker
+
+    assert OptInChecker().check(False, disable_in_ci=True) == ConsentCheckResult.DECLINED
+    t = Telemetry(app_name="probe", app_version="0", tid="G-TEST", backend="ga4", enable_opt_in_dialog=False,
+                  disable_in_ci=True)
+    t.init(app_name="probe", app_version="0", tid="G-TEST", backend="ga4", enable_opt_in_dialog=False,
+           disable_in_ci=True)
+    assert t.consent is False
