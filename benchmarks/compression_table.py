@@ -1,7 +1,7 @@
 """Compression core on all-MiniLM-L6-v2 / STS-B dev: params, size, measured latency, speedup
 and Spearman for the reference plans, magnitude vs fisher importance side by side.
 
-    python benchmarks/compression_table.py            # writes benchmarks/compression_results.{md,json}
+    python -m benchmarks.compression_table            # writes benchmarks/results/compression_results.{md,json}
 
 Latency: batch 1, 128 tokens, 2 threads; every model timed in the same interleaved rounds
 (searcher.devices.latency.measure_latency), median and p10-p90 spread; speedup is the median of
@@ -24,6 +24,8 @@ from slimformer.searcher.devices.latency import device_facts, measure_latency
 from slimformer.searcher.problem.data import load_rows
 from slimformer.searcher.problem.workbench import Workbench
 
+from benchmarks.common import RESULTS
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "stsb"
 NAMES = ["genre", "file", "year", "id", "score", "sentence1", "sentence2"]
@@ -42,7 +44,7 @@ ROWS = [
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=40)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "compression_results"))
+    ap.add_argument("--out", default=str(RESULTS / "compression_results"))
     ap.add_argument("--reuse-quality", action="store_true",
                     help="take the Spearman figures from the existing results JSON; re-measure latency only")
     args = ap.parse_args()
@@ -94,7 +96,7 @@ def render(meta: dict, facts: dict) -> str:
     lines = [
         "# Compression core: all-MiniLM-L6-v2 on STS-B",
         "",
-        "Command: `python benchmarks/compression_table.py` (writes this file and compression_results.json).",
+        "Command: `python -m benchmarks.compression_table` (writes this file and compression_results.json).",
         f"Device: {facts['cpu']} (flags: {', '.join(facts['flags']) or 'none of AMX/VNNI/AVX512'}), "
         f"{facts['threads']} threads of {facts['cores']} cores, torch {facts['torch']}, eager; batch 1, "
         f"128 tokens; {facts['rounds']} interleaved rounds.",

@@ -8,7 +8,7 @@ and in OpenVINO, with and without flushing denormals to zero (ONNX Runtime:
 `session.set_denormal_as_zero`; OpenVINO: `CPU_DENORMALS_OPTIMIZATION`), and reports the largest
 output difference flushing causes.
 
-    python benchmarks/denormals.py --final runs/repeatability/seed0-finish/studies/quickstart-final/trial-3
+    python -m benchmarks.denormals --final runs/repeatability/seed0-finish/studies/quickstart-final/trial-3
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -26,11 +25,10 @@ from pathlib import Path
 warnings.simplefilter("ignore")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import write_md  # noqa: E402
+from benchmarks.common import RESULTS, write_md  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-OUT = HERE / "denormals_results"
+OUT = RESULTS / "denormals_results"
 
 
 def main() -> None:
@@ -90,7 +88,7 @@ def main() -> None:
         {"rows": rows, "final": args.final, "plan": plan_of(final).to_dict(), "rounds": args.rounds,
          "device": facts, "seconds": time.time() - started}, indent=1, default=str))
     lines = ["# Denormal floats in a finished model (ONNX Runtime, OpenVINO)", "",
-             f"Command: `python benchmarks/denormals.py --final {args.final}`. Batch {cfg.device.batch_size}, "
+             f"Command: `python -m benchmarks.denormals --final {args.final}`. Batch {cfg.device.batch_size}, "
              f"{cfg.device.seq_len} tokens, {threads} threads, {args.rounds} interleaved rounds of every runner "
              "in one process; speedup = median (p10-p90) of per-round ratios against stock float32 PyTorch "
              f"({facts.get('attention')} attention). The same plan with its pretrained weights is the control.", "",

@@ -1,7 +1,7 @@
 """Feasibility first (issue 25): does the quickstart find a feasible plan early whenever its space
 holds one, and refuse a budget it cannot reach within the first minute?
 
-For each budget and seed: a fresh copy of studies/ (benchmarks/_fresh.py: an empty cache, no device
+For each budget and seed: a fresh copy of studies/ (benchmarks/common.py: an empty cache, no device
 profile) with the copy's budget.speedup set to the budget, then `slimformer search
 studies/quickstart.yaml --seed N [--trials T]` (wall time). From the search's log: the smallest plan's
 speedup measured at the start (step 0 of the size axis, searcher/study/edge.py) and the edge it
@@ -11,8 +11,8 @@ feasible; or, for a refused budget, its one-line refusal and how long it took.
 Results are kept in feasibility_results.json by run ("4x seed 0, 6 trials"); a run already there
 is skipped (`--redo` runs it again).
 
-    flock /tmp/slimformer-timing.lock python benchmarks/feasibility.py --budgets 2.5 5 8 --seeds 0 --trials 6
-    python benchmarks/feasibility.py --report-only
+    flock /tmp/slimformer-timing.lock python -m benchmarks.feasibility --budgets 2.5 5 8 --seeds 0 --trials 6
+    python -m benchmarks.feasibility --report-only
 """
 
 from __future__ import annotations
@@ -21,15 +21,12 @@ import argparse
 import json
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _fresh import ROOT, STUDY, fresh_copy, slimformer  # noqa: E402
-from _report import write_md  # noqa: E402
+from benchmarks.common import RESULTS, ROOT, STUDY, fresh_copy, load_sqlite_study, slimformer, write_md
 
-OUT = ROOT / "benchmarks" / "feasibility_results"
+OUT = RESULTS / "feasibility_results"
 RUNS = ROOT / "runs" / "feasibility"
 
 
@@ -38,7 +35,6 @@ def key(budget: float, seed: int, trials: int | None) -> str:
 
 
 def one_run(budget: float, seed: int, trials: int | None) -> dict:
-    import optuna
     from optuna.trial import TrialState
 
     folder = RUNS / f"{budget:g}x-seed{seed}" / ""
@@ -61,7 +57,7 @@ def one_run(budget: float, seed: int, trials: int | None) -> dict:
         row["error"] = lines[-1] if lines else ""
         return row
     db = next((folder / "studies").glob("*.db"))
-    study = optuna.load_study(study_name=Path(STUDY).stem, storage=f"sqlite:///{db}")
+    study = load_sqlite_study(db, Path(STUDY).stem)
     done = sorted((t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE),
                   key=lambda t: t.number)
     feasible = [t for t in done if t.user_attrs.get("feasible")]
@@ -88,7 +84,7 @@ def cpu_line() -> str:
 
 def report(results: dict, note: str | None) -> None:
     lines = ["# Feasibility first: the quickstart's first feasible trial per budget", "",  # write_md adds the CPU
-             "`flock /tmp/slimformer-timing.lock python benchmarks/feasibility.py --budgets ... --seeds ... "
+             "`flock /tmp/slimformer-timing.lock python -m benchmarks.feasibility --budgets ... --seeds ... "
              "--trials N`: the shipped `studies/quickstart.yaml` from a fresh copy of `studies/` (empty cache, no "
              "device profile) with only budget.speedup changed; the search as a new user runs it. The smallest "
              "plan's speedup is what the start-up measurement gave (its median paired ratio, [lower bound at "

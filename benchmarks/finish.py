@@ -2,7 +2,7 @@
 three plans from mild to aggressive, test-split quality with the search's in-trial recovery and
 after finishing, the finish time, and every model's speedup in the runtime that runs it fastest.
 
-Studies and splits: benchmarks/_finishing.py (test never chooses anything). Each plan is built
+Studies and splits: benchmarks/common.py (test never chooses anything). Each plan is built
 twice through the Workbench, as the search and as `finish` build it:
 - in-trial: a search trial's recovery (Fisher importance, 30 distillation steps on the 256
   calibration examples: the quickstart's embedding loss at lr 2e-4; for SST-2 logits at 1e-4);
@@ -16,7 +16,7 @@ and its quality is scored on that runtime's artifact, as a trial and `finish` sc
 from its JSON (a finished model already trained at the same step count is reloaded; in-trial
 builds and the timing are redone).
 
-    python benchmarks/finish.py [--task stsb|sst2] [--steps 1000] [--rounds 40] [--out ...] [--report-only]
+    python -m benchmarks.finish [--task stsb|sst2] [--steps 1000] [--rounds 40] [--out ...] [--report-only]
 """
 
 from __future__ import annotations
@@ -24,15 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from _finishing import METRICS, TEST_NAMES, import_all, study_path  # noqa: E402
-from _report import write_md  # noqa: E402
+from benchmarks.common import METRICS, RESULTS, ROOT, TEST_NAMES, import_all, study_path, write_md
 
 HEADS_MILD, HEADS_HALF = [12, 12, 8, 8, 8, 12], [6, 6, 4, 4, 4, 6]  # per original layer, of 12
 PLANS = {  # Fisher importance as in the quickstart; int8 = a real int8 kernel in every runtime
@@ -54,7 +49,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--report-only", action="store_true", help="rewrite the .md from the .json")
     args = ap.parse_args()
-    out = args.out or str(ROOT / "benchmarks" / ("finish_results" if args.task == "stsb" else "finish_sst2_results"))
+    out = args.out or str(RESULTS / ("finish_results" if args.task == "stsb" else "finish_sst2_results"))
     import_all()
 
     from slimformer.methods import Plan, load_compressed, save_compressed
@@ -145,7 +140,7 @@ def report(res: dict, out: str) -> None:
     task, b, t = res["task"], res["baseline"], res["timing"]
     cond = t["_conditions"]
     lines = [f"# Finishing: in-trial recovery vs `slimformer finish` ({task}, {METRICS[task]})", "",
-             f"Command: `python benchmarks/finish.py --task {task} --steps {res['steps']} --rounds {cond['rounds']}`. "
+             f"Command: `python -m benchmarks.finish --task {task} --steps {res['steps']} --rounds {cond['rounds']}`. "
              f"Study: {res['study']}. Test = {TEST_NAMES[task]}, never used to choose anything; distillation corpus: "
              f"{res['corpus_texts']:,} distinct texts.", "",
              f"Uncompressed: {b['test']:.2f} test, {b['validation']:.2f} validation; the baseline (stock float32 "

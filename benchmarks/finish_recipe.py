@@ -3,14 +3,14 @@ item 4): losses, learning rate, batch size and dropout compared on one aggressiv
 
 The plan (heads 6,6,4,4,4,6 of 12; FFN 384 of 1536; int8; Fisher importance on the 256
 calibration examples) is rebuilt once per recipe and distilled for --steps steps from the
-uncompressed model on the study's distillation corpus (benchmarks/_finishing.py: STS-B for
+uncompressed model on the study's distillation corpus (benchmarks/common.py: STS-B for
 sentence similarity, SST-2 with the fine-tuned teacher for classification). Every recipe sees
 the same corpus order. The recipe is chosen on the validation split; the test split is only
 reported. Quality is scored on the PyTorch model (int8 layers on PyTorch's kernel): a
 comparison of recipes, not of runtimes. Resumes from its JSON (a recipe measured at the same
 step count is kept).
 
-    python benchmarks/finish_recipe.py --task stsb|sst2 [--steps 300] [--variants "A;B"] [--out ...]
+    python -m benchmarks.finish_recipe --task stsb|sst2 [--steps 300] [--variants "A;B"] [--out ...]
 
 `--variants` (names separated by ";") runs only those recipes, e.g. the best two again at
 `finish`'s default step count; each (recipe, steps) pair is one row.
@@ -25,11 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from _finishing import FAMILIES, METRICS, TEST_NAMES, import_all, study_path  # noqa: E402
-from _report import write_md  # noqa: E402
+from benchmarks.common import FAMILIES, METRICS, RESULTS, ROOT, TEST_NAMES, import_all, study_path, write_md
 
 PLAN = {"heads": [6, 6, 4, 4, 4, 6], "ffn": 384, "bits": 8, "importance": "fisher"}
 # distillation settings compared per task; the first is the recipe `finish` used before this comparison
@@ -63,7 +59,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--report-only", action="store_true", help="rewrite the .md from the .json")
     args = ap.parse_args()
-    out = args.out or str(ROOT / "benchmarks" / f"finish_recipe_{args.task}_results")
+    out = args.out or str(RESULTS / f"finish_recipe_{args.task}_results")
     import_all()
     if args.report_only:
         return report(json.loads(Path(out + ".json").read_text()), out)
@@ -128,7 +124,7 @@ def report(res: dict, out: str) -> None:
     steps = sorted({e["steps"] for e in res["variants"].values()})
     best = {chosen(res, n) for n in steps}
     lines = [f"# Finishing recipe comparison: {task} ({METRICS[task]})", "",
-             f"Command: `python benchmarks/finish_recipe.py --task {task} --steps {steps[0]}`{''.join(f' (and `--steps {n} --variants ...`)' for n in steps[1:])}. "
+             f"Command: `python -m benchmarks.finish_recipe --task {task} --steps {steps[0]}`{''.join(f' (and `--steps {n} --variants ...`)' for n in steps[1:])}. "
              f"Study: {res['study']}; plan: heads {res['plan']['heads']}, FFN {res['plan']['ffn']}, int8, Fisher. "
              f"Test = {TEST_NAMES[task]}, only reported; the recipe is chosen on validation. Corpus: "
              f"{res['corpus_rows']:,} rows.", "",

@@ -10,7 +10,7 @@ each with the machine left idle for G ms before every call (G = 0, how the proje
 IDLE_GAP_MS; 5, 10 = IDLE_GAP_MS; 50): the previous runner's threads settle, caches and clocks cool.
 Every context is measured --reps times, the contexts alternating, --rounds rounds each.
 
-    python benchmarks/interleaving.py runs/repeatability/seed0-finish-3.5x/studies/quickstart.yaml --trial 15
+    python -m benchmarks.interleaving runs/repeatability/seed0-finish-3.5x/studies/quickstart.yaml --trial 15
 """
 
 from __future__ import annotations
@@ -27,11 +27,10 @@ from pathlib import Path
 warnings.simplefilter("ignore")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import write_md  # noqa: E402
+from benchmarks.common import RESULTS, write_md  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-OUT = HERE / "interleaving_results"
+OUT = RESULTS / "interleaving_results"
 GAPS_MS = (0, 5, 10, 50)  # 0: how the project timed until IDLE_GAP_MS
 
 
@@ -84,7 +83,7 @@ def main() -> None:
            "load_average": list(os.getloadavg())}
     OUT.with_suffix(".json").write_text(json.dumps(res, indent=1))
     lines = ["# Timing context: one candidate's speedup as measured beside different runners", "",
-             f"`python benchmarks/interleaving.py {args.study} --trial {args.trial}`: trial {args.trial}'s plan rebuilt, "
+             f"`python -m benchmarks.interleaving {args.study} --trial {args.trial}`: trial {args.trial}'s plan rebuilt, "
              f"each runtime's runner timed against stock float32 PyTorch, {args.rounds} interleaved rounds per "
              f"measurement, {args.reps} measurements per context, the contexts alternating. In the search it "
              f"measured {res['search_speedup']:.2f}x in {res['search_runtime']} (timed with the other runtimes).", "",

@@ -2,7 +2,7 @@
 against uniform 8-bit and 4-bit at equal model size; round-to-nearest vs GPTQ; SmoothQuant
 scaling on and off. Quality and size only for <8-bit weights (simulated: no kernel here).
 
-    python benchmarks/mixed_precision.py      # writes benchmarks/mixed_precision_results.{md,json}
+    python -m benchmarks.mixed_precision      # writes benchmarks/results/mixed_precision_results.{md,json}
 
 Quality: Spearman x100 of mean-pooled cosine similarity on all 1,500 STS-B dev pairs.
 Calibration (GPTQ, smoothing, sensitivity): the first 256 pairs of STS-B train (8 batches of 32).
@@ -25,10 +25,12 @@ from slimformer.searcher.config import load_study_config
 from slimformer.searcher.devices.latency import device_facts
 from slimformer.searcher.problem.workbench import Workbench
 
+from benchmarks.common import RESULTS
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "stsb"
 NAMES = ["genre", "file", "year", "id", "score", "sentence1", "sentence2"]
-COMMAND = "python benchmarks/mixed_precision.py"
+COMMAND = "python -m benchmarks.mixed_precision"
 
 
 def main() -> None:
@@ -41,7 +43,7 @@ def main() -> None:
     ap.add_argument("--keep-rows", action="store_true",
                     help="keep the rows already in the results JSON (same calibration) and compute only the missing "
                          "ones, so a run stopped part-way can be completed later")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "mixed_precision_results"))
+    ap.add_argument("--out", default=str(RESULTS / "mixed_precision_results"))
     args = ap.parse_args()
     cfg = load_study_config(data={
         "model": "minilm-l6", "task": "sentence-similarity",

@@ -16,7 +16,7 @@ distillation (the finish stage of the finished-models issue is what recovers qua
 quickstart's best after `slimformer finish` and `slimformer export --best` (benchmarks/repeatability.py
 --finish leaves one in runs/repeatability/seed0-finish/exported).
 
-Rerun: python benchmarks/peers.py [--artifact LABEL=DIR ...]   (writes benchmarks/peers_results.md and .json;
+Rerun: python -m benchmarks.peers [--artifact LABEL=DIR ...]   (writes benchmarks/results/peers_results.md and .json;
 ~6 min on 2 cores)
 """
 
@@ -38,8 +38,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from slimformer.methods import Plan  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import write_md  # noqa: E402
+from benchmarks.common import RESULTS, write_md  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 THREADS, ROUNDS = 2, int(os.environ.get("ROUNDS", 30))
@@ -260,12 +259,12 @@ def main() -> None:
 def write(rows, base, checks, facts, load_start, seconds) -> None:
     from slimformer.searcher.devices import onnxruntime, openvino
 
-    (HERE / "peers_results.json").write_text(json.dumps(
+    (RESULTS / "peers_results.json").write_text(json.dumps(
         {"rows": rows, "baseline": base, "artifact_checks": checks, "device": facts, "rounds": ROUNDS,
          "openvino": openvino.RUNTIME.version(), "onnxruntime": onnxruntime.RUNTIME.version(), "seconds": seconds},
         indent=1, default=str))
     lines = ["# One-knob peers vs slimformer plans (all-MiniLM-L6-v2, STS-B dev)", "",
-             f"Command: `ROUNDS={ROUNDS} PAIRS={PAIRS} python benchmarks/peers.py` ({seconds / 60:.1f} min). Batch 1, 128 tokens, {THREADS} threads, "
+             f"Command: `ROUNDS={ROUNDS} PAIRS={PAIRS} python -m benchmarks.peers` ({seconds / 60:.1f} min). Batch 1, 128 tokens, {THREADS} threads, "
              f"{ROUNDS} interleaved rounds of every runner in one process. Speedup: median (p10-p90) of per-round "
              f"ratios against the faster stock PyTorch float32 setting of this run (**{base}**). Quality: Spearman x100 "
              f"on STS-B dev ({'the first ' + str(PAIRS) + ' pairs of' if PAIRS else 'all of'} the quickstart's data.test, "
@@ -294,7 +293,7 @@ def write(rows, base, checks, facts, load_start, seconds) -> None:
     note = (f"{facts.get('cpu')}, {facts.get('cores')} cores ({', '.join(facts.get('flags', []))}), torch "
             f"{facts.get('torch')}. Load average (1/5/15 min) {load_start} at start, {load()} at the end (2 cores: above "
             f"about 2, other work shared them); absolute ms move with load, paired per-round ratios much less.")
-    write_md(str(HERE / "peers_results"), lines, note)
+    write_md(str(RESULTS / "peers_results"), lines, note)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ listed with the reason. Every runner is built as the search builds a candidate (
 `Workbench.runner`: the artifact the search times and export hands over) and all are timed in the same
 interleaved rounds in one process.
 
-Rerun: python benchmarks/precision.py [--rounds N] [--pairs N]
-(writes benchmarks/precision_results.md and .json; about 10 min on 2 cores)
+Rerun: python -m benchmarks.precision [--rounds N] [--pairs N]
+(writes benchmarks/results/precision_results.md and .json; about 10 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from slimformer.methods import Plan  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import write_md  # noqa: E402
+from benchmarks.common import RESULTS, write_md  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 # the uncompressed model, and a pruned plan of the quickstart's space (heads 8 of 12, FFN 768 of 1536 in
@@ -99,9 +98,9 @@ def main() -> None:
     out = {"rows": list(rows.values()), "refused": refused, "original_quality": original, "device": facts,
            "rounds": args.rounds, "calibration_inputs": len(bench.calibration_inputs),
            "seconds": time.time() - started}
-    (HERE / "precision_results.json").write_text(json.dumps(out, indent=1, default=str))
+    (RESULTS / "precision_results.json").write_text(json.dumps(out, indent=1, default=str))
     lines = ["# Number formats per runtime on this CPU (all-MiniLM-L6-v2, STS-B)", "",
-             f"Command: `python benchmarks/precision.py --rounds {args.rounds}{f' --pairs {args.pairs}' if args.pairs else ''}`"
+             f"Command: `python -m benchmarks.precision --rounds {args.rounds}{f' --pairs {args.pairs}' if args.pairs else ''}`"
              f" ({out['seconds'] / 60:.1f} min). Batch 1, 128 tokens, {threads} threads, {args.rounds} interleaved rounds "
              "in one process; speedup: median (p10-p90) of per-round ratios against stock PyTorch float32 (the study's "
              f"baseline). Quality: Spearman x100 on the quickstart's data.test (STS-B dev), uncompressed {original:.2f}. "
@@ -119,7 +118,7 @@ def main() -> None:
     lines += sorted({f"- {fmt} in {rt}: {reason}" for _, fmt, rt, reason in refused})
     note = (f"torch {facts.get('torch')}, load average (1/5/15 min) at the end "
             f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())}.")
-    write_md(str(HERE / "precision_results"), lines, note)
+    write_md(str(RESULTS / "precision_results"), lines, note)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Time saved by cost-model screening: the same study run with and without rejecting candidates
 the calibrated cost model predicts clearly over the latency budget.
 
-    python benchmarks/prescreen.py                       # studies/minilm-2x.yaml, 60 trials each
-    python benchmarks/prescreen.py --trials 30 --together
+    python -m benchmarks.prescreen                       # studies/minilm-2x.yaml, 60 trials each
+    python -m benchmarks.prescreen --trials 30 --together
 
 Each study runs as `slimformer search` in its own process on a copy of studies/ with an empty
 storage; needs this device's profile (`slimformer profile --threads 2`). Reported per study:
@@ -10,7 +10,7 @@ wall time, CPU time of the process (less sensitive than wall time to other work 
 machine), candidates built and measured, candidates rejected before building, and the best
 plan under the budget (search split, then re-scored on the full dev split by `report`).
 `--together` runs both studies at the same time so that both see the same machine load.
-Writes benchmarks/prescreen_results.{md,json}.
+Writes benchmarks/results/prescreen_results.{md,json}.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 import yaml
-from _report import write_md
+
+from benchmarks.common import RESULTS, load_sqlite_study, write_md
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +61,7 @@ def _trajectory(folder: Path, study: Path) -> list[tuple[float, float]]:
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    st = optuna.load_study(study_name=study.stem, storage=f"sqlite:///{folder / (study.stem + '.db')}")
+    st = load_sqlite_study(folder / (study.stem + '.db'), study.stem)
     trials = st.get_trials(deepcopy=False)
     start = min(t.datetime_start for t in trials if t.datetime_start)
     best, out = float("-inf"), []
@@ -81,7 +82,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=60)
     ap.add_argument("--together", action="store_true", help="run both studies at the same time")
     ap.add_argument("--note", default="", help="a line about the conditions of the run")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "prescreen_results"))
+    ap.add_argument("--out", default=str(RESULTS / "prescreen_results"))
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="slimformer-prescreen-"))
     studies = {}
@@ -110,7 +111,7 @@ def main() -> None:
            "with_prescreen": results[True], "without_prescreen": results[False]}
     Path(args.out + ".json").write_text(json.dumps(out, indent=2))
     lines = [f"# Cost-model screening: time saved ({out['study']}, {args.trials} finished trials each)", "",
-             "Command: `python benchmarks/prescreen.py" + (" --together" if args.together else "") + "`", "",
+             "Command: `python -m benchmarks.prescreen" + (" --together" if args.together else "") + "`", "",
              "| screening | wall time | CPU time | built and measured | rejected before building | "
              "best under the budget (search split / full dev) |",
              "| --- | ---: | ---: | ---: | ---: | --- |"]

@@ -10,7 +10,7 @@ what a default may be chosen on; test: reported only), the build-and-score secon
 each variant, and where the plan that is best after finishing ranked in the search (what
 `finish --top K` exists for). Resumes from its JSON (a plan or variant already measured is kept).
 
-    python benchmarks/proxy.py runs/repeatability/seed0-finish/studies/quickstart.yaml [--plans 12] [--steps 300]
+    python -m benchmarks.proxy runs/repeatability/seed0-finish/studies/quickstart.yaml [--plans 12] [--steps 300]
 """
 
 from __future__ import annotations
@@ -26,12 +26,10 @@ from pathlib import Path
 warnings.simplefilter("ignore")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import write_md  # noqa: E402
-from selection import spearman  # noqa: E402
+from benchmarks.common import RESULTS, spearman, write_md  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-OUT = HERE / "proxy_results"
+OUT = RESULTS / "proxy_results"
 VARIANTS = (0, 30, 100)  # in-trial distillation steps on the calibration pairs (the quickstart samples 0 or 30)
 
 
@@ -135,7 +133,7 @@ def report(res: dict, seconds: float) -> None:
     OUT.with_suffix(".json").write_text(json.dumps(res, indent=1))
     b = res["baseline"]
     lines = ["# Proxy fidelity: in-trial recovery vs finished quality", "",
-             f"`python benchmarks/proxy.py {res['study']} --steps {res['steps']}`: {len(res['plans'])} plans of one "
+             f"`python -m benchmarks.proxy {res['study']} --steps {res['steps']}`: {len(res['plans'])} plans of one "
              f"quickstart study, each finished with `slimformer finish`'s recipe for {res['steps']} steps on the "
              "distillation corpus, and rebuilt with each in-trial recovery (its distillation steps on the 256 "
              "calibration pairs; everything else as sampled). Quality as its runtime runs it, Spearman x100: "

@@ -2,9 +2,9 @@
 recovery, least-squares mask tuning (Kwon et al. 2022), and 100 / 300 distillation steps from
 the uncompressed model; quality on the full dev split and the time each recovery adds.
 
-    python benchmarks/recovery.py                   # STS-B and SST-2 -> benchmarks/recovery_results.{md,json}
-    python benchmarks/recovery.py --tasks stsb      # STS-B only (no SST-2 teacher needed)
-    python benchmarks/recovery.py --recoveries "distill 100 steps + attention"   # add rows to the stored run
+    python -m benchmarks.recovery                   # STS-B and SST-2 -> benchmarks/results/recovery_results.{md,json}
+    python -m benchmarks.recovery --tasks stsb      # STS-B only (no SST-2 teacher needed)
+    python -m benchmarks.recovery --recoveries "distill 100 steps + attention"   # add rows to the stored run
 
 STS-B: all-MiniLM-L6-v2 itself, Spearman x100 of mean-pooled cosine similarity on the 1,500 dev
 pairs, calibration/distillation on 1,024 STS-B train pairs (studies/data/sts-train-1k.tsv),
@@ -28,6 +28,8 @@ from slimformer.searcher.config import load_study_config
 from slimformer.searcher.devices.latency import device_facts, measure_latency
 from slimformer.searcher.problem.data import load_rows
 from slimformer.searcher.problem.workbench import Workbench
+
+from benchmarks.common import RESULTS
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -128,7 +130,7 @@ NOTES_MARK = "<!-- notes below are written by hand and kept when the script rewr
 
 def render(results: dict, facts: dict) -> str:
     lines = ["# Quality recovery on all-MiniLM-L6-v2", "",
-             "Command: `python benchmarks/recovery.py` (see the script's docstring for the protocol).",
+             "Command: `python -m benchmarks.recovery` (see the script's docstring for the protocol).",
              f"Device: {facts.get('cpu')}, {facts.get('threads')} threads, torch {facts.get('torch')}. "
              "Build time = pruning + recovery + int8 conversion for one candidate (the Fisher scores are "
              "cached per study and not counted); it is what each recovery adds to a trial.", ""]
@@ -151,7 +153,7 @@ def main() -> None:
     ap.add_argument("--tasks", default="stsb,sst2")
     ap.add_argument("--sst2-model", default="recipe:minilm-sst2")
     ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "recovery_results"))
+    ap.add_argument("--out", default=str(RESULTS / "recovery_results"))
     ap.add_argument("--recoveries", default="", help="comma-separated recovery labels to run and add to the stored "
                     f"rows (speedups kept); extra ones: {', '.join(EXTRA_RECOVERIES)}")
     args = ap.parse_args()

@@ -11,9 +11,9 @@ how many fuzzed inputs were tried.
       the inputs tried and the tracebacks seen (must be 0).
 
 Run (about 15 minutes on a shared 2-core machine):
-    OMP_NUM_THREADS=1 python benchmarks/reliability.py            # all parts
-    OMP_NUM_THREADS=1 python benchmarks/reliability.py --parts c  # just one part (others kept)
-Writes benchmarks/reliability_results.json and benchmarks/reliability_results.md.
+    OMP_NUM_THREADS=1 python -m benchmarks.reliability            # all parts
+    OMP_NUM_THREADS=1 python -m benchmarks.reliability --parts c  # just one part (others kept)
+Writes benchmarks/results/reliability_results.json and benchmarks/results/reliability_results.md.
 """
 
 from __future__ import annotations
@@ -30,14 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT / "tests" / "searcher"))
+from benchmarks.common import RESULTS, ROOT, build_tiny_model, load_sqlite_study, write_study
 
-from conftest import build_tiny_model, write_study  # noqa: E402
-
-RESULTS_JSON = HERE / "reliability_results.json"
-RESULTS_MD = HERE / "reliability_results.md"
+RESULTS_JSON = RESULTS / "reliability_results.json"
+RESULTS_MD = RESULTS / "reliability_results.md"
 MARK = "SLIMFORMER_RELIABILITY_RUN"
 PART_KEYS = {"a": "kill", "b": "faults", "c": "fuzz"}
 
@@ -54,7 +50,7 @@ def _trials(path: Path):
     if not db.exists():
         return []
     try:
-        return optuna.load_study(study_name="study", storage=f"sqlite:///{db}").get_trials(deepcopy=False)
+        return load_sqlite_study(db, "study").get_trials(deepcopy=False)
     except Exception:  # noqa: BLE001 - killed before the study was created, or being created
         return []
 
@@ -169,7 +165,7 @@ def part_fuzz(examples: int) -> dict:
 
 def render(results: dict) -> str:
     lines = ["# Reliability (issue 6)", "",
-             f"Machine: {results.get('machine')}. Rerun: `OMP_NUM_THREADS=1 python benchmarks/reliability.py` "
+             f"Machine: {results.get('machine')}. Rerun: `OMP_NUM_THREADS=1 python -m benchmarks.reliability` "
              "(see the script's docstring).", ""]
     k = results.get("kill")
     if k:

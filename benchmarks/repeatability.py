@@ -14,10 +14,10 @@ Resumable: results are kept in repeatability_results.json by run ("0" = seed 0 s
 set to 3.5 instead of the shipped value; `--tag T` adds " (T)"); a run already there is skipped, so more can be added
 later (`--seeds 2 3 4`).
 
-    python benchmarks/repeatability.py --seeds 0 1 2 3 4
-    python benchmarks/repeatability.py --seeds 0 --finish
-    python benchmarks/repeatability.py --seeds 0 --finish --speedup 3.5   # the copy's budget.speedup set to 3.5
-    python benchmarks/repeatability.py --report-only        # rewrite the .md from the .json
+    python -m benchmarks.repeatability --seeds 0 1 2 3 4
+    python -m benchmarks.repeatability --seeds 0 --finish
+    python -m benchmarks.repeatability --seeds 0 --finish --speedup 3.5   # the copy's budget.speedup set to 3.5
+    python -m benchmarks.repeatability --report-only        # rewrite the .md from the .json
 """
 
 from __future__ import annotations
@@ -30,11 +30,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _fresh import ROOT, STUDY, fresh_copy, slimformer  # noqa: E402
-from _report import write_md  # noqa: E402
+from benchmarks.common import RESULTS, ROOT, STUDY, fresh_copy, slimformer, write_md
 
-OUT = ROOT / "benchmarks" / "repeatability_results"
+OUT = RESULTS / "repeatability_results"
 RUNS = ROOT / "runs" / "repeatability"
 
 
@@ -115,8 +113,8 @@ def run_seed(seed: int, rounds: int, finish: bool, speedup: float | None = None,
                steps=metrics.get("steps"), quality_search=metrics["quality"], speedup_search=metrics["speedup"],
                search_low=metrics.get("speedup_low"), retimed=metrics.get("retimed"))
     print(f"seed {seed}: exported trial {row['trial']}; re-measuring it in a fresh process ...", flush=True)
-    res = subprocess.run([sys.executable, __file__, "--measure", str(folder / "exported"), str(folder / STUDY),
-                          "--rounds", str(rounds)], capture_output=True, text=True, env=env)
+    res = subprocess.run([sys.executable, "-m", "benchmarks.repeatability", "--measure", str(folder / "exported"),
+                          str(folder / STUDY), "--rounds", str(rounds)], capture_output=True, text=True, env=env, cwd=ROOT)
     if res.returncode != 0:
         row["measure_error"] = res.stderr.strip().splitlines()[-1]
         return row
@@ -141,7 +139,7 @@ def row_setting(row: dict) -> str:
 def report(results: dict, note: str) -> None:
     rows = [results[k] for k in sorted(results, key=lambda k: (int(k.split("+")[0]), k))]
     lines = ["# Repeatability of the quickstart", "",
-             "`python benchmarks/repeatability.py --seeds ... [--finish]`: the quickstart "
+             "`python -m benchmarks.repeatability --seeds ... [--finish]`: the quickstart "
              "(`studies/quickstart.yaml`, as shipped) from a fresh copy of `studies/` per run, with `--finish` "
              "then `slimformer finish` (its defaults), `export --best` in its default format, and the exported "
              "artifact itself re-measured in a fresh process (speedup vs the study's baseline, stock float32 "

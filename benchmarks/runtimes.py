@@ -4,7 +4,7 @@ the all-int8 plan and heads 6 + FFN 768 + int8, timed in interleaved rounds in o
 difference between torch.ao and ORT int8 kernels on an STS-B slice; and the cost model's error
 with a quick ORT profile on random plans.
 
-Rerun: OMP_NUM_THREADS=2 python benchmarks/runtimes.py   (writes benchmarks/runtimes_results.md)
+Rerun: OMP_NUM_THREADS=2 python -m benchmarks.runtimes   (writes benchmarks/results/runtimes_results.md)
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from slimformer.searcher.cost.profile import profile_device  # noqa: E402
 from slimformer.searcher.devices.latency import measure_latency  # noqa: E402
 from slimformer.searcher.devices.onnxruntime import ort_runner  # noqa: E402
 from slimformer.searcher.problem.workbench import Workbench  # noqa: E402
+
+from benchmarks.common import RESULTS  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 THREADS, ROUNDS, N_PLANS = 2, 20, int(os.environ.get("N_PLANS", 12))
@@ -103,12 +105,12 @@ def ort_quality(bench, model) -> float:
 
 
 def write(rows, quality, errors, prof_s, facts, load_start, seconds) -> None:
-    (HERE / "runtimes_results.json").write_text(json.dumps(
+    (RESULTS / "runtimes_results.json").write_text(json.dumps(
         {"latency": rows, "quality": quality, "costmodel": errors, "device": facts}, indent=1, default=str))
     mape = statistics.mean(abs(e["error"]) for e in errors) * 100 if errors else float("nan")
     lines = [
         "# Runtimes: eager PyTorch vs ONNX Runtime (all-MiniLM-L6-v2)", "",
-        "Command: `OMP_NUM_THREADS=2 python benchmarks/runtimes.py` (one run, "
+        "Command: `OMP_NUM_THREADS=2 python -m benchmarks.runtimes` (one run, "
         f"{seconds / 60:.1f} min). Batch 1, 128 tokens, {THREADS} threads; {ROUNDS} interleaved rounds of all six "
         "runners in one process; speedups are medians of per-round ratios (paired, so load hits both sides).",
         f"Device: {facts.get('cpu')}, {facts.get('cores')} cores, torch {facts.get('torch')}, onnxruntime "
@@ -134,7 +136,7 @@ def write(rows, quality, errors, prof_s, facts, load_start, seconds) -> None:
         p = e["plan"]
         lines.append(f"| {len(p['layers']) if p.get('layers') is not None else 6} | {p['heads']} | {p['ffn']} | "
                      f"{p['bits']} | {e['measured_ms']:.1f} | {e['predicted_ms']:.1f} | {e['error'] * 100:+.0f}% |")
-    (HERE / "runtimes_results.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "runtimes_results.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Samplers compared on the same study and budget: TPE, NSGA-II, GP and random.
 
-    python benchmarks/samplers.py        # writes benchmarks/samplers_results.{md,json}
+    python -m benchmarks.samplers        # writes benchmarks/results/samplers_results.{md,json}
 
 The study: all-MiniLM-L6-v2 on STS-B dev, the default space restricted to magnitude importance
 (per-layer heads, FFN, bits 32/8, depth), budget speedup >= 2.0. So that the comparison measures
@@ -29,6 +29,8 @@ from slimformer.searcher.cost.costmodel import compile_profile, predict
 from slimformer.searcher.cost.profile import default_profile_path, find_profile, profile_device, save_profile
 from slimformer.searcher.problem.workbench import Workbench
 from slimformer.spaces import Space
+
+from benchmarks.common import RESULTS
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
@@ -65,7 +67,7 @@ def main() -> None:
     ap.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated subset (to run in parallel)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for building/scoring")
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="only merge the JSON results of parallel runs")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "samplers_results"))
+    ap.add_argument("--out", default=str(RESULTS / "samplers_results"))
     args = ap.parse_args()
     if args.merge:
         parts = [json.loads(Path(p).read_text()) for p in args.merge]
@@ -127,7 +129,7 @@ def main() -> None:
 
 def render(results: dict, meta: dict, seeds: int) -> str:
     lines = ["# Samplers on the same study and budget", "",
-             "Command: `python benchmarks/samplers.py` (or two halves in parallel with `--samplers`, then "
+             "Command: `python -m benchmarks.samplers` (or two halves in parallel with `--samplers`, then "
              "`--merge`). Study: all-MiniLM-L6-v2, STS-B dev "
              f"({meta['pairs']}-pair subset), "
              "space = per-layer heads/FFN (fractions 0.25-1), depth >= 3, bits 32/8, magnitude importance; "

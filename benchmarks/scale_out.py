@@ -5,8 +5,8 @@ duplicated and that every finished trial's plan and values are stored together; 
 Model: the tests' tiny random-init BERT (4 layers, hidden 64) with MiniLM's tokenizer on the
 quickstart STS-B files, so each run stays within a few minutes on a 2-core machine.
 
-    OMP_NUM_THREADS=1 python benchmarks/scale_out.py            # writes benchmarks/scale_out_results.{md,json}
-    OMP_NUM_THREADS=1 python benchmarks/scale_out.py --trials 40 --workers 4 --ray-trials 20
+    OMP_NUM_THREADS=1 python -m benchmarks.scale_out            # writes benchmarks/results/scale_out_results.{md,json}
+    OMP_NUM_THREADS=1 python -m benchmarks.scale_out --trials 40 --workers 4 --ray-trials 20
 
 `--quickstart` measures whether parallel trials still measure the device the study names (issue 26):
 the quickstart (studies/quickstart.yaml, MiniLM, on a fresh copy of studies/ with an empty cache) at
@@ -15,11 +15,11 @@ and trial count, each on a journal file. Per run: wall time of `slimformer searc
 for every feasible trial its search speedup against a re-timing of ALL the run's feasible trials
 afterwards (searcher/report/retime.py: one fresh interleaved measurement of device.max_rounds rounds,
 nothing else running), the runtime it chose, whether it holds re-timed, and its timing-lock wait.
-Runs are merged into benchmarks/scale_out_quickstart_results.json (so each backend may be run on its
+Runs are merged into benchmarks/results/scale_out_quickstart_results.json (so each backend may be run on its
 own, under the shared lock, each under 15 minutes):
 
-    flock /tmp/slimformer-timing.lock python benchmarks/scale_out.py --quickstart --trials 6 --budget 2.0
-    flock /tmp/slimformer-timing.lock python benchmarks/scale_out.py --quickstart --trials 6 --budget 2.0 --runs ray2
+    flock /tmp/slimformer-timing.lock python -m benchmarks.scale_out --quickstart --trials 6 --budget 2.0
+    flock /tmp/slimformer-timing.lock python -m benchmarks.scale_out --quickstart --trials 6 --budget 2.0 --runs ray2
 """
 
 from __future__ import annotations
@@ -34,11 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "searcher"))
-
-from conftest import build_tiny_model, write_study  # noqa: E402
-from pgserver import PostgresServer, unavailable_reason  # noqa: E402
+from benchmarks.common import RESULTS, ROOT, build_tiny_model, write_study
+from benchmarks.pgserver import PostgresServer, unavailable_reason
 
 
 def cli(*args, **kw):
@@ -141,17 +138,19 @@ def report_fields(study: Path, url: str) -> dict:
 
 QS_RUNS = {"local1": ("1 local worker", 1, "local"), "local2": ("2 local workers", 2, "local"),
            "ray2": ("Ray, 2 workers (local Ray)", 2, "ray")}
-QS_OUT = ROOT / "benchmarks" / "scale_out_quickstart_results"
+QS_OUT = RESULTS / "scale_out_quickstart_results"
 
 
 def retime_all(folder: str, storage: str) -> None:
-    """(In a subprocess, cwd = a fresh copy's folder.) Re-time every feasible trial of the study in one
-    fresh interleaved measurement; print JSON: the search's own re-timing and this one."""
-    from _fresh import STUDY
+    """(In a subprocess, cwd = the repository, `folder` = a fresh copy's folder.) Re-time every feasible
+    trial of the study in one fresh interleaved measurement; print JSON: the search's own re-timing and
+    this one."""
     from slimformer.searcher.config import load_study_config
     from slimformer.searcher.problem.workbench import Workbench
     from slimformer.searcher.report.retime import RETIMED_ATTR, retime
     from slimformer.searcher.study.records import feasible_trials, handle_for, open_study
+
+    from benchmarks.common import STUDY
 
     cfg = load_study_config(Path(folder) / STUDY)
     study = open_study(handle_for(cfg, storage), read_only=False)
@@ -168,8 +167,9 @@ def retime_all(folder: str, storage: str) -> None:
 def quickstart_run(key: str, args, work: Path) -> dict:
     from statistics import median
 
-    from _fresh import STUDY, fresh_copy, slimformer
     from optuna.trial import TrialState
+
+    from benchmarks.common import STUDY, fresh_copy, slimformer
 
     label, workers, backend = QS_RUNS[key]
     folder = work / key
@@ -184,8 +184,8 @@ def quickstart_run(key: str, args, work: Path) -> dict:
     if code != 0:
         raise SystemExit(f"{label}: search failed (exit {code}); see {log}")
     t1 = time.perf_counter()
-    res = subprocess.run([sys.executable, __file__, "--retime-all", str(folder), storage], cwd=folder, env=env,
-                         capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "benchmarks.scale_out", "--retime-all", str(folder), storage],
+                         cwd=ROOT, env=env, capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"{label}: re-timing failed: {res.stderr[-2000:]}")
     again = json.loads(res.stdout.strip().splitlines()[-1])
@@ -222,12 +222,12 @@ def quickstart_run(key: str, args, work: Path) -> dict:
 
 
 def quickstart_md(out: dict) -> None:
-    from _report import write_md
+    from benchmarks.common import write_md
 
     lines = ["# Scale out on the quickstart: do parallel trials measure the study's device?", "",
              f"({out['cpu']}.)", "",
              "Command (each run under the shared timing lock):", "", "```bash",
-             *[f"flock /tmp/slimformer-timing.lock python benchmarks/scale_out.py --quickstart --trials "
+             *[f"flock /tmp/slimformer-timing.lock python -m benchmarks.scale_out --quickstart --trials "
                f"{r['trials_asked']} --budget {r['budget']} --seed {r['seed']} --runs {k}" for k, r in out["runs"].items()],
              "```", "",
              "The quickstart (MiniLM, STS-B, device.runtime auto, 2 threads, batch 1 x 128 tokens) on a fresh copy "
@@ -275,7 +275,6 @@ def quickstart(args) -> None:
 
 def main() -> None:
     if sys.argv[1:2] == ["--retime-all"]:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
         return retime_all(sys.argv[2], sys.argv[3])
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, default=40)
@@ -289,7 +288,6 @@ def main() -> None:
     ap.add_argument("--runs", nargs="*", default=list(QS_RUNS), choices=list(QS_RUNS))
     args = ap.parse_args()
     if args.quickstart:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
         return quickstart(args)
     work = Path(tempfile.mkdtemp(prefix="scale-out-"))
     model = build_tiny_model(work / "tiny")
@@ -330,7 +328,7 @@ def main() -> None:
         local, ray = report_fields(s1, url1), report_fields(s, f"sqlite:///{s.parent / 'study.db'}")
         out["report_fields_equal"] = local == ray
         out["report_fields"] = ray
-    (ROOT / "benchmarks" / "scale_out_results.json").write_text(json.dumps(out, indent=2) + "\n")
+    (RESULTS / "scale_out_results.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
 
 

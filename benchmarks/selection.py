@@ -8,7 +8,7 @@ search's quality and test quality over all trials and over the feasible ones, th
 validation to test against the uncompressed model's, and where the search's best feasible trial
 ranks on test.
 
-    python benchmarks/selection.py runs/repeatability/seed*/studies/quickstart.yaml
+    python -m benchmarks.selection runs/repeatability/seed*/studies/quickstart.yaml
 """
 
 from __future__ import annotations
@@ -24,17 +24,10 @@ from pathlib import Path
 warnings.simplefilter("ignore")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import write_md  # noqa: E402
+from benchmarks.common import RESULTS, spearman, write_md  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-OUT = HERE / "selection_results"
-
-
-def spearman(a: list[float], b: list[float]) -> float | None:
-    from scipy.stats import spearmanr
-
-    return None if len(a) < 3 else float(spearmanr(a, b).statistic)
+OUT = RESULTS / "selection_results"
 
 
 def score_study(path: str, log) -> dict:
@@ -74,7 +67,7 @@ def score_study(path: str, log) -> dict:
 
 def report(results: dict, seconds: float) -> None:
     lines = ["# Selection on validation vs quality on test (quickstart studies)", "",
-             "`python benchmarks/selection.py STUDY.yaml ...`: every finished trial rebuilt from its plan and scored as "
+             "`python -m benchmarks.selection STUDY.yaml ...`: every finished trial rebuilt from its plan and scored as "
              "its runtime runs it, on the whole validation split (what the search selects on) and on data.test "
              "(STS-B dev, which nothing selected on). Spearman x100 for quality; rank correlations over trials.", "",
              "| study | trials (feasible) | rank corr. search vs test, all | feasible | mean loss on validation | "

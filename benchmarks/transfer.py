@@ -3,14 +3,14 @@ on device B (latency measured for every plan / predicted after 5 anchors). The s
 three searches itself and times each (wall clock, in this process), so every figure it writes is
 measured:
 
-    python benchmarks/transfer.py [--study studies/minilm-2x.yaml] [--work /tmp/slimformer-transfer]
+    python -m benchmarks.transfer [--study studies/minilm-2x.yaml] [--work /tmp/slimformer-transfer]
 
 A is the study file as it is (its device.threads); B is the same file with `device.threads: 1`,
 searched twice from A's storage: `--transfer-latency measure` (study "meas") and `predict`
 (study "pred", after `slimformer profile --threads 1` when no profile for 1 thread is cached).
 Each finished run's wall time is kept in WORK/walls.json, so a rerun reuses finished studies.
 
-Writes benchmarks/transfer_results.{md,json}: wall time of each study, the best plan under the
+Writes benchmarks/results/transfer_results.{md,json}: wall time of each study, the best plan under the
 budget on B by each route, and how well predicted speedups on B match the measured ones
 (MAPE, Spearman, agreement on which plans meet the budget).
 """
@@ -26,9 +26,10 @@ from pathlib import Path
 
 import optuna
 import yaml
-from _report import write_md
 from optuna.trial import TrialState
 from scipy.stats import spearmanr
+
+from benchmarks.common import RESULTS, write_md
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +80,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/slimformer-transfer", help="storages, B's study file, walls.json")
     ap.add_argument("--budget", type=float, default=2.0, help="speedup budget")
     ap.add_argument("--note", default="", help="a line about the conditions of the run, printed in the results")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "transfer_results"))
+    ap.add_argument("--out", default=str(RESULTS / "transfer_results"))
     args = ap.parse_args()
 
     study, work = Path(args.study).resolve(), Path(args.work)

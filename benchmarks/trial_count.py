@@ -9,7 +9,7 @@ within 0.5 point, on data.test (STS-B dev, which nothing selects on), of the pla
    `slimformer report --json --all`: the 5 best feasible trials re-timed, the front and the
    re-timed trials scored on test; then `slimformer finish` (its defaults) there, as the quickstart
    runs it, for what the user gets: the final model `export --best` would take.
-2. The quickstart's runs: the runs of benchmarks/repeatability_results.json with the shipped
+2. The quickstart's runs: the runs of benchmarks/results/repeatability_results.json with the shipped
    settings (`--group`, the part of their key after the seed): each one's best under the budget
    (re-timed, the plan `finish` starts from) and its test quality, and the final model `export
    --best` took, from `slimformer report --json` in that run's folder.
@@ -17,26 +17,23 @@ within 0.5 point, on data.test (STS-B dev, which nothing selects on), of the pla
    search's own timing and its validation quality, no re-timing) and that plan's test quality
    (rebuilt and run as the search ran it): what more trials would have bought.
 
-    python benchmarks/trial_count.py                 # the reference and the comparison (~40 min, quiet VM)
-    python benchmarks/trial_count.py --report-only   # rewrite the .md from the .json
+    python -m benchmarks.trial_count                 # the reference and the comparison (~40 min, quiet VM)
+    python -m benchmarks.trial_count --report-only   # rewrite the .md from the .json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _fresh import ROOT, STUDY, fresh_copy, run_env, slimformer  # noqa: E402
-from _report import write_md  # noqa: E402
-from repeatability import row_setting, run_folder  # noqa: E402
+from benchmarks.common import RESULTS, ROOT, STUDY, fresh_copy, run_env, slimformer, write_md
+from benchmarks.repeatability import row_setting, run_folder
 
-OUT = ROOT / "benchmarks" / "trial_count_results"
+OUT = RESULTS / "trial_count_results"
 RUNS = ROOT / "runs" / "trial_count"
-REPEATS = ROOT / "benchmarks" / "repeatability_results.json"
+REPEATS = RESULTS / "repeatability_results.json"
 PREFIXES = (8, 12, 16, 24, 32, 48, 60)
 TOLERANCE = 0.5  # points of Spearman x100 on test
 
@@ -138,7 +135,7 @@ def render(results: dict, note: str) -> None:
     ref, group = results["reference"], results["group"]
     rb, rf = ref["best"], ref.get("final")
     lines = ["# Trials: the quickstart against a 60-trial reference run", "",
-             "`python benchmarks/trial_count.py`: a 60-trial search of the quickstart (seed 0, fresh copy of "
+             "`python -m benchmarks.trial_count`: a 60-trial search of the quickstart (seed 0, fresh copy of "
              "`studies/`, empty cache) then `slimformer finish`, as the reference; the quickstart runs of "
              f"`repeatability_results.json` with the shipped settings (runs `<seed>{group}`). Quality = Spearman "
              "x100. A run's plan is its best trial under the budget (the best that held it when re-timed, what "

@@ -13,7 +13,7 @@ runs/validation_size/ (the script resumes per trial); the figures go to validati
 What a size costs: the seconds one trial spends scoring n pool pairs (the best feasible trial, as
 its runtime runs it; median of 3), the part of a trial's time that grows with the split.
 
-    python benchmarks/validation_size.py runs/repeatability/seed0-finish/studies/quickstart.yaml
+    python -m benchmarks.validation_size runs/repeatability/seed0-finish/studies/quickstart.yaml
 """
 
 from __future__ import annotations
@@ -31,12 +31,11 @@ import numpy as np
 warnings.simplefilter("ignore")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import write_md  # noqa: E402
-from selection import spearman as rank_corr  # noqa: E402
+from benchmarks.common import RESULTS, write_md  # noqa: E402
+from benchmarks.common import spearman as rank_corr  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-OUT = HERE / "validation_size_results"
+OUT = RESULTS / "validation_size_results"
 CACHE = HERE.parent / "runs" / "validation_size"
 SIZES = (250, 500, 1000, 2000)
 
@@ -173,7 +172,7 @@ def analyse(trials: dict, draws: int) -> dict:
 
 def report(res: dict, study: str, seconds: float) -> None:
     lines = ["# Validation split size vs the ranking on test (quickstart study)", "",
-             f"`python benchmarks/validation_size.py {study}`: the {len(res['feasible'])} feasible trials, each run as "
+             f"`python -m benchmarks.validation_size {study}`: the {len(res['feasible'])} feasible trials, each run as "
              "its runtime runs it; quality = Spearman x100. A validation split of n pairs is drawn at random from a "
              f"pool of {res['pool_pairs']} STS-B train pairs (the shipped 500 and others the trials never trained "
              "on); the trials are ranked on it and judged on test (STS-B dev, 1,500 pairs). Noise floor: n pairs "

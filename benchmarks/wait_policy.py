@@ -8,7 +8,7 @@ runtime sets it, as the reference that load alone moves.
 The policy is read once, when libgomp loads (the `import torch`), so each setting needs its own
 process; the processes alternate (ACTIVE, PASSIVE, ACTIVE, ...) so slow drift hits both alike.
 
-    python benchmarks/wait_policy.py [--repeats 3] [--rounds 20] [--busy 2]
+    python -m benchmarks.wait_policy [--repeats 3] [--rounds 20] [--busy 2]
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.common import RESULTS, write_md
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
 CHILD = r"""
 import json, os, sys
@@ -60,7 +61,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--busy", type=int, default=2, help="busy loops beside the timing in the loaded condition")
-    ap.add_argument("--out", default=str(HERE / "wait_policy_results"))
+    ap.add_argument("--out", default=str(RESULTS / "wait_policy_results"))
     args = ap.parse_args()
     import multiprocessing as mp
 
@@ -87,10 +88,8 @@ def main() -> None:
 
 
 def report(res: dict, out: str) -> None:
-    from _report import write_md
-
     lines = ["# OpenMP wait policy and PyTorch latency (all-MiniLM-L6-v2 float32)", "",
-             f"Command: `python benchmarks/wait_policy.py --repeats {res['repeats']} --rounds {res['rounds']} "
+             f"Command: `python -m benchmarks.wait_policy --repeats {res['repeats']} --rounds {res['rounds']} "
              f"--busy {res['busy']}` ({res['minutes']:.1f} min). One fresh process per figure; medians of "
              f"{res['rounds']} interleaved rounds; the table gives the median over the {res['repeats']} processes "
              "of each setting (min-max in brackets).", "",

@@ -32,7 +32,7 @@ def one_thread():
 
 def build_tiny_model(out: Path) -> Path:
     """The tiny BERT (4 layers, hidden 64, random weights from seed 0) with MiniLM's tokenizer,
-    saved in `out`; also what benchmarks/reliability.py and benchmarks/scale_out.py search."""
+    saved in `out` (benchmarks/common.py keeps a copy for benchmarks.reliability and scale_out)."""
     import torch
     import transformers as T
     from slimformer.searcher.problem.models import load_tokenizer
