@@ -1,6 +1,6 @@
 """Cost-model accuracy on all-MiniLM-L6-v2: predicted vs measured latency of random plans.
 
-    python benchmarks/costmodel.py [--threads 2] [--plans 40] [--calib 10] [--rounds 15]
+    python -m benchmarks.costmodel [--threads 2] [--plans 40] [--calib 10] [--rounds 15]
                                    [--profile FILE] [--seed 0] [--runtime eager|onnxruntime|openvino]
                                    [--format float32|bfloat16|int8|int8_static]
 
@@ -14,7 +14,7 @@ it with that runtime's profile. `--format F` samples plans in one number format 
 layer bits 32; bfloat16: bits 16, every layer where the runtime sets the precision model-wide, else each
 layer 16 or 32; int8 / int8_static: each layer 8 or 32, int8_scheme dynamic / static, static int8
 calibrated on CALIBRATION random inputs), predicted from that format's profile tables. Writes
-benchmarks/costmodel_results.{md,json} (another runtime: costmodel_<runtime>_results; a format:
+benchmarks/results/costmodel_results.{md,json} (another runtime: costmodel_<runtime>_results; a format:
 costmodel_<runtime>_<format>_results), the CPU model and its ISA flags on top.
 """
 
@@ -38,7 +38,8 @@ from slimformer.searcher.devices.registry import get_runtime, profiled_runtimes
 from slimformer.searcher.devices.runtime import FORMATS
 from slimformer.searcher.problem.models import load_model
 
-HERE = Path(__file__).resolve().parent
+from benchmarks.common import RESULTS
+
 SEQ, BATCH = 128, 1
 CALIBRATION = 8  # random inputs a static int8 plan is calibrated on (timing does not depend on the ranges)
 
@@ -108,11 +109,11 @@ def main() -> None:
     ap.add_argument("--profile", help="profile file: reused when it exists, else written there "
                     "(default: a fresh profile saved to the cache path)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", help="results path without suffix (default benchmarks/costmodel[_RUNTIME]_results)")
+    ap.add_argument("--out", help="results path without suffix (default benchmarks/results/costmodel[_RUNTIME]_results)")
     ap.add_argument("--note", default="", help="a remark printed in the results (e.g. about machine load)")
     ap.add_argument("--rerender", action="store_true", help="only recompute the summary of OUT.json")
     args = ap.parse_args()
-    args.out = args.out or str(HERE / ("costmodel" + ("" if args.runtime == "eager" and not args.format else
+    args.out = args.out or str(RESULTS / ("costmodel" + ("" if args.runtime == "eager" and not args.format else
                                                       f"_{args.runtime}") + (f"_{args.format}" if args.format else "")
                                        + "_results"))
     if args.rerender:
@@ -228,7 +229,7 @@ def render(r: dict) -> str:
         "",
         f"CPU: {dev['cpu']}; ISA flags: {', '.join(dev['flags']) or 'none'}.",
         "",
-        f"Written by `python benchmarks/costmodel.py --threads {st['threads']}"
+        f"Written by `python -m benchmarks.costmodel --threads {st['threads']}"
         + ("" if dev["runtime"] == "eager" else f" --runtime {dev['runtime']}") + (f" --format {fmt}" if fmt else "")
         + (f" --plans {st['plans']} --calib {st['calibration_plans']} --rounds {st['rounds']}")
         + (f" --seed {st['seed']}" if st["seed"] else "") + "`. Seq"

@@ -14,9 +14,9 @@ Quality (`--part quality`, no timing): on the WikiText-2 raw test slice (studies
 SmolLM2's tokenizer, windows of 256 tokens advancing by 128, every token predicted once), perplexity and,
 against PyTorch float32's next-token distributions, mean KL (nats per token) and top-1 agreement.
 
-Run: /work/briefs/bin/heavy python benchmarks/decoder_peers.py --part quality
-     /work/briefs/bin/quiet python benchmarks/decoder_peers.py --part timing    (ROUNDS=5: ~6 min)
-Writes benchmarks/decoder_peers_results.md and .json (each part fills its own columns; --part report rewrites
+Run: /work/briefs/bin/heavy python -m benchmarks.decoder_peers --part quality
+     /work/briefs/bin/quiet python -m benchmarks.decoder_peers --part timing    (ROUNDS=5: ~6 min)
+Writes benchmarks/results/decoder_peers_results.md and .json (each part fills its own columns; --part report rewrites
 the .md from the .json).
 """
 
@@ -27,7 +27,6 @@ import json
 import math
 import os
 import subprocess
-import sys
 import tempfile
 import time
 import warnings
@@ -39,8 +38,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import write_md  # noqa: E402
+from benchmarks.common import RESULTS, write_md  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -48,7 +46,7 @@ THREADS, ROUNDS = 2, int(os.environ.get("ROUNDS", 5))
 PROMPT, NEW = 128, 128
 CONTEXT, STRIDE = 256, 128
 LLAMA_PY = os.environ.get("LLAMA_PY", "/tmp/llama-venv/bin/python")
-OUT = HERE / "decoder_peers_results"
+OUT = RESULTS / "decoder_peers_results"
 BASE = "PyTorch float32 (eager, sdpa)"
 # a fixed per-layer plan (not searched): int8 weights on the layers whose down_proj inputs carry the largest
 # activations (docs/decoders.md: 1, 2, 11, 28, 29) and on layer 0, int4 g64 elsewhere; embeddings/LM head float

@@ -5,7 +5,7 @@ Two modes.
 Without --artifact: exports the uncompressed all-MiniLM-L6-v2 (`minilm-l6`, an empty plan) through
 `export_model`, as onnx and as openvino, with STS-B dev (studies/data/sts-dev.tsv, the quickstart's
 test split) as the validation split, and loads each folder with sentence-transformers
-(benchmarks/export_libraries_results.md).
+(benchmarks/results/export_libraries_results.md).
 
 With --artifact LABEL=DIR (repeatable) and --task sts|sst2: the folders `slimformer export` wrote
 (e.g. of a finished quickstart, or of the SST-2 classifier study) are loaded, each in a FRESH process
@@ -36,8 +36,8 @@ torch pinned to the installed 2.13.0 so that nothing heavy is downloaded):
                     PyPI wheel does not match the CPU torch: "operator torchvision::nms does not exist")
 `--make-venvs` creates them with these pins; the versions each load saw go into the results file.
 Not a timing run, but CPU heavy:
-  /work/briefs/bin/heavy python benchmarks/export_libraries.py [--make-venvs]
-  /work/briefs/bin/heavy python benchmarks/export_libraries.py --task sts --study S/quickstart.yaml \
+  /work/briefs/bin/heavy python -m benchmarks.export_libraries [--make-venvs]
+  /work/briefs/bin/heavy python -m benchmarks.export_libraries --task sts --study S/quickstart.yaml \
       --artifact onnx=DIR1 --artifact openvino=DIR2 [--out FILE]
 """
 
@@ -342,7 +342,7 @@ def main() -> None:
     ap.add_argument("--task", choices=sorted(LOADERS), default="sts")
     ap.add_argument("--study", help="the study file the exports came from (default: the shipped one of the task)")
     ap.add_argument("--data", help="the file scored (default: STS-B dev for sts, SST-2 dev for sst2)")
-    ap.add_argument("--out", help="results file (default benchmarks/export_libraries[_TASK]_results.md)")
+    ap.add_argument("--out", help="results file (default benchmarks/results/export_libraries[_TASK]_results.md)")
     args = ap.parse_args()
     from slimformer.searcher.devices.latency import device_facts
 
@@ -351,7 +351,7 @@ def main() -> None:
             make_venv(fmt)
     facts = device_facts()
     lines = run_artifacts(args, facts) if args.artifact else run_uncompressed(args, facts)
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / (
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / (
         f"export_libraries_{args.task}_results.md" if args.artifact else "export_libraries_results.md")
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

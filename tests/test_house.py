@@ -302,3 +302,70 @@ def test_user_attribute_keys_live_in_the_record_module():
     bad = [f"{m.path.relative_to(ROOT)}:{line} user attribute {key!r}" for n, m in MODS.items()
            if n.startswith("slimformer.searcher") and n != RECORD_MODULE for line, key in _raw_attribute_keys(m.tree)]
     assert not bad, "\n".join(bad)
+
+
+BENCHMARKS = ROOT / "benchmarks"  # a package run as modules (`python -m benchmarks.NAME`), not installed
+
+
+def _benchmark_breaches(tree: ast.Module, test_modules: set[str]) -> list[tuple[int, str]]:
+    """(line, what) for each way a benchmark module reaches outside the package's rules: `sys.path`
+    touched in any way, `site.addsitedir`, an import of a module of tests/ (`tests.x`, or a bare
+    `conftest`/`pgserver` found through an edited path), another module's underscore name."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name) \
+                and node.value.id == "sys":
+            found.append((node.lineno, "uses sys.path"))
+        elif isinstance(node, ast.Attribute) and node.attr == "addsitedir":
+            found.append((node.lineno, "uses site.addsitedir"))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [] if node.level else [node.module or ""]
+            for name in names:
+                top = name.split(".")[0]
+                if top == "tests" or top in test_modules:
+                    found.append((node.lineno, f"imports {name} from tests/"))
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("benchmarks")):
+                found += [(node.lineno, f"imports the underscore name {a.name}") for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+    return found
+
+
+def test_the_benchmark_reader_sees_every_breach():
+    src = '''
+import sys, site
+sys.path.insert(0, "tests/searcher")
+sys.path += ["x"]
+site.addsitedir("y")
+from conftest import build_tiny_model
+import tests.searcher.pgserver
+from benchmarks.common import _private, write_md
+from .selection import _rank
+import os.path
+from benchmarks.common import RESULTS
+'''
+    whats = [w for _, w in _benchmark_breaches(ast.parse(src), {"conftest", "pgserver"})]
+    assert sorted(whats) == sorted(["uses sys.path", "uses sys.path", "uses site.addsitedir",
+                                    "imports conftest from tests/", "imports tests.searcher.pgserver from tests/",
+                                    "imports the underscore name _private", "imports the underscore name _rank"])
+
+
+def test_benchmarks_edit_no_path_and_import_nothing_from_tests():
+    """benchmarks/ is a package run as modules from the repository root: no script edits sys.path or
+    imports a module of tests/ (what a benchmark shares with the tests is copied into
+    benchmarks/common.py), and scripts use each other's public names only."""
+    test_modules = {f.stem for f in (ROOT / "tests").rglob("*.py")}
+    files = sorted(BENCHMARKS.rglob("*.py"))
+    assert BENCHMARKS / "__init__.py" in files and BENCHMARKS / "common.py" in files
+    bad = [f"{f.relative_to(ROOT)}:{line} {what}" for f in files
+           for line, what in _benchmark_breaches(ast.parse(f.read_text(), str(f)), test_modules)]
+    assert not bad, "\n".join(bad)
+
+
+def test_benchmark_results_live_in_results():
+    """Every results file (`*_results*.md`/`.json`) is under benchmarks/results/, where the scripts write."""
+    results = BENCHMARKS / "results"
+    stray = sorted(str(f.relative_to(ROOT)) for f in BENCHMARKS.rglob("*_results*")
+                   if f.suffix in (".md", ".json") and results not in f.parents)
+    assert not stray, "results files outside benchmarks/results/:\n" + "\n".join(stray)
+    assert any(results.glob("*_results*.md"))
