@@ -45,7 +45,7 @@ from pathlib import Path
 from .runtime import ArtifactSession, Runtime, module_version, optional_module
 
 __all__ = ["RUNTIME", "INSTALL_HINT", "convert", "compile_ir", "infer", "flushes_denormals", "save_ir",
-           "IR_FILES", "COMPILE_CONFIG", "COMPILE_FILE", "kernel", "compile_config_for", "capabilities", "no_telemetry"]
+           "IR_FILES", "COMPILE_CONFIG", "COMPILE_FILE", "kernel", "compile_config_for", "capabilities", "no_telemetry", "quiet_nncf"]
 
 def no_telemetry() -> None:
     """OpenVINO and NNCF send usage telemetry unless told not to: each model conversion or quantization
@@ -100,7 +100,7 @@ def _matmul_names(model) -> list[str]:
 
 
 @contextlib.contextmanager
-def _quiet_nncf():
+def quiet_nncf():
     """NNCF prints a bit-width table for every call and a rich progress bar on stdout: a search prints
     its own progress."""
     nncf_log = logging.getLogger("nncf")
@@ -133,7 +133,7 @@ def convert(onnx_path: str | Path, int8_modules: list[str] = (), calibration: li
     others = [n for n in names if n not in keep]
     # NNCF compiles models on this thread to collect statistics, and the CPU plugin sets FTZ/DAZ on it: put
     # the thread's denormal handling back afterwards (as compile_ir does)
-    with _quiet_nncf(), _denormals(flushes_denormals()):
+    with quiet_nncf(), _denormals(flushes_denormals()):
         if calibration is None:
             ignored = nncf.IgnoredScope(names=others, types=["Gather"], validate=False)
             return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM, ignored_scope=ignored)

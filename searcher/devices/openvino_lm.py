@@ -32,17 +32,14 @@ Imports: errors, methods (public names).
 from __future__ import annotations
 
 import contextlib
-import io
 import json
-import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import UserError
-from .openvino import INSTALL_HINT, compile_ir, flushes_denormals
+from .openvino import INSTALL_HINT, compile_ir, flushes_denormals, quiet_nncf
 from .runtime import optional_module
 
 __all__ = ["convert_lm", "save_lm", "load_lm", "plan_weights", "plan_generation", "OVGeneration", "OVScorer", "IR_XML",
@@ -171,20 +168,6 @@ def convert_lm(model, bits: list[int] | None = None, group_size: int = 64, weigh
     return ov_model
 
 
-@contextlib.contextmanager
-def _quiet_nncf():
-    """NNCF's bit-width table and progress bar go nowhere (as in devices/openvino.py)."""
-    log = logging.getLogger("nncf")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        log.setLevel(level)
-
-
 def _compress(ov_model, mode: str, group_size: int | None, layers: list[int] | None = None) -> None:
     """nncf.compress_weights in `mode`; with `layers`, only the weights of those transformer layers."""
     import nncf
@@ -199,7 +182,7 @@ def _compress(ov_model, mode: str, group_size: int | None, layers: list[int] | N
         kwargs["ignored_scope"] = nncf.IgnoredScope(names=others, validate=False)
         if group_size is not None:  # int4 modes keep the first and last weights in the backup mode unless told
             kwargs.update(all_layers=True, backup_mode=nncf.BackupMode.NONE)
-    with _quiet_nncf():
+    with quiet_nncf():
         nncf.compress_weights(ov_model, **kwargs)
 
 
