@@ -58,14 +58,9 @@ def ort(path):
 
 
 def ov(model):
-    import numpy as np
-    from slimformer.searcher.devices.openvino import compile_ir, infer
-    from slimformer.searcher.devices.runtime import ArtifactSession
+    from slimformer.searcher.devices.openvino import compile_ir, session
 
-    compiled = compile_ir(model, THREADS)
-    req = infer(compiled)
-    return ArtifactSession(lambda feed: [np.array(req(feed)[o]) for o in compiled.outputs],
-                           [i.get_any_name() for i in compiled.inputs], [o.get_any_name() for o in compiled.outputs])
+    return session(compile_ir(model, THREADS))
 
 
 NNCF_SAMPLES = 300  # nncf.quantize's default subset_size, from the calibration split's sentences
@@ -92,18 +87,13 @@ def ov_default(model):
     """(the inference precision the plugin chose, the session): OpenVINO compiled as
     `core.compile_model(model, "CPU")` does (its own precision and performance hint), with the thread count
     set and CPU pinning off."""
-    import numpy as np
     import openvino
-    from slimformer.searcher.devices.runtime import ArtifactSession
+    from slimformer.searcher.devices.openvino import session
 
-    # CPU pinning off as for every other OpenVINO runner here: with OpenVINO's default pinning, the sync
-    # inference pins the calling thread, and every runner timed after it in this one process ran on one core
-    # (an earlier run of this script: OpenVINO float32 0.86x here against 1.58x in precision_results.md)
+    # CPU pinning off and the thread count set, as slimformer compiles every OpenVINO model
     compiled = openvino.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": THREADS, "ENABLE_CPU_PINNING": False})
-    req = compiled.create_infer_request()
     precision = str(compiled.get_property("INFERENCE_PRECISION_HINT")).removeprefix("<Type: '").removesuffix("'>")
-    return precision, ArtifactSession(lambda feed: [np.array(req.infer(feed)[o]) for o in compiled.outputs],
-                           [i.get_any_name() for i in compiled.inputs], [o.get_any_name() for o in compiled.outputs])
+    return precision, session(compiled)
 
 
 class BF16Model(torch.nn.Module):

@@ -45,7 +45,7 @@ from pathlib import Path
 from .runtime import ArtifactSession, Runtime, module_version, optional_module
 
 __all__ = ["RUNTIME", "INSTALL_HINT", "convert", "compile_ir", "infer", "flushes_denormals", "save_ir",
-           "IR_FILES", "COMPILE_CONFIG", "COMPILE_FILE", "kernel", "compile_config_for", "capabilities", "no_telemetry", "quiet_nncf"]
+           "IR_FILES", "COMPILE_CONFIG", "COMPILE_FILE", "kernel", "session", "compile_config_for", "capabilities", "no_telemetry", "quiet_nncf"]
 
 def no_telemetry() -> None:
     """OpenVINO and NNCF send usage telemetry unless told not to: each model conversion or quantization
@@ -225,7 +225,13 @@ def load(files: dict[str, bytes], threads: int) -> ArtifactSession:
     ov = optional_module("openvino", INSTALL_HINT)
     weights = ov.Tensor(np.frombuffer(files["model.bin"], dtype=np.uint8).copy())
     config = json.loads(files[COMPILE_FILE]) if COMPILE_FILE in files else None
-    compiled = compile_ir(ov.Core().read_model(files["model.xml"].decode(), weights), threads, config)
+    return session(compile_ir(ov.Core().read_model(files["model.xml"].decode(), weights), threads, config))
+
+
+def session(compiled) -> ArtifactSession:
+    """A compiled model as an ArtifactSession: one inference per call, every output read from it."""
+    import numpy as np
+
     request = infer(compiled)
 
     def run(feed):

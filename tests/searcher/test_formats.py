@@ -281,3 +281,28 @@ def test_openvino_telemetry_is_declined_in_slimformer(monkeypatch):
     t.init(app_name="probe", app_version="0", tid="G-TEST", backend="ga4", enable_opt_in_dialog=False,
            disable_in_ci=True)
     assert t.consent is False
+
+
+def test_an_openvino_session_runs_one_inference_per_call_for_all_outputs(monkeypatch):
+    """A model with two outputs is inferred once per call, not once per output (benchmarks/peers.py once read
+    each output from its own inference and timed OpenVINO at half its speed)."""
+    import openvino
+    import openvino.opset13 as ops
+    from slimformer.searcher.devices import openvino as ov_runtime
+
+    x = ops.parameter([1, 4], np.float32, name="x")
+    model = openvino.Model([ops.relu(x), ops.abs(x)], [x])
+    calls = []
+    infer = ov_runtime.infer
+
+    def counting(compiled):
+        run = infer(compiled)
+        return lambda feed: calls.append(1) or run(feed)
+
+    monkeypatch.setattr(ov_runtime, "infer", counting)
+    session = ov_runtime.session(ov_runtime.compile_ir(model, 1))
+    feed = np.array([[-1.0, 2.0, -3.0, 4.0]], np.float32)
+    relu, absolute = session({"x": feed})
+    assert len(calls) == 1
+    np.testing.assert_array_equal(relu, np.maximum(feed, 0))
+    np.testing.assert_array_equal(absolute, np.abs(feed))
