@@ -19,7 +19,8 @@
   validation sentences: validation only ranks recipes, test is what is reported.
   Written to runs/sst2-finish/ (not committed: it is derived from shared/ by this code).
 - The tests' tiny BERT and a study around it (reliability, scale_out): `build_tiny_model`,
-  `write_study` (copied from tests/searcher/conftest.py: benchmarks import nothing from tests/).
+  `write_study`, and scale_out's throwaway PostgreSQL server, live in slimformer.searcher.testing,
+  which the tests import too (benchmarks import nothing from tests/).
 - Scoring and stored studies: `spearman` (rank correlation of two lists), `load_sqlite_study`.
 """
 
@@ -151,50 +152,6 @@ def write_sst2_study() -> Path:
 
 def study_path(task: str) -> Path:
     return write_sst2_study() if task == "sst2" else ROOT / STUDIES[task]
-
-
-def build_tiny_model(out: Path) -> Path:
-    """The tiny BERT (4 layers, hidden 64, random weights from seed 0) with MiniLM's tokenizer,
-    saved in `out` (the tests' model: tests/searcher/conftest.py)."""
-    import torch
-    import transformers as T
-    from slimformer.searcher.problem.models import load_tokenizer
-
-    torch.manual_seed(0)
-    cfg = T.BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                       intermediate_size=256, max_position_embeddings=256)
-    T.BertModel(cfg).save_pretrained(out)
-    load_tokenizer("minilm-l6").save_pretrained(out)
-    return out
-
-
-def write_study(folder: Path, model_dir: Path, **overrides) -> Path:
-    """A study file on the tiny model with the quickstart's data; sections merged from overrides
-    (the tests' study: tests/searcher/conftest.py)."""
-    import yaml
-
-    data_dir = folder / "data"
-    if not data_dir.exists():
-        shutil.copytree(ROOT / "studies" / "data", data_dir)
-    study = {
-        "model": str(model_dir),
-        "task": "sentence-similarity",
-        "data": {"format": "tsv", "header": False,
-                 "names": ["genre", "file", "year", "id", "score", "sentence1", "sentence2"],
-                 "validation": "data/sts-dev.tsv", "validation_size": 64,
-                 "calibration": "data/sts-train-1k.tsv", "calibration_size": 32},
-        "device": {"threads": 1, "seq_len": 32, "rounds": 4, "warmup": 1},
-        "space": {"heads": {"choices": [1, 2, 4]}, "ffn": {"choices": [64, 128, 256]}, "depth": {"min": 2}},
-        "search": {"trials": 4, "seed": 0, "sampler": "random"},
-    }
-    for section, value in overrides.items():
-        if isinstance(value, dict) and isinstance(study.get(section), dict):
-            study[section] = {**study[section], **value}
-        else:
-            study[section] = value
-    path = folder / "study.yaml"
-    path.write_text(yaml.safe_dump(study, sort_keys=False))
-    return path
 
 
 def spearman(a: list[float], b: list[float]) -> float | None:

@@ -30,7 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS, ROOT, build_tiny_model, load_sqlite_study, write_study
+from slimformer.searcher.testing import build_tiny_model, write_study
+
+from benchmarks.common import RESULTS, ROOT, load_sqlite_study
 
 RESULTS_JSON = RESULTS / "reliability_results.json"
 RESULTS_MD = RESULTS / "reliability_results.md"

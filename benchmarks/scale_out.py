@@ -34,8 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS, ROOT, build_tiny_model, write_study
-from benchmarks.pgserver import PostgresServer, unavailable_reason
+from slimformer.searcher.testing import PostgresServer, build_tiny_model, unavailable_reason, write_study
+
+from benchmarks.common import RESULTS, ROOT
 
 
 def cli(*args, **kw):

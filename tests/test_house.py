@@ -352,8 +352,8 @@ from benchmarks.common import RESULTS
 
 def test_benchmarks_edit_no_path_and_import_nothing_from_tests():
     """benchmarks/ is a package run as modules from the repository root: no script edits sys.path or
-    imports a module of tests/ (what a benchmark shares with the tests is copied into
-    benchmarks/common.py), and scripts use each other's public names only."""
+    imports a module of tests/ (what a benchmark shares with the tests lives in
+    slimformer.searcher.testing, which both import), and scripts use each other's public names only."""
     test_modules = {f.stem for f in (ROOT / "tests").rglob("*.py")}
     files = sorted(BENCHMARKS.rglob("*.py"))
     assert BENCHMARKS / "__init__.py" in files and BENCHMARKS / "common.py" in files

@@ -1,5 +1,6 @@
 """A tiny BERT (random weights, MiniLM's tokenizer) and a study around it, so search,
-resume and CLI tests run in seconds."""
+resume and CLI tests run in seconds (built by slimformer.searcher.testing, which the benchmarks
+share), and the fixtures around them."""
 
 from __future__ import annotations
 
@@ -9,9 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
-
-STUDIES = Path(__file__).resolve().parents[2] / "studies"
+from slimformer.searcher.testing import STUDIES, build_tiny_model, write_study  # noqa: F401 (STUDIES: for the test files)
 
 
 @pytest.fixture(autouse=True)
@@ -28,21 +27,6 @@ def one_thread():
 
     with fixed_threads(1):
         yield
-
-
-def build_tiny_model(out: Path) -> Path:
-    """The tiny BERT (4 layers, hidden 64, random weights from seed 0) with MiniLM's tokenizer,
-    saved in `out` (benchmarks/common.py keeps a copy for benchmarks.reliability and scale_out)."""
-    import torch
-    import transformers as T
-    from slimformer.searcher.problem.models import load_tokenizer
-
-    torch.manual_seed(0)
-    cfg = T.BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                       intermediate_size=256, max_position_embeddings=256)
-    T.BertModel(cfg).save_pretrained(out)
-    load_tokenizer("minilm-l6").save_pretrained(out)
-    return out
 
 
 def copy_tokenizer(model_dir: Path, out: Path) -> None:
@@ -103,39 +87,13 @@ def make_study(tmp_path, tiny_model_dir):
     return lambda **overrides: write_study(tmp_path, tiny_model_dir, **overrides)
 
 
-def write_study(folder: Path, model_dir: Path, **overrides) -> Path:
-    """A study file on the tiny model with the quickstart's data; sections merged from overrides."""
-    data_dir = folder / "data"
-    if not data_dir.exists():
-        shutil.copytree(STUDIES / "data", data_dir)
-    study = {
-        "model": str(model_dir),
-        "task": "sentence-similarity",
-        "data": {"format": "tsv", "header": False,
-                 "names": ["genre", "file", "year", "id", "score", "sentence1", "sentence2"],
-                 "validation": "data/sts-dev.tsv", "validation_size": 64,
-                 "calibration": "data/sts-train-1k.tsv", "calibration_size": 32},
-        "device": {"threads": 1, "seq_len": 32, "rounds": 4, "warmup": 1},
-        "space": {"heads": {"choices": [1, 2, 4]}, "ffn": {"choices": [64, 128, 256]}, "depth": {"min": 2}},
-        "search": {"trials": 4, "seed": 0, "sampler": "random"},
-    }
-    for section, value in overrides.items():
-        if isinstance(value, dict) and isinstance(study.get(section), dict):
-            study[section] = {**study[section], **value}
-        else:
-            study[section] = value
-    path = folder / "study.yaml"
-    path.write_text(yaml.safe_dump(study, sort_keys=False))
-    return path
-
-
 @pytest.fixture(scope="session")
 def _postgres_server(requires):
-    """One throwaway PostgreSQL server for the session (see pgserver.py), or None when
+    """One throwaway PostgreSQL server for the session (slimformer.searcher.testing), or None when
     SLIMFORMER_TEST_POSTGRES_URL names an existing one."""
     import os
 
-    from pgserver import PostgresServer, unavailable_reason
+    from slimformer.searcher.testing import PostgresServer, unavailable_reason
 
     if os.environ.get("SLIMFORMER_TEST_POSTGRES_URL"):
         yield None
