@@ -5,6 +5,9 @@ one JSON command per stdin line, one JSON answer per stdout line.
   {"cmd": "gen", "prompt": [ids], "new": 128}                          -> {"prefill": ms, "decode": ms per token,
                                                                             "tokens": [...]}
   {"cmd": "logits", "windows": [[ids], ...], "out": DIR}               -> {"files": [...]} (float32 .npy, one per window)
+  {"cmd": "text", "prompt": TEXT, "new": 32}                           -> {"text": the greedy continuation}
+  {"cmd": "quantize", "src": GGUF, "dst": GGUF, "ftype": "Q8_0", "threads": 2}
+                          -> {"rc": 0} (llama.cpp's own llama_model_quantize, as the llama-quantize tool calls it)
 
 `gen` is a user's greedy generation (Llama.generate, temperature 0, top_k 1) after `reset()` (no prefix reuse):
 prefill = the time to the first token, decode = the following `new` tokens' time over `new`.
@@ -12,6 +15,7 @@ prefill = the time to the first token, decode = the following `new` tokens' time
 
 from __future__ import annotations
 
+import ctypes
 import json
 import sys
 import time
@@ -50,6 +54,17 @@ def handle(msg: dict) -> dict:
             np.save(path, np.asarray(llm.scores[: len(window)], dtype=np.float32))
             files.append(path)
         return {"files": files}
+    if msg["cmd"] == "text":
+        llm = state["gen"]
+        llm.reset()
+        out = llm.create_completion(msg["prompt"], max_tokens=msg["new"], temperature=0.0, top_k=1)
+        return {"text": out["choices"][0]["text"]}
+    if msg["cmd"] == "quantize":
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{msg['ftype']}")
+        params.nthread = msg["threads"]
+        rc = llama_cpp.llama_model_quantize(msg["src"].encode(), msg["dst"].encode(), ctypes.byref(params))
+        return {"rc": int(rc), "version": llama_cpp.__version__}
     return {"error": f"unknown command {msg['cmd']!r}"}
 
 
