@@ -306,3 +306,28 @@ def test_an_openvino_session_runs_one_inference_per_call_for_all_outputs(monkeyp
     assert len(calls) == 1
     np.testing.assert_array_equal(relu, np.maximum(feed, 0))
     np.testing.assert_array_equal(absolute, np.abs(feed))
+
+
+@pytest.mark.parametrize("default, bits, expected", [
+    ("bf16", 8, "bf16"),  # every layer int8: the rest in the plugin's own default on this CPU
+    ("f32", 8, "f32"),  # a CPU without native bf16: the plugin's default is f32
+    ("bf16", [8, 32, 8], "f32"),  # a layer asks for float32: the whole model stays f32
+])
+def test_an_all_int8_plan_leaves_the_rest_to_the_plugins_default_precision(tiny_models, tmp_path, monkeypatch,
+                                                                           default, bits, expected):
+    from slimformer.methods import Plan, apply_plan
+    from slimformer.searcher.devices import openvino as ov_runtime
+
+    monkeypatch.setattr(ov_runtime, "default_precision", lambda: default)
+    t = tiny_models["bert"]
+    facts = ov_runtime.build(apply_plan(t.build(), Plan(bits=bits)), t.inputs(), tmp_path, {})
+    assert facts["compile_config"]["INFERENCE_PRECISION_HINT"] == expected
+    assert json.loads((tmp_path / ov_runtime.COMPILE_FILE).read_text()) == facts["compile_config"]
+
+
+def test_the_plugins_default_precision_is_read_from_this_cpu():
+    import openvino
+    from slimformer.searcher.devices import openvino as ov_runtime
+
+    hint = openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
+    assert ov_runtime.default_precision() == hint and hint in {"f32", "bf16", "f16"}
