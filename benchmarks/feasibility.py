@@ -98,9 +98,11 @@ def report(results: dict, note: str | None) -> None:
             continue
         small = "-" if r["smallest"] is None else f"{r['smallest']:.2f}x [{r['smallest_low']:.2f}, {r['smallest_high']:.2f}]"
         if r["exit"] != 0:
+            name = f"{name} ({r['commit']})" if r.get("commit") else name
             lines.append(f"| {name} | {small} | - | {r['exit']} | refused: `{r.get('error', '')}` | - | - | "
                          f"{r['wall_s']:.0f} s |")
             continue
+        name = f"{name} ({r['commit']})" if r.get("commit") else name
         first = "none" if r["first_feasible"] is None else f"#{r['first_feasible_position']}"
         seeds = ", ".join(f"{s}{'*' if sd else ''}" for s, sd in zip(r["speedups"], r["seeded"]))
         lines.append(f"| {name} | {small} | {r['edge'] or '-'} | 0 | {first} | {r['feasible']} / {r['finished']} | "
@@ -129,7 +131,7 @@ def main(argv=None) -> int:
                 name = key(budget, seed, args.trials)
                 if name in results and not args.redo:
                     continue
-                results[name] = one_run(budget, seed, args.trials)
+                results[name] = {**one_run(budget, seed, args.trials), "commit": results["_commit"]}
                 print(json.dumps({name: results[name]}), flush=True)
                 path.write_text(json.dumps(results, indent=1) + "\n")
     report(results, args.note)
