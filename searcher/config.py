@@ -190,9 +190,9 @@ class StudyConfig(_Section):
         if self.task.type != "causal-lm":
             return (f"device.generate times a decoder's prefill and decode: it needs task causal-lm, "
                              f"not {self.task.type}")
-        if self.device.runtime != "eager":
-            return (f"device.generate runs in eager PyTorch only (a KV-cache loop for runtime "
-                             f"{self.device.runtime!r} is not built yet): set device.runtime: eager")
+        if self.device.runtime not in DECODER_RUNTIMES:
+            return (f"device.generate times a KV-cache generation loop in eager PyTorch or OpenVINO (none is built "
+                    f"for runtime {self.device.runtime!r}): set device.runtime: {', '.join(DECODER_RUNTIMES)}")
         if b.speedup is not None:
             return "with device.generate, name the phase: budget.decode_speedup or prefill_speedup, not speedup"
         return None
@@ -201,6 +201,10 @@ class StudyConfig(_Section):
     def name(self) -> str:
         return self.search.study_name or (self.path.stem if self.path else "study")
 
+
+# device.runtime of a decoder study (device.generate): the runtimes with a KV-cache loop (devices/generate.py
+# GENERATE_RUNTIMES), or auto (both, the faster counts)
+DECODER_RUNTIMES = ("eager", "openvino", "auto")
 
 _SHORTHANDS = {"model": "name", "task": "type"}
 

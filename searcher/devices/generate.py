@@ -16,7 +16,9 @@ speedups from the same rounds.
 
 Here eager PyTorch (transformers' forward with `DynamicCache`; the prefill computes the LM head on the
 last position only, as `generate` does); OpenVINO's stateful LLM has the same interface
-(devices/openvino_lm.OVGeneration). A study times eager only so far (`GENERATE_RUNTIMES`).
+(devices/openvino_lm.OVGeneration). A study times a candidate in either (`GENERATE_RUNTIMES`; `auto`: both,
+the faster counts) through `DecodeRunner`, which keeps the generation so that its prefill is timed and
+its artifact scored in the same runtime.
 
 Imports: errors, methods (public names).
 """
@@ -33,7 +35,7 @@ import torch
 from ..errors import UserError
 from .latency import IDLE_GAP_MS, LatencyResult, fixed_threads
 
-__all__ = ["Generation", "measure_generation", "per_token", "latency_result", "prompt_ids", "PHASES",
+__all__ = ["Generation", "DecodeRunner", "measure_generation", "per_token", "latency_result", "prompt_ids", "PHASES",
            "GENERATE_RUNTIMES", "tokens_per_s", "generation"]
 
 PHASES = ("prefill", "decode")
@@ -100,6 +102,17 @@ class Generation:
         self._steps(cache, first)
         t2 = time.perf_counter()
         return {"prefill": (t1 - t0) * 1e3, "decode": (t2 - t1) * 1e3 / self.new_tokens}
+
+
+class DecodeRunner:
+    """A study's latency runner of a decoder: calling it decodes (`generation.decode`); `generation` (a
+    `Generation` or an `OVGeneration`) also gives the prefill, and `runtime` names where it runs."""
+
+    def __init__(self, generation, runtime: str):
+        self.generation, self.runtime = generation, runtime
+
+    def __call__(self):
+        return self.generation.decode()
 
 
 def generation(runtime: str, model, prompt: torch.Tensor, new_tokens: int, threads: int, plan=None):

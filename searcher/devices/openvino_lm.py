@@ -19,12 +19,9 @@ devices/generate.py, and a folder that `openvino_genai.LLMPipeline` loads.
 - `save_lm` writes the IR as openvino_model.xml/.bin with config.json, generation_config.json and, given
   a tokenizer, openvino_tokenizer.xml / openvino_detokenizer.xml (openvino-tokenizers): the folder that
   `openvino_genai.LLMPipeline(folder, "CPU")` opens.
-- `OVGeneration` is the `Generation` of this runtime: `prefill()` (the prompt into a fresh state),
-  `decode()` (G greedy steps on the prefilled state, put back to the prompt first), `tokens()` and a
-  timed `__call__`, so `measure_generation` times it against eager PyTorch in the same rounds. The
-  generation IR computes the logits of the last position only (as transformers' `generate` and GenAI do).
-- `OVScorer` runs full-sequence logits (a fresh state per call), called like a PyTorch causal LM, so
-  lmquality scores perplexity, KL and top-1 agreement of the artifact itself.
+- `OVGeneration` is this runtime's `Generation` (prefill, decode on the state put back to the prompt,
+  tokens, a timed call; the LM head on the last position only, as `generate` and GenAI do); `OVScorer`
+  gives full-sequence logits like a PyTorch causal LM, to score the artifact itself.
 
 Imports: errors, methods (public names).
 """
@@ -34,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -42,7 +40,7 @@ from ..errors import UserError
 from .openvino import INSTALL_HINT, compile_ir, flushes_denormals, quiet_nncf
 from .runtime import optional_module
 
-__all__ = ["convert_lm", "save_lm", "load_lm", "plan_weights", "plan_generation", "OVGeneration", "OVScorer", "IR_XML",
+__all__ = ["convert_lm", "save_lm", "load_lm", "plan_weights", "plan_generation", "fit_group", "OVGeneration", "OVScorer", "IR_XML",
            "WHOLE_MODEL_MODES", "BITS_MARK", "lm_compile_config", "stateful_io"]
 
 IR_XML = "openvino_model.xml"  # the name GenAI's LLMPipeline looks for
@@ -285,6 +283,7 @@ class OVGeneration:
         with _flushing(self.flush):
             self.first = self._prefill()
         self.saved = [s.state.data.copy() for s in self.request.query_state()]
+        self.source: dict = {}
 
     def _infer(self, ids: np.ndarray, start: int) -> np.ndarray:
         n = ids.shape[1]
@@ -326,6 +325,11 @@ class OVGeneration:
             self._steps(self._prefill(), out)
         return out
 
+    def scorer(self) -> OVScorer:
+        """Full-sequence logits of the same IR compiled the same way (`plan_generation`'s `source`)."""
+        src = self.source
+        return OVScorer(load_lm(src["ov_model"], src["threads"], src["precision"], last_logits=False))
+
     def __call__(self) -> dict[str, float]:
         import time
 
@@ -338,22 +342,35 @@ class OVGeneration:
         return {"prefill": (t1 - t0) * 1e3, "decode": (t2 - t1) * 1e3 / self.new_tokens}
 
 
-def plan_generation(model, prompt: torch.Tensor, new_tokens: int, threads: int, plan=None, group_size: int = 64):
+def fit_group(model, bits: list[int] | None, group_size: int) -> int:
+    """The int4 group size for `model`: `group_size`, or the largest divisor of it that divides the input
+    width of every Linear in a bits-4 layer (a pruned FFN of 1,000 neurons cannot be cut in groups of 64)."""
+    import math
+
+    four = {i for i, b in enumerate(bits or ()) if b == 4}
+    g = group_size
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear) and any(f"layers.{i}." in name + "." for i in four):
+            g = math.gcd(g, m.in_features)
+    return g
+
+
+def plan_generation(model, prompt: torch.Tensor, new_tokens: int, threads: int, plan=None, group_size: int | None = None):
     """`OVGeneration` of a float (pruned) causal LM with a resolved plan's bits as real int8 / int4 weights
-    and bf16 inference where the plan asks for bits 16 (build the model with the plan's bits set to 32:
-    the weights are compressed here, not in PyTorch)."""
+    (int4 in groups of the plan's group_size, `fit_group`) and bf16 inference where the plan asks for bits 16
+    (build the model with the plan's bits set to 32: the weights are compressed here, not in PyTorch).
+    Its `source` keeps the IR and how it was compiled (`OVGeneration.scorer`, export)."""
     bits, precision = None, "f32"
     if plan is not None and plan.bits is not None:
         n = len(plan.bits) if isinstance(plan.bits, tuple) else max(plan.layers or (0,)) + 1
         bits = plan_weights(plan, n)
         precision = "bf16" if 16 in (plan.bits if isinstance(plan.bits, tuple) else (plan.bits,)) else "f32"
-    return OVGeneration(load_lm(convert_lm(model, bits=bits, group_size=group_size), threads, precision),
-                        prompt, new_tokens)
-
-
-class _Out:
-    def __init__(self, logits):
-        self.logits = logits
+    group = fit_group(model, bits, group_size or (plan.group_size if plan is not None else 64))
+    ov_model = convert_lm(model, bits=bits, group_size=group)
+    gen = OVGeneration(load_lm(ov_model, threads, precision), prompt, new_tokens)
+    gen.source = {"ov_model": ov_model, "threads": threads, "precision": precision, "bits": bits,
+                  "group_size": group if 4 in (bits or ()) else None}
+    return gen
 
 
 class OVScorer:
@@ -367,7 +384,7 @@ class OVScorer:
 
     def __call__(self, input_ids, attention_mask=None, **_):
         with _flushing(self.flush):
-            return _Out(self._logits(input_ids, attention_mask))
+            return SimpleNamespace(logits=self._logits(input_ids, attention_mask))
 
     def _logits(self, input_ids, attention_mask):
         rows = []

@@ -12,13 +12,13 @@ from slimformer.methods.plan import ATTENTION_IMPLEMENTATIONS
 from slimformer.methods.surgery import set_attention
 
 from ..config import StudyConfig
-from ..devices.adaptive import speedup_interval
 from ..devices.attention import fastest_attention
-from ..devices.generate import Generation, per_token, tokens_per_s
+from ..devices.generate import Generation, per_token
 from ..devices.latency import device_facts, fixed_threads, measure_latency
-from ..devices.registry import check_runtime, get_runtime, runtimes_for_bits, study_formats
+from ..devices.registry import check_runtime, fastest, get_runtime, runtimes_for_plan, study_formats
 from ..devices.timelock import lock_path, timing_lock
 from ..errors import UserError
+from . import decoding
 from .data import is_builtin_source, load_rows
 from .models import load_model, load_preprocessor
 from .tasks import get_task
@@ -43,10 +43,15 @@ def study_rows(cfg: StudyConfig, which: str, limit: int | None = None):
 
 
 class Workbench:
-    def __init__(self, cfg: StudyConfig, log=print):
+    def __init__(self, cfg: StudyConfig, log=print, runtimes: tuple[str, ...] | None = None):
         self.cfg = cfg
         self.log = log
-        self.runtimes = check_runtime(cfg.device.runtime)  # unknown or not installed: one line before any loading
+        # the study's runtime set, decided once (devices/registry.py; `runtimes`: already decided by the caller);
+        # unknown or not installed: one line before any loading
+        self.runtimes = check_runtime(cfg.device.runtime) if runtimes is None else tuple(runtimes)
+        if cfg.device.generate is not None:  # decoders: the runtimes with a KV-cache loop (problem/decoding.py)
+            self.runtimes = decoding.decoder_runtimes(self.runtimes)
+        self.decoding: tuple | None = None  # decoders: (the last candidate, its runners by runtime)
         self.attention: str | None = None  # the baseline's attention implementation, once chosen or adopted
         self.attention_ms: dict[str, float] = {}
         # building and scoring at a worker's share of the threads (search.worker_threads, set by the
@@ -118,8 +123,13 @@ class Workbench:
     def runner(self, model, runtime: str | None = None):
         """A zero-argument callable running `model` on `self.inputs` in `runtime` (default: the study's
         runtime, or its first with `device.runtime: auto`); with device.generate its greedy decode."""
-        if self.generate is not None:
-            return Generation(model, self.inputs["input_ids"], self.generate.new_tokens).decode
+        if self.generate is not None:  # one runner per model and runtime (its prefill and artifact reused)
+            runtime = runtime or self.runtimes[0]
+            if self.decoding is None or self.decoding[0] is not model:
+                self.decoding = (model, {})
+            if runtime not in self.decoding[1]:
+                self.decoding[1][runtime] = decoding.decode_runner(self, model, runtime)
+            return self.decoding[1][runtime]
         return get_runtime(runtime or self.runtimes[0]).runner(model, self.inputs, self.cfg.device.threads,
                                                                self.runtime_options())
 
@@ -159,6 +169,8 @@ class Workbench:
         OpenVINO its session, called like the PyTorch model; the PyTorch model itself otherwise."""
         from ..devices.artifacts import ArtifactModel
 
+        if self.generate is not None:
+            return decoding.scored_model(model, runner)
         session = getattr(runner, "session", None)
         return model if session is None else ArtifactModel(session, model.config)
 
@@ -177,15 +189,20 @@ class Workbench:
         if plan is None:
             return self.runtimes
         resolved = plan.resolve(get_adapter(self.model).shape())
-        return runtimes_for_bits(self.cfg.device.runtime, [resolved.bits[i] for i in resolved.layers],
-                                 resolved.int8_scheme)
+        bits = [resolved.bits[i] for i in resolved.layers]
+        found = runtimes_for_plan(self.runtimes, resolved)
+        if self.generate is not None:  # decoders: eager and OpenVINO's LLM, which has no 3- or 2-bit kernel
+            found = tuple(rt for rt in found if rt in self.runtimes
+                          and not (rt == "openvino" and decoding.openvino_refusal(bits)))
+        return found
 
     def refusals(self, plan: Plan) -> str:
         """Why each of the study's runtimes cannot run `plan` on this CPU (one line)."""
         resolved = plan.resolve(get_adapter(self.model).shape())
         bits = [resolved.bits[i] for i in resolved.layers]
-        return "; ".join(get_runtime(n).plan_refusal(bits, resolved.int8_scheme) or f"{n} can"
-                         for n in self.runtimes)
+        return "; ".join(get_runtime(n).plan_refusal(bits, resolved.int8_scheme)
+                         or (self.generate is not None and n == "openvino" and decoding.openvino_refusal(bits))
+                         or f"{n} can" for n in self.runtimes)
 
     # ----- the one baseline ---------------------------------------------------------------
     def adopt(self, baseline: dict | None) -> None:
@@ -228,28 +245,20 @@ class Workbench:
                 "prompt_tokens": self.generate.prompt_tokens, "new_tokens": self.generate.new_tokens,
                 "prefill_ms": lat.median_ms}
 
-    def phase_figures(self, model, decode_ms: float | None = None) -> dict:
-        """Decoders (device.generate): `model`'s prefill against the original's in interleaved rounds (median,
-        speedup and its interval at budget.confidence) and its decode tokens per second; {} otherwise."""
+    def phase_figures(self, model, decode_ms=None, runtime: str | None = None) -> dict:
+        """Decoders (device.generate): `model`'s prefill in the runtime it was timed in (`decode_ms` a
+        SpeedupEstimate names it) against the original's, and its decode tokens per second
+        (problem/decoding.py); {} otherwise."""
         if self.generate is None:
             return {}
-        d, prompt = self.cfg.device, self.inputs["input_ids"]
-        runners = {"baseline": Generation(self.model, prompt, 1).prefill, "candidate": Generation(model, prompt, 1).prefill}
-        with self.timing():
-            lat = measure_latency(runners, baseline="baseline", rounds=d.rounds, warmup=d.warmup, threads=d.threads)
-        ratios = [b / c for b, c in zip(lat["baseline"].samples_ms, lat["candidate"].samples_ms)]
-        low, high = speedup_interval(ratios, self.cfg.budget.confidence)
-        out = {"latency_phase": "decode", "prefill_ms": lat["candidate"].median_ms,
-               "prefill_baseline_ms": lat["baseline"].median_ms, "prefill_speedup": lat["candidate"].speedup,
-               "prefill_speedup_low": low, "prefill_speedup_high": high}
-        decode_ms = getattr(decode_ms, "candidate_ms", decode_ms)  # a SpeedupEstimate: its median per token
-        return out if decode_ms is None else {**out, "decode_tokens_per_s": tokens_per_s(decode_ms)}
+        runtime = getattr(decode_ms, "runtime", None) or runtime
+        return decoding.phase_figures(self, self.runner(model, runtime), decode_ms)
 
     @cached_property
     def baseline_runner(self):
         self.choose_attention()
         if self.generate is not None:
-            return self.runner(self.model)
+            return decoding.decode_runner(self, self.model, BASELINE_RUNTIME)
         return get_runtime(BASELINE_RUNTIME).runner(self.model, self.inputs, self.cfg.device.threads)
 
     def quality(self, model, full: bool = False) -> dict:
@@ -322,8 +331,11 @@ class Workbench:
 
     def facts(self) -> dict:
         d = self.cfg.device
+        formats = study_formats(self.runtimes)
+        if self.generate is not None:
+            formats = decoding.decoder_formats(formats, self.runtimes)
         facts = {**device_facts(d.threads, d.runtime), "batch_size": d.batch_size, "seq_len": d.seq_len,
-                 "formats": study_formats(d.runtime), **self.baseline_facts()}
+                 "formats": formats, **self.baseline_facts()}
         if self.runtimes != (BASELINE_RUNTIME,):
             facts["uncompressed"] = self.uncompressed_speedups
         return facts
@@ -341,7 +353,7 @@ class Workbench:
         q = self.quality(model, full)
         runtimes = self.runtimes_for(plan)
         lat = self.latency_in(model, runtimes, rounds)
-        best = max(runtimes, key=lambda rt: lat[rt].speedup)  # with device.runtime auto: the fastest counts
+        best = fastest({rt: lat[rt].speedup for rt in runtimes})  # with device.runtime auto: the fastest counts
         size = model_size(model, plan.group_size if plan else 64)
         return {
             **q,
@@ -355,5 +367,5 @@ class Workbench:
             "simulated": size["simulated"],
             "runtime": best,
             "runtime_speedups": {rt: lat[rt].speedup for rt in runtimes},
-            **self.phase_figures(model, lat[best].median_ms),
+            **self.phase_figures(model, lat[best].median_ms, best),
         }

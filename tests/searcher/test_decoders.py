@@ -251,7 +251,7 @@ def test_kl_against_itself_is_zero_and_a_damaged_model_is_caught(tiny_models):
 
 # ----- the study file ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("data, fragment", [
-    ({"task": "causal-lm", "device": {"generate": {}, "runtime": "openvino"}}, "eager PyTorch only"),
+    ({"task": "causal-lm", "device": {"generate": {}, "runtime": "onnxruntime"}}, "set device.runtime: eager, openvino, auto"),
     ({"device": {"generate": {}}}, "needs task causal-lm"),
     ({"task": "causal-lm", "device": {"generate": {}}, "budget": {"speedup": 2}}, "name the phase"),
     ({"task": "causal-lm", "budget": {"decode_speedup": 2}}, "need device.generate"),
@@ -280,15 +280,12 @@ def test_decoder_budgets_become_constraints():
     assert cons == {"decode_speedup": pytest.approx(-0.1), "prefill_speedup": pytest.approx(0.1)}
 
 
-def test_search_on_a_gguf_decoder_records_decode_and_prefill(tiny_gguf, tmp_path, cli):
-    """`slimformer search` on the tiny GGUF with device.generate: every trial names its latency's phase
-    (decode ms per token) and carries its prefill against the original's."""
+def decoder_study(tmp_path, path, **over) -> Path:
+    """A study of the tiny GGUF with device.generate (`over`: sections replaced)."""
     import json
 
-    import optuna
     import yaml
 
-    path, _ = tiny_gguf
     rows = ["the cat sat on the mat and the dog sat on the log", "a tiny model reads tiny text all day long"] * 4
     (tmp_path / "text.jsonl").write_text("".join(json.dumps({"text": r}) + "\n" for r in rows))
     study = tmp_path / "decoder.yaml"
@@ -300,7 +297,19 @@ def test_search_on_a_gguf_decoder_records_decode_and_prefill(tiny_gguf, tmp_path
         "budget": {"prefill_speedup": 0.01},  # a tiny model's timings are too noisy to promise more
         "space": {"heads": {"choices": [2, 4]}, "ffn": {"choices": [32, 64]}, "bits": {"choices": [32]}},
         "search": {"trials": 2, "seed": 0, "sampler": "random", "storage": f"sqlite:///{tmp_path / 's.db'}"},
+        **over,
     }))
+    return study
+
+
+def test_search_on_a_gguf_decoder_records_decode_and_prefill(tiny_gguf, tmp_path, cli):
+    """`slimformer search` on the tiny GGUF with device.generate: every trial names its latency's phase
+    (decode ms per token) and carries its prefill against the original's."""
+    import json
+
+    import optuna
+
+    study = decoder_study(tmp_path, tiny_gguf[0])
     res = cli("search", study)
     assert res.returncode == 0, res.stderr[-3000:]
     stored = optuna.load_study(study_name="decoder", storage=f"sqlite:///{tmp_path / 's.db'}")
@@ -320,3 +329,43 @@ def test_search_on_a_gguf_decoder_records_decode_and_prefill(tiny_gguf, tmp_path
     assert {r["latency_phase"] for r in rows} == {"decode"} and all(r["prefill_ms"] > 0 for r in rows)
     text = cli("report", study, "--all", "--no-rescore", "--storage", f"sqlite:///{tmp_path / 's.db'}")
     assert "decode ms per generated token" in text.stdout and "time to first token" in text.stdout
+
+
+def test_search_in_openvino_times_each_candidate_in_its_generation_loop_with_real_int4(tiny_gguf, tmp_path, cli):
+    """device.runtime openvino: every candidate (4-bit layers, pruned) decodes in OpenVINO's stateful IR with real
+    int4 weights (not simulated), its prefill timed there too, its quality scored on that IR; the report says
+    so. With auto both runtimes time each candidate and the faster counts."""
+    import json
+
+    import optuna
+
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    space = {"heads": {"choices": [2, 4]}, "ffn": {"choices": [32, 64]}, "bits": {"choices": [4], "tie": "shared"}}
+    for runtime in ("openvino", "auto"):
+        db = tmp_path / f"{runtime}.db"
+        study = decoder_study(tmp_path, tiny_gguf[0], space=space,
+                              device={"threads": 1, "rounds": 3, "max_rounds": 3, "warmup": 1, "runtime": runtime,
+                                      "generate": {"prompt_tokens": 8, "new_tokens": 4}},
+                              search={"trials": 2, "seed": 0, "sampler": "random", "storage": f"sqlite:///{db}"})
+        res = cli("search", study)
+        assert res.returncode == 0, res.stderr[-3000:]
+        stored = optuna.load_study(study_name="decoder", storage=f"sqlite:///{db}")
+        assert "int4_weights" in stored.user_attrs["device"]["formats"]["openvino"]
+        trials = [t.user_attrs for t in stored.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        assert len(trials) == 2
+        for a in trials:
+            assert set(a["plan"]["bits"]) == {4} and a["latency_phase"] == "decode" and a["decode_tokens_per_s"] > 0
+            assert a["prefill_ms"] > 0 and a["prefill_speedup_low"] <= a["prefill_speedup"] <= a["prefill_speedup_high"]
+            assert a["quality"] < 0 and a["speedup"] > 0
+            assert a["simulated"] is (a["runtime"] == "eager")  # real int4 kernels in OpenVINO only
+            if runtime == "openvino":
+                assert a["runtime"] == "openvino" and "runtime_speedups" not in a
+            else:
+                assert set(a["runtime_speedups"]) == {"eager", "openvino"}
+                assert a["runtime"] == max(a["runtime_speedups"], key=a["runtime_speedups"].get)
+        rep = cli("report", study, "--all", "--no-rescore", "--storage", f"sqlite:///{db}")
+        assert rep.returncode == 0, rep.stderr[-2000:]
+        assert "openvino runs here on real kernels" in rep.stdout and "int4_weights" in rep.stdout
+        rows = json.loads(cli("report", study, "--json", "--all", "--no-rescore", "--storage", f"sqlite:///{db}").stdout)
+        assert all(r["simulated"] is (r["runtime"] == "eager") for r in rows["trials"])
