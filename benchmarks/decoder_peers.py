@@ -178,6 +178,7 @@ def quality(args) -> dict:
 def timing(args) -> dict:
     from slimformer.searcher.devices.generate import Generation, measure_generation, prompt_ids, tokens_per_s
 
+    tb = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         tok, model, bf16, irs, ov_rows, lm = build(Path(tmp), lambda name: True, genai=True)
         prompt = prompt_ids(tok, PROMPT, " ".join(texts()[1:6]))
@@ -193,6 +194,7 @@ def timing(args) -> dict:
             cpps.append(cpp)
         ref = runners[BASE].tokens()
         t0 = time.time()
+        print(f"timing: {len(runners)} runners built in {t0 - tb:.0f} s", flush=True)
         res = measure_generation(runners, baseline=BASE, rounds=ROUNDS, warmup=1, threads=THREADS)
         wall = time.time() - t0
         for cpp in cpps:
