@@ -19,7 +19,7 @@ from slimformer.methods.adapters import UnsupportedModelError, get_adapter
 from .backends import local, workers
 from .backends.workers import check_scale_out, is_worker
 from .config import StudyConfig
-from .devices.registry import check_space, get_runtime, native_choices, study_formats
+from .devices.registry import check_runtime, check_space, get_runtime, native_choices, study_formats
 from .errors import UserError
 from .study.budget import Budget
 from .study.edge import EDGE, Edge, edge_seeds
@@ -182,7 +182,7 @@ def _native(cfg: StudyConfig, bench) -> tuple[list[int], list[str]]:
     """(bit-widths, int8 schemes) this device runs on real kernels in the study's runtimes (bits 16 only
     with native bf16: AMX or AVX512-BF16; static int8 only with data.calibration to calibrate on)."""
     fast_bf16 = bool(set(bench.facts()["flags"]) & {"amx_bf16", "avx512_bf16"})
-    bits, schemes = native_choices(cfg.device.runtime, fast_bf16)
+    bits, schemes = native_choices(bench.runtimes, fast_bf16)
     return bits, schemes if cfg.data.calibration is not None else [s for s in schemes if s != "static"]
 
 
@@ -263,15 +263,16 @@ def _bind_space(cfg: StudyConfig, log):
 
     from .problem.workbench import Workbench
 
+    runtimes = check_runtime(cfg.device.runtime)  # the study's runtime set, decided once: the Workbench holds it
     if cfg.space is not None:  # bit-widths the runtime cannot run: one line before any model is loaded
         given = parse_space_config(cfg.space)
-        check_space(cfg.device.runtime, given.bits.choices if given.bits is not None and not given.bits.native else [],
+        check_space(runtimes, given.bits.choices if given.bits is not None and not given.bits.native else [],
                     getattr(given.quant_method, "choices", ()), str(cfg.path or "study"),
                     getattr(given.int8_weights, "choices", ()), getattr(given.attention, "choices", ()),
                     getattr(given.int8_scheme, "choices", ()),
                     shared_bits=given.bits is not None and given.bits.tie == "shared")
     try:
-        bench = Workbench(cfg, log=log)
+        bench = Workbench(cfg, log=log, runtimes=runtimes)
         shape = get_adapter(bench.model).shape()
     except UnsupportedModelError as exc:
         raise UserError(str(exc)) from None
@@ -280,7 +281,7 @@ def _bind_space(cfg: StudyConfig, log):
         if space_cfg.bits is not None and space_cfg.bits.native:
             bits, schemes = _native(cfg, bench)
             space_cfg = space_cfg.with_native(bits, schemes)
-            formats = "; ".join(f"{n}: {', '.join(fs)}" for n, fs in study_formats(cfg.device.runtime).items())
+            formats = "; ".join(f"{n}: {', '.join(fs)}" for n, fs in study_formats(bench.runtimes).items())
             schemes_note = f"; int8 schemes {', '.join(schemes)}" if 8 in bits else ""
             log(f"bits: native on this CPU: {', '.join(map(str, bits))}{schemes_note} (real kernels: {formats})")
         space = Space.from_dict(space_cfg, shape)

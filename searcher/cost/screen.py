@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from slimformer.methods.plan import Plan
 
-from ..devices.registry import get_runtime
+from ..devices.registry import fastest, get_runtime, kept_bits, runtimes_for_plan
 from .costfit import CalibratedPredictor
 from .profile import RUNTIMES as PROFILED
 from .profile import find_profile
@@ -37,15 +37,12 @@ class StudyPredictor:
 
     def runtimes_for(self, plan: Plan) -> list[str]:
         """The runtimes that can run `plan` as built on this CPU (Runtime.plan_refusal)."""
-        p = plan.resolve(self.facts.shape)
-        bits = {p.bits[i] for i in p.layers}
-        return [rt for rt in self.predictors if get_runtime(rt).plan_refusal(bits, p.int8_scheme) is None] or \
-            list(self.predictors)
+        return list(runtimes_for_plan(list(self.predictors), plan.resolve(self.facts.shape))) or list(self.predictors)
 
     def _covered(self, rt: str, plan: Plan) -> bool:
         """Whether runtime `rt`'s profile has a table for every format `plan` runs in there."""
         p = plan.resolve(self.facts.shape)
-        bits = [p.bits[i] for i in p.layers]
+        bits = kept_bits(p)
         return get_runtime(rt).predicts(bits, p.int8_scheme) and \
             self.predictors[rt].profile.covers(bits, p.int8_scheme)
 
@@ -56,8 +53,8 @@ class StudyPredictor:
         runtimes = self.runtimes_for(plan)
         runtimes = [rt for rt in runtimes if self._covered(rt, plan)] or runtimes
         preds = {rt: self.predictors[rt].predict(plan) for rt in runtimes}
-        fastest = min(preds, key=lambda rt: preds[rt]["latency_ms"])
-        return {**preds[fastest], "runtime": fastest, "by_runtime": {rt: p["latency_ms"] for rt, p in preds.items()}}
+        best = fastest({rt: 1.0 / p["latency_ms"] for rt, p in preds.items()})  # the speedup is baseline / latency
+        return {**preds[best], "runtime": best, "by_runtime": {rt: p["latency_ms"] for rt, p in preds.items()}}
 
     def rejection(self, plan: Plan, limit_ms: float) -> str | None:
         """Why `plan` can be skipped without measuring it: every runtime that can run it is predicted

@@ -33,6 +33,7 @@ from slimformer.methods import Plan, model_size
 
 from ..config import StudyConfig
 from ..devices.adaptive import speedup_interval
+from ..devices.registry import fastest
 from ..errors import UserError
 from .budget import Budget
 
@@ -189,18 +190,18 @@ def measure_axis(cfg: StudyConfig, space, bench, log, rounds: int | None = None)
     schemes = scheme_choices(space)
     smallest = {scheme: _cheap(space.plan_from_params(axis_params(space, scheme)[0])) for scheme in schemes}
     built = {scheme: bench.build(plan) for scheme, plan in smallest.items()}
-    scheme, fastest, lat0 = schemes[0], None, None
+    scheme, runtime, lat0 = schemes[0], None, None
     if timed:
         pairs = {(sc, rt): built[sc] for sc in schemes for rt in bench.runtimes_for(smallest[sc])}
         names = {pair: (pair[1] if len(schemes) == 1 else f"{pair[1]} int8 {pair[0]}") for pair in pairs}
         lat0 = bench.latency({names[pair]: model for pair, model in pairs.items()}, rounds,
                              runtimes={names[pair]: pair[1] for pair in pairs})
-        scheme, fastest = max(pairs, key=lambda pair: lat0[names[pair]].speedup)
+        scheme, runtime = fastest({pair: lat0[names[pair]].speedup for pair in pairs})
     params = axis_params(space, scheme)
     steps = measured_steps(len(params))
     points = [AxisPoint(0, params[0], size_mb=model_size(built[scheme])["size_mb"], scheme=scheme)]
     if timed:
-        _timed(points[0], lat0, names[(scheme, fastest)], fastest, b.confidence)
+        _timed(points[0], lat0, names[(scheme, runtime)], runtime, b.confidence)
     check_reach(cfg, points[0])
     models = {}
     for k in steps[1:]:
@@ -208,9 +209,9 @@ def measure_axis(cfg: StudyConfig, space, bench, log, rounds: int | None = None)
         points.append(AxisPoint(k, params[k], size_mb=model_size(models[k])["size_mb"], scheme=scheme))
     if timed and len(points) > 1:
         rest = {f"step{p.step}": models[p.step] for p in points[1:]}
-        lat = bench.latency(rest, rounds, runtimes={name: fastest for name in rest})
+        lat = bench.latency(rest, rounds, runtimes={name: runtime for name in rest})
         for p in points[1:]:
-            _timed(p, lat, f"step{p.step}", fastest, b.confidence)
+            _timed(p, lat, f"step{p.step}", runtime, b.confidence)
     where = "" if points[0].runtime is None else f" ({points[0].runtime}" + (f", int8 {scheme}" if scheme else "") + ")"
     log("size axis (cheap builds, lowest bits; speedup [low, spread high], size): "
         + "; ".join(p.text() for p in points) + where)

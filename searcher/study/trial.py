@@ -19,6 +19,7 @@ from slimformer.methods import Plan, model_size
 
 from ..config import StudyConfig
 from ..devices.adaptive import SpeedupEstimate, adaptive_speedup
+from ..devices.registry import fastest
 from .budget import Budget
 from .records import LATENCY_SOURCE, TIMING_THREADS, TIMING_WAIT_S, TrialRecord, write_trial
 
@@ -55,7 +56,7 @@ def time_candidate(bench, model, baseline: dict, runtimes: tuple[str, ...] | Non
     timer = bench.paired_runners(runners)
     first = timer(d.rounds)
     ratios = {rt: float(statistics.median(b / c for b, c in zip(first["baseline"], first[rt]))) for rt in runtimes}
-    best = max(runtimes, key=ratios.get)
+    best = fastest(ratios)
     if len(runtimes) > 1:  # the others are not timed any further
         timer = bench.paired_runners({best: runners[best]})
     pending = [(first["baseline"], first[best])]

@@ -33,8 +33,8 @@ def test_native_choices_follow_the_cpu(openvino_caps, caps, fast_bf16, bits, sch
     from slimformer.searcher.devices.registry import get_runtime, native_choices, study_formats
 
     openvino_caps(caps)
-    assert native_choices("openvino", fast_bf16) == (bits, schemes)
-    formats = study_formats("openvino")["openvino"]
+    assert native_choices(("openvino",), fast_bf16) == (bits, schemes)
+    formats = study_formats(("openvino",))["openvino"]
     assert ("bfloat16" in formats) == ("BF16" in caps) and ("int8_static" in formats) == ("INT8" in caps)
     assert (get_runtime("openvino").refusal(16) is None) == ("BF16" in caps)
 
@@ -63,21 +63,21 @@ def test_a_native_space_must_be_resolved_before_it_is_bound(tiny_models):
 
 
 def test_refusals_name_the_format_and_the_reason(openvino_caps):
-    from slimformer.searcher.devices.registry import check_space
+    from slimformer.searcher.devices.registry import check_runtime, check_space
     from slimformer.searcher.errors import UserError
 
     openvino_caps(NO_BF16_OR_INT8)
     with pytest.raises(UserError, match=r"space.bits: bits 16 cannot run with device.runtime openvino: .*BF16"):
-        check_space("openvino", [32, 16], ())
+        check_space(("openvino",), [32, 16], ())
     with pytest.raises(UserError, match=r"space.int8_scheme: bits 8 \(int8_static\) cannot run .*INT8"):
-        check_space("openvino", [32, 8], (), int8_schemes=["static"])
+        check_space(("openvino",), [32, 8], (), int8_schemes=["static"])
     with pytest.raises(UserError, match="int8_static.*eager.*dynamic activation"):
-        check_space("eager", [32, 8], (), int8_schemes=["static"])
+        check_space(("eager",), [32, 8], (), int8_schemes=["static"])
     openvino_caps(EVERYTHING)
-    check_space("openvino", [32, 16, 8], (), int8_schemes=["dynamic", "static"], shared_bits=True)
+    check_space(("openvino",), [32, 16, 8], (), int8_schemes=["dynamic", "static"], shared_bits=True)
     with pytest.raises(UserError, match="whole model.*tie bits shared"):  # per layer: 32 beside 16
-        check_space("openvino", [32, 16], ())
-    check_space("auto", [32, 16], ())  # eager PyTorch runs a layer-wise mix
+        check_space(("openvino",), [32, 16], ())
+    check_space(check_runtime("auto"), [32, 16], ())  # eager PyTorch runs a layer-wise mix
 
 
 def test_a_plan_goes_only_to_the_runtimes_that_run_it(openvino_caps):
