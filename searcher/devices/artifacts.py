@@ -7,8 +7,8 @@ An artifact folder holds the model file(s) (ONNX: the graph with the int8 nodes 
 the IR's .xml + .bin), config.json, the tokenizer or image processor files, the library's own
 files, README.md (the card) and manifest.json: the sha256 of every file, the inputs and outputs
 (Hugging Face names, dynamic batch and sequence axes), how it was verified, the plan and the
-trial's figures. The verification compares what the task scores: the task's features (the mean-pooled
-embedding of sentence similarity, a classifier's logits) with the attention mask applied, so padding
+trial's figures. The verification compares what the task scores: the task's features (the direction of
+the mean-pooled embedding for sentence similarity, whose cosine is the score; a classifier's logits) with the attention mask applied, so padding
 positions, whose hidden states mean nothing, never count; the export fails (nothing written) when that
 difference, as a relative error per example (||artifact - PyTorch|| / ||PyTorch|| of the vector the task
 scores), exceeds SCORED_TOLERANCE in the median checked example (a wrong graph misses in every example;
@@ -46,7 +46,7 @@ CHECK_CALLS = 3  # model calls (example input + first quality batches) compared 
 # the random-token example input, with its validation Spearman equal to the PyTorch model's, 77.35); a wrong
 # graph differs by about 100%
 SCORED_TOLERANCE = 0.25
-SCORED_NAMES = {"sentence-similarity": "mean-pooled embedding"}  # otherwise the logits
+SCORED_NAMES = {"sentence-similarity": "mean-pooled embedding's direction"}  # otherwise the logits
 
 
 def runtime_of_format(fmt: str) -> Runtime:
@@ -201,6 +201,11 @@ def export_model(fmt: str, bench, model, plan, out: Path, metrics: dict, force: 
             "timed_on": {**device_facts(bench.cfg.device.threads), "batch_size": bench.cfg.device.batch_size,
                          "seq_len": bench.cfg.device.seq_len},
             "runtime_versions": {n: r.version() for n, r in RUNTIMES.items() if r.version is not None}}
+    if getattr(bench, "generate", None) is not None:  # a decoder (device.generate): the OpenVINO GenAI folder
+        from .lm_export import export_lm
+
+        export_lm(fmt, bench, model, plan, out, info, log=log)
+        return
     write_artifact(fmt, bench, model, out, info, options, log=log)
 
 
@@ -213,6 +218,12 @@ def require_format(fmt: str) -> None:
 def evaluate_artifact(bench, folder: Path, rounds: int | None = None) -> dict:
     """Quality (full validation) and latency against the study's baseline of an artifact folder,
     loaded from its sha256-checked bytes; the keys of `Workbench.score`."""
+    from slimformer.methods.export import MANIFEST
+
+    from .lm_export import LM_LAYOUT, evaluate_lm_artifact
+
+    if json.loads((folder / MANIFEST).read_text()).get("layout") == LM_LAYOUT:  # a decoder's GenAI folder
+        return evaluate_lm_artifact(bench, folder, rounds)
     manifest, session = open_artifact(folder, bench.cfg.device.threads)
     art = ArtifactModel(session, bench.model.config)
     q = bench.quality(art, full=True)
@@ -249,7 +260,7 @@ def write_artifact(fmt: str, bench, model, out: Path, info: dict, options: dict 
                                 bench.cfg.device.threads)
         log("verifying it: what the task scores against the PyTorch model (real tokens only), quality re-scored "
             "from the artifact ...")
-        art = ArtifactModel(session, bench.model.config, reference=model, features=bench.task.corpus_features())
+        art = ArtifactModel(session, bench.model.config, reference=model, features=bench.task.scored_features())
         art(**bench.inputs)
         quality = bench.quality(art, full=True)
         quality["baseline_quality"] = bench.quality(bench.model, full=True)["quality"]  # for the card

@@ -58,6 +58,11 @@ class Task:
         """What the embedding loss compares on a corpus batch (a classifier's or LM's logits)."""
         return _logits
 
+    def scored_features(self):
+        """What the quality metric reads from one model call, for an export's check against PyTorch
+        (a classifier's or LM's logits)."""
+        return self.corpus_features()
+
 
 @dataclass
 class SentenceSimilarity(Task):
@@ -112,10 +117,19 @@ class SentenceSimilarity(Task):
     def corpus_features(self):
         return _pooled
 
+    def scored_features(self):
+        """The sentence embedding's direction: cosine similarity, the score, ignores its length."""
+        return _direction
+
 
 def _pooled(out, inputs) -> torch.Tensor:
     """A sentence embedding from the output already computed: the mean of the last hidden state."""
     return mean_pool(out.last_hidden_state.float(), inputs.get("attention_mask"))
+
+
+def _direction(out, inputs) -> torch.Tensor:
+    """The unit-length sentence embedding (what cosine similarity compares)."""
+    return F.normalize(_pooled(out, inputs), dim=-1)
 
 
 @dataclass

@@ -83,7 +83,7 @@ def test_artifact_runs_without_slimformer(searched, cli, tmp_path, fmt, trial):
     assert bool(manifest["int8_layers"]) == (trial == 3)
     check = manifest["verification"]
     assert check["metric"] == "spearman" and np.isfinite(check["quality"])
-    assert "max abs difference of the mean-pooled embedding vs PyTorch" in res.stderr
+    assert "max abs difference of the mean-pooled embedding's direction vs PyTorch" in res.stderr
     assert check["masked"] and check["scored_relative_error"] <= check["tolerance"]
 
     model, inputs = _reference(searched, manifest)
@@ -159,3 +159,33 @@ def test_the_check_bounds_the_median_relative_error():
     art.scored_errors = relative_errors(-ref, ref)  # every example points the other way
     with pytest.raises(ExportError, match="differs from the PyTorch model's by 200.0% of its length"):
         check_scored(art, "logits")
+
+
+def test_a_sentence_embedding_is_checked_by_its_direction_as_cosine_scores_it():
+    """An artifact whose embeddings are the PyTorch ones scaled (cosine similarity, the score, is unchanged)
+    passes; one whose embeddings point elsewhere fails."""
+    import torch
+    from slimformer.methods.export import ExportError
+    from slimformer.searcher.devices.artifacts import ArtifactModel, check_scored
+    from slimformer.searcher.devices.runtime import ArtifactSession
+    from slimformer.searcher.problem.tasks import SentenceSimilarity
+    from transformers.modeling_outputs import BaseModelOutput
+
+    torch.manual_seed(0)
+    mask = torch.ones(4, 6, dtype=torch.long)
+    ref = torch.randn(4, 6, 8)
+
+    def checked(out):
+        session = ArtifactSession(lambda feed: [out.numpy()], ["input_ids", "attention_mask"], ["last_hidden_state"])
+        art = ArtifactModel(session, None, reference=lambda **_: BaseModelOutput(last_hidden_state=ref),
+                            features=SentenceSimilarity().scored_features())
+        art(input_ids=torch.ones_like(mask), attention_mask=mask)
+        return art
+
+    scaled = checked(1.6 * ref)  # 60% longer: a relative error of 60% on the raw embedding
+    assert scaled.scored_rel_err == pytest.approx(0.0, abs=1e-5)
+    check_scored(scaled, "mean-pooled embedding's direction")
+    turned = checked(torch.randn(4, 6, 8))
+    assert turned.scored_rel_err > 0.5
+    with pytest.raises(ExportError, match="direction differs"):
+        check_scored(turned, "mean-pooled embedding's direction")
