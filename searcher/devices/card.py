@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .layout import SENTENCE_TASK, load_lines
 
-__all__ = ["render_card", "plan_in_words", "base_card_facts", "PIPELINE_TAGS"]
+__all__ = ["render_card", "render_lm_card", "plan_in_words", "base_card_facts", "PIPELINE_TAGS"]
 
 PIPELINE_TAGS = {SENTENCE_TASK: "sentence-similarity", "text-classification": "text-classification",
                  "image-classification": "image-classification", "causal-lm": "text-generation"}
@@ -184,4 +184,50 @@ def render_card(manifest: dict, base_facts: dict) -> str:
                  else "the shapes are the base model's. There are no PyTorch weights in this folder."),
               "", "Files are listed with their sha256 in `manifest.json`; `slimformer evaluate PATH --study STUDY` "
               "checks them and re-measures quality and speed.", ""]
+    return "\n".join(lines)
+
+
+def render_lm_card(manifest: dict, base_facts: dict) -> str:
+    """README.md of a decoder's OpenVINO GenAI folder (devices/lm_export.py)."""
+    trial, check, timed = manifest.get("trial") or {}, manifest.get("verification") or {}, manifest.get("timed_on") or {}
+    gen, weights = manifest.get("generate") or {}, manifest.get("weights") or {}
+    front = [f"base_model: {base_facts['base_model']}"] if base_facts.get("base_model") else []
+    front += [f"license: {base_facts['license']}"] if base_facts.get("license") else []
+    lines = ["---", *front, "library_name: openvino", "pipeline_tag: text-generation", "tags:", "- slimformer",
+             "- openvino", "- openvino-genai", "- compressed", "---", "",
+             f"# {manifest.get('model', 'model')} compressed by slimformer (OpenVINO GenAI)", "", "## Plan", "",
+             *[f"- {x}" for x in plan_in_words(manifest.get("plan") or {},
+                                              (manifest.get("base_config") or {}).get("num_layers"))], ""]
+    bits = weights.get("bits") or []
+    lines += ["## Format", "", f"A stateful OpenVINO IR (`{', '.join(manifest.get('model_files', []))}`: the KV cache "
+              "inside the model) with its tokenizer IRs, the folder `openvino_genai.LLMPipeline` opens. Weights per "
+              f"layer (bits): {', '.join(map(str, bits)) or 'float32'}; 8 and 4 are real int8 / int4 kernels (NNCF "
+              f"INT8_ASYM per channel, INT4_ASYM in groups of {weights.get('int4_group_size') or '-'}); the embeddings "
+              "and the LM head are float.", ""]
+    lines += ["## Speed", "", f"Decode speedup: {_speed_line(trial)}; decode = ms per generated token, greedy, batch 1, "
+              f"{gen.get('new_tokens', '?')} tokens after a {gen.get('prompt_tokens', '?')}-token prompt; prefill "
+              f"(time to first token) speedup {_num(trial.get('prefill_speedup'))}x.", "",
+              f"Measured on: {timed.get('cpu', 'unknown CPU')}, {timed.get('threads', '?')} threads (the speed on "
+              "another CPU differs).", ""]
+    lines += ["## Quality", "", "| | this model | uncompressed |", "| --- | --- | --- |",
+              f"| validation perplexity (full split, from this folder's IR) | {_num(check.get('perplexity'))} | "
+              f"{_num(check.get('baseline_perplexity'))} |",
+              f"| KL / top-1 agreement against the plan's PyTorch model | {_num(check.get('kl'), '.4f')} / "
+              f"{_num(check.get('top1_agreement'), '.1f')}% | |", ""]
+    exact = check.get("greedy_exact") or {}
+    lines += [f"Checked at export: greedy tokens of the IR against the PyTorch model on {exact.get('prompts', '?')} "
+              f"prompts x {exact.get('new_tokens', '?')} tokens agree on {_num(exact.get('agreement'), '.1f')}% of "
+              "positions (f32 KV cache" + (", required to be exact at float32)." if check.get("float32") else
+                                           "; int8/int4 in PyTorch and OpenVINO are different quantizations)."), ""]
+    props = manifest.get("genai_properties") or {}
+    lines += ["## Load it", "", "```python", "import openvino_genai",
+              'pipe = openvino_genai.LLMPipeline(PATH, "CPU")',
+              'print(pipe.generate("The capital of France is", max_new_tokens=32, apply_chat_template=False))', "```",
+              "", "PATH is this folder (`pip install openvino-genai`). `apply_chat_template=False`: for an instruct model "
+              "GenAI applies the chat template to a plain string unless told not to.", "",
+              "## Settings that give the measured speed", "",
+              f"`openvino_genai.LLMPipeline(PATH, \"CPU\", **{json.dumps(props)})`: the stateful SDPA backend the search "
+              "timed (GenAI's default is paged attention), its precision and threads.", "",
+              "Files are listed with their sha256 in `manifest.json`; `slimformer evaluate PATH --study STUDY` checks "
+              "them, re-measures perplexity, decode and prefill, and prints the greedy text.", ""]
     return "\n".join(lines)

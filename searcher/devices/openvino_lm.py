@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -141,7 +142,7 @@ def convert_lm(model, bits: list[int] | None = None, group_size: int = 64, weigh
                torch.arange(p, p + q)[None]]
     for h, d in shapes:
         example += [torch.zeros(1, h, p, d), torch.zeros(1, h, p, d)]
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings(action="ignore"):  # the tracer's warnings on transformers' mask code
         ov_model = ov.convert_model(_KVModel(model, len(shapes)), example_input=tuple(example))
     names = ["input_ids", "attention_mask", "position_ids"]
     names += [f"past_key_values.{i}.{kv}" for i in range(len(shapes)) for kv in ("key", "value")]

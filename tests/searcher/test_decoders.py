@@ -369,3 +369,56 @@ def test_search_in_openvino_times_each_candidate_in_its_generation_loop_with_rea
         assert "openvino runs here on real kernels" in rep.stdout and "int4_weights" in rep.stdout
         rows = json.loads(cli("report", study, "--json", "--all", "--no-rescore", "--storage", f"sqlite:///{db}").stdout)
         assert all(r["simulated"] is (r["runtime"] == "eager") for r in rows["trials"])
+
+
+def test_export_best_of_an_openvino_decoder_study_is_a_genai_folder_with_pytorch_greedy_tokens(tiny_gguf, tmp_path, cli):
+    """search (runtime openvino) -> export --best: a verified folder that openvino_genai.LLMPipeline opens, whose
+    greedy tokens equal the plan's PyTorch model's at float32; `evaluate` checks it and prints the greedy text;
+    a changed file is refused in one line."""
+    import json
+
+    from slimformer.methods import Plan, apply_plan
+    from slimformer.searcher.devices.lm_export import genai_properties
+    from slimformer.searcher.devices.openvino_lm import lm_compile_config
+    from slimformer.searcher.problem.models import load_model
+
+    genai = pytest.importorskip("openvino_genai")
+    import openvino as ov
+
+    space = {"heads": {"choices": [2, 4]}, "ffn": {"choices": [32, 64]}, "bits": {"choices": [32]},
+             "importance": ["magnitude"]}
+    study = decoder_study(tmp_path, tiny_gguf[0], space=space,
+                          device={"threads": 1, "rounds": 3, "max_rounds": 3, "warmup": 1, "runtime": "openvino",
+                                  "generate": {"prompt_tokens": 8, "new_tokens": 4}})
+    assert cli("search", study).returncode == 0
+    out = tmp_path / "exported"
+    res = cli("export", study, "--best", "--out", out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    names = {p.name for p in out.iterdir()}
+    assert {"openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml", "openvino_detokenizer.xml",
+            "config.json", "generation_config.json", "README.md", "manifest.json"} <= names
+    manifest = json.loads((out / "manifest.json").read_text())
+    check = manifest["verification"]
+    assert manifest["layout"] == "openvino-genai" and check["float32"] and check["greedy_exact"]["equal"]
+    assert check["genai"]["equal_to_openvino"] and check["top1_agreement"] > 99
+    card = (out / "README.md").read_text()
+    assert 'openvino_genai.LLMPipeline(PATH, "CPU")' in card and "apply_chat_template=False" in card
+
+    # without slimformer's loop: GenAI's own pipeline, against the plan's PyTorch model rebuilt here
+    model = apply_plan(load_model(str(tiny_gguf[0]), "AutoModelForCausalLM"), Plan.from_dict(manifest["plan"]))
+    pipe = genai.LLMPipeline(str(out), "CPU", **genai_properties(lm_compile_config("f32", exact=True), 1))
+    prompt = torch.randint(1, 200, (1, 6), generator=torch.Generator().manual_seed(2))
+    got = pipe.generate(ov.Tensor(prompt.numpy()), max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    with torch.no_grad():
+        want = model.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False)[0, 6:].tolist()
+    assert [int(t) for t in got.tokens[0]] == want
+    assert isinstance(pipe.generate("the cat", max_new_tokens=4, apply_chat_template=False), str)  # tokenizer IRs
+
+    res = cli("evaluate", out, "--study", study)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "greedy text" in res.stderr and "(the same)" in res.stderr and "speedup" in res.stdout
+    raw = bytearray((out / "openvino_model.bin").read_bytes())
+    raw[-1] ^= 1
+    (out / "openvino_model.bin").write_bytes(bytes(raw))
+    bad = cli("evaluate", out, "--study", study)
+    assert bad.returncode == 2 and "does not match its sha256" in bad.stderr.strip().splitlines()[-1]
