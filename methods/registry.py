@@ -1,5 +1,9 @@
 """Registered compression methods and `apply_plan`, which composes them in a fixed order:
-prune -> mask tuning -> low-rank -> distil -> quantize."""
+prune -> mask tuning -> low-rank -> distil -> quantize.
+
+A plan is resolved against a model's shape once (`resolve_plan`): the ResolvedPlan holds the full
+per-layer plan and each method's spec, and answers what the methods need (`needs_calibration`);
+`apply_plan` takes it as it is instead of resolving the plan again."""
 
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ from .prune import PruneSpec, prune
 from .quantize import QuantSpec, needs_calibration, quantize
 from .surgery import attention_of, set_attention
 
-__all__ = ["Method", "METHODS", "apply_plan", "plan_of", "plan_needs_calibration", "CONFIG_KEY"]
+__all__ = ["Method", "METHODS", "ResolvedPlan", "resolve_plan", "apply_plan", "plan_of", "plan_needs_calibration",
+           "CONFIG_KEY"]
 
 CONFIG_KEY = "slimformer"
 
@@ -44,12 +49,33 @@ METHODS: tuple[Method, ...] = (
 )
 
 
-def plan_needs_calibration(plan: Plan, shape) -> bool:
-    """Whether building `plan` on a model of this shape reads calibration batches: asked of each
-    method that has work to do (Fisher importance, mask tuning, distillation, GPTQ or smoothing
-    on a layer quantized to 8 bits or fewer)."""
+@dataclass(frozen=True)
+class ResolvedPlan:
+    """A plan resolved against a model's shape, once: `plan` (full per-layer lists) and the spec of
+    each method with work to do, in the order they run."""
+
+    plan: Plan
+    specs: tuple[tuple[Method, Any], ...]
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether building it reads calibration data: asked of each method that has work to do (Fisher
+        importance, mask tuning, distillation, GPTQ or smoothing on a layer quantized to 8 bits or fewer,
+        static int8 activations)."""
+        return any(method.needs_calibration(spec) for method, spec in self.specs)
+
+
+def resolve_plan(plan: Plan | ResolvedPlan, shape) -> ResolvedPlan:
+    """`plan` resolved against a model of this shape, each method's spec read once (a ResolvedPlan as it is)."""
+    if isinstance(plan, ResolvedPlan):
+        return plan
     resolved = plan.resolve(shape)
-    return any(m.needs_calibration(spec) for m in METHODS if (spec := m.spec_from_plan(resolved)) is not None)
+    return ResolvedPlan(resolved, tuple((m, spec) for m in METHODS if (spec := m.spec_from_plan(resolved)) is not None))
+
+
+def plan_needs_calibration(plan: Plan, shape) -> bool:
+    """Whether building `plan` on a model of this shape reads calibration batches (ResolvedPlan.needs_calibration)."""
+    return resolve_plan(plan, shape).needs_calibration
 
 
 def plan_of(model: nn.Module) -> Plan | None:
@@ -60,7 +86,7 @@ def plan_of(model: nn.Module) -> Plan | None:
 
 def apply_plan(
     model: nn.Module,
-    plan: Plan,
+    plan: Plan | ResolvedPlan,
     calibration: Calibration | None = None,
     *,
     structure_only: bool = False,
@@ -70,6 +96,7 @@ def apply_plan(
 ) -> nn.Module:
     """A new, physically smaller copy of `model` built by `plan`; `model` is left untouched.
 
+    `plan` may come resolved against this model (`resolve_plan`), as the searcher's workbench hands it.
     `plan.attention` (when set) is the attention implementation the copy runs with.
     `calibration` feeds Fisher importance, mask tuning and distillation. `structure_only` rebuilds the
     shapes only (used when loading a saved model whose weights then overwrite them). `corpus` (a
@@ -78,12 +105,10 @@ def apply_plan(
     """
     if getattr(model.config, CONFIG_KEY, None):
         raise ValueError("this model is already compressed; apply plans to the uncompressed model")
-    adapter = get_adapter(model)
-    resolved = plan.resolve(adapter.shape())
-    if resolved.importance == "fisher" and calibration is None and not structure_only:
-        raise ValueError("importance 'fisher' needs calibration batches; pass calibration= or use 'magnitude'")
-    if resolved.recovery == "mask_tuning" and calibration is None and not structure_only:
-        raise ValueError("recovery 'mask_tuning' needs calibration batches; pass calibration= or use recovery 'none'")
+    # resolved here unless handed over resolved (the adapter lookup also refuses an unsupported model); a
+    # method missing the calibration it needs says so itself (methods/importance.py, masktune.py, ...)
+    work = plan if isinstance(plan, ResolvedPlan) else resolve_plan(plan, get_adapter(model).shape())
+    resolved = work.plan
     original_config = model.config.to_dict()
     was_training = model.training
     model.eval()
@@ -97,10 +122,8 @@ def apply_plan(
         corpus=corpus,
         deadline=deadline,
     )
-    for method in METHODS:
-        spec = method.spec_from_plan(resolved)
-        if spec is not None:
-            student = method.handler(student, spec, ctx)
+    for method, spec in work.specs:
+        student = method.handler(student, spec, ctx)
     ran = ctx.notes.get("distill_steps", resolved.distill.steps)
     if ran != resolved.distill.steps:  # cut by the deadline: the stored plan says what ran
         resolved = replace(resolved, distill=replace(resolved.distill, steps=ran))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 from slimformer.methods import Plan, model_size, plan_needs_calibration
-from slimformer.methods.adapters import UnsupportedModelError, get_adapter
+from slimformer.methods.adapters import UnsupportedModelError
 
 from .backends import local, workers
 from .backends.workers import check_scale_out, is_worker
@@ -273,7 +273,7 @@ def _bind_space(cfg: StudyConfig, log):
                     shared_bits=given.bits is not None and given.bits.tie == "shared")
     try:
         bench = Workbench(cfg, log=log, runtimes=runtimes)
-        shape = get_adapter(bench.model).shape()
+        shape = bench.shape  # the model's adapter looked up once, by the workbench
     except UnsupportedModelError as exc:
         raise UserError(str(exc)) from None
     try:

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from functools import cached_property
 
 import torch
-from slimformer.methods import Plan, apply_plan, get_adapter, model_size, plan_needs_calibration
+from slimformer.methods import Plan, ResolvedPlan, apply_plan, get_adapter, model_size, resolve_plan
 from slimformer.methods.plan import ATTENTION_IMPLEMENTATIONS
 from slimformer.methods.surgery import set_attention
 
@@ -15,7 +15,14 @@ from ..config import StudyConfig
 from ..devices.attention import fastest_attention
 from ..devices.generate import Generation, per_token
 from ..devices.latency import device_facts, fixed_threads, measure_latency
-from ..devices.registry import check_runtime, fastest, get_runtime, runtimes_for_plan, study_formats
+from ..devices.registry import (
+    check_runtime,
+    fastest,
+    get_runtime,
+    kept_bits,
+    runtimes_for_plan,
+    study_formats,
+)
 from ..devices.timelock import lock_path, timing_lock
 from ..errors import UserError
 from . import decoding
@@ -107,18 +114,29 @@ class Workbench:
         return self.task.calibration(self.task.prepare(self._rows("calibration", self.cfg.data.calibration_size)))
 
     # ----- candidates ---------------------------------------------------------------------
-    def build(self, plan: Plan, log=None, structure_only: bool = False, corpus=None, deadline: float | None = None):
+    @cached_property
+    def shape(self):
+        """The model's shape (its adapter looked up once)."""
+        return get_adapter(self.model).shape()
+
+    def resolve(self, plan: Plan | ResolvedPlan) -> ResolvedPlan:
+        """`plan` resolved against the study's model (a ResolvedPlan as it is): a trial resolves its plan
+        once and hands the resolution to build, runners_for and refusals."""
+        return resolve_plan(plan, self.shape)
+
+    def build(self, plan: Plan | ResolvedPlan, log=None, structure_only: bool = False, corpus=None,
+              deadline: float | None = None):
         """The compressed model; `structure_only` skips data-dependent work (same shapes and kernels);
         `corpus` and `deadline`: distillation on a DistillCorpus, cut to end by then (see apply_plan)."""
         self.choose_attention()  # candidates use the baseline's attention implementation, or their plan's
+        work = self.resolve(plan)
         if structure_only:
-            return apply_plan(self.model, plan, None, structure_only=True, log=log)
-        needs_data = plan_needs_calibration(plan, get_adapter(self.model).shape())
-        if needs_data and self.calibration is None:
+            return apply_plan(self.model, work, None, structure_only=True, log=log)
+        if work.needs_calibration and self.calibration is None:
             raise UserError("this plan needs calibration data (fisher importance, mask tuning, distillation, "
                             "gptq or smoothing): set data.calibration")
-        return apply_plan(self.model, plan, self.calibration if needs_data else None, log=log, corpus=corpus,
-                          deadline=deadline)
+        return apply_plan(self.model, work, self.calibration if work.needs_calibration else None, log=log,
+                          corpus=corpus, deadline=deadline)
 
     def runner(self, model, runtime: str | None = None):
         """A zero-argument callable running `model` on `self.inputs` in `runtime` (default: the study's
@@ -160,7 +178,7 @@ class Workbench:
                         return out
         return out
 
-    def runners_for(self, model, plan: Plan | None) -> dict:
+    def runners_for(self, model, plan: Plan | ResolvedPlan | None) -> dict:
         """runtime -> `model`'s runner in it, for each of the study's runtimes that can run `plan`."""
         return {rt: self.runner(model, rt) for rt in self.runtimes_for(plan)}
 
@@ -184,22 +202,21 @@ class Workbench:
         """A trial's model as the search scored it: its stored plan rebuilt, run as `runtime` runs it."""
         return self.deployed(self.build(Plan.from_dict(plan)), runtime)
 
-    def runtimes_for(self, plan: Plan | None) -> tuple[str, ...]:
+    def runtimes_for(self, plan: Plan | ResolvedPlan | None) -> tuple[str, ...]:
         """The study's runtimes that can run `plan` as built (all of them without a plan)."""
         if plan is None:
             return self.runtimes
-        resolved = plan.resolve(get_adapter(self.model).shape())
-        bits = [resolved.bits[i] for i in resolved.layers]
+        resolved = self.resolve(plan).plan
         found = runtimes_for_plan(self.runtimes, resolved)
         if self.generate is not None:  # decoders: eager and OpenVINO's LLM, which has no 3- or 2-bit kernel
-            found = tuple(rt for rt in found if rt in self.runtimes
-                          and not (rt == "openvino" and decoding.openvino_refusal(bits)))
+            bits = kept_bits(resolved)
+            found = tuple(rt for rt in found if not (rt == "openvino" and decoding.openvino_refusal(bits)))
         return found
 
-    def refusals(self, plan: Plan) -> str:
+    def refusals(self, plan: Plan | ResolvedPlan) -> str:
         """Why each of the study's runtimes cannot run `plan` on this CPU (one line)."""
-        resolved = plan.resolve(get_adapter(self.model).shape())
-        bits = [resolved.bits[i] for i in resolved.layers]
+        resolved = self.resolve(plan).plan
+        bits = kept_bits(resolved)
         return "; ".join(get_runtime(n).plan_refusal(bits, resolved.int8_scheme)
                          or (self.generate is not None and n == "openvino" and decoding.openvino_refusal(bits))
                          or f"{n} can" for n in self.runtimes)

@@ -112,11 +112,12 @@ def evaluate(bench, plan: Plan, baseline: dict, quality: float | None = None) ->
     waited = bench.timing_wait_s
     with bench.working():
         t0 = time.perf_counter()
-        model = bench.build(plan, structure_only=quality is not None)
+        work = bench.resolve(plan)  # the plan resolved once, that resolution handed on
+        model = bench.build(work, structure_only=quality is not None)
         t1 = time.perf_counter()
-        runners = bench.runners_for(model, plan)
+        runners = bench.runners_for(model, work)
         if not runners:  # e.g. static int8 (not in PyTorch) beside bf16 layers (not in ONNX Runtime)
-            raise TrialFailed(f"no runtime of the study runs this plan on this CPU: {bench.refusals(plan)}")
+            raise TrialFailed(f"no runtime of the study runs this plan on this CPU: {bench.refusals(work)}")
         with bench.timing():  # first and further rounds in one turn of the lock
             est = time_candidate(bench, model, baseline, runners=runners)  # adaptive rounds, with the interval
             phases = bench.phase_figures(model, est)  # decoders (device.generate): which phase, and the prefill

@@ -13,10 +13,13 @@ import pytest
 
 @pytest.fixture
 def counts(monkeypatch):
-    """Counts of study_runtimes (device.runtime -> runtimes), Plan.resolve, adapter lookups
-    (get_adapter) and Method.spec_from_plan calls while the test runs."""
+    """Counts of study_runtimes (device.runtime -> runtimes), Plan.resolve, Method.spec_from_plan
+    calls, and adapter lookups: all of them (`get_adapter`: the methods' own on the model they are
+    changing included) and those made to resolve a plan (`resolving_lookups`: by the workbench and by
+    apply_plan) while the test runs."""
     import slimformer.methods.adapters as adapters
     import slimformer.methods.registry as methods_registry
+    import slimformer.searcher.problem.workbench as workbench
     from slimformer.methods.plan import Plan
     from slimformer.searcher.devices import registry
 
@@ -31,12 +34,15 @@ def counts(monkeypatch):
     monkeypatch.setattr(registry, "study_runtimes", counted("study_runtimes", registry.study_runtimes))
     monkeypatch.setattr(Plan, "resolve", counted("resolve", Plan.resolve))
     monkeypatch.setattr(adapters, "adapter_class", counted("get_adapter", adapters.adapter_class))
+    for module in (workbench, methods_registry):
+        monkeypatch.setattr(module, "get_adapter", counted("resolving_lookups", module.get_adapter))
     monkeypatch.setattr(methods_registry, "METHODS", tuple(
         replace(m, spec_from_plan=counted("spec_from_plan", m.spec_from_plan)) for m in methods_registry.METHODS))
     return seen
 
 
 def test_a_search_decides_its_runtimes_once_and_resolves_each_plan_once(make_study, counts, one_thread):
+    import slimformer.methods.registry as methods_registry
     from slimformer.searcher.backends import local
     from slimformer.searcher.config import load_study_config
     from slimformer.searcher.search import prepare
@@ -57,4 +63,6 @@ def test_a_search_decides_its_runtimes_once_and_resolves_each_plan_once(make_stu
     per_trial = {k: v / trials for k, v in counts.items()}
     print("per trial:", per_trial)
     assert counts["study_runtimes"] == 0
-    assert per_trial == {"resolve": 3, "get_adapter": 5, "spec_from_plan": 10}
+    assert per_trial["resolve"] == 1  # once, handed to build, apply_plan and the runtimes that can run it
+    assert per_trial["spec_from_plan"] == len(methods_registry.METHODS)  # each method's spec read once
+    assert counts["resolving_lookups"] == 0  # the model's shape is the workbench's, looked up once
