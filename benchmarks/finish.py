@@ -6,7 +6,7 @@ Studies and splits: benchmarks/common.py (test never chooses anything). Each pla
 twice through the Workbench, as the search and as `finish` build it:
 - in-trial: a search trial's recovery (Fisher importance, 30 distillation steps on the 256
   calibration examples: the quickstart's embedding loss at lr 2e-4; for SST-2 logits at 1e-4);
-- finished: the same plan with `finish`'s recipe (searcher/finish.py RECIPES) for --steps steps
+- finished: the same plan with `finish`'s finishing hyperparameters (searcher/finish.py FINISHING) for --steps steps
   on the distillation corpus, shuffled every epoch.
 Then every model is timed in each of the study's runtimes (`device.runtime: auto`: eager PyTorch,
 ONNX Runtime, OpenVINO) against the one baseline (the fastest stock float32 PyTorch setting) in

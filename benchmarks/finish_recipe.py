@@ -135,12 +135,12 @@ def report(res: dict, out: str) -> None:
         mark = " (best on validation)" if key in best else ""
         lines.append(f"| {key.split(' | ')[0]}{mark} | {e['steps']} | {e['validation']:.2f} | {e['test']:.2f} "
                      f"| {e['test'] - b['test']:+.2f} | {e['build_s'] / 60:.1f} min |")
-    from slimformer.searcher.finish import DEFAULT_STEPS, RECIPES
+    from slimformer.searcher.finish import DEFAULT_STEPS, FINISHING
     family = FAMILIES[task]
     lines += ["", f"Decision: `slimformer finish` uses, for {family}, the recipe best on validation at the largest "
               f"step count measured ({steps[-1]:,}; finish's default is {DEFAULT_STEPS:,}): "
-              f"{chosen(res, steps[-1]).split(' | ')[0]}. searcher/finish.py RECIPES now holds losses "
-              f"{list(RECIPES[family]['losses'])} at lr {RECIPES[family]['lr']:g}."]
+              f"{chosen(res, steps[-1]).split(' | ')[0]}. searcher/finish.py FINISHING now holds losses "
+              f"{list(FINISHING[family]['losses'])} at lr {FINISHING[family]['lr']:g}."]
     loads = [e["load_average_15min"] for e in res["variants"].values()]
     note = (f"2 threads; 15-minute load average {min(loads):.1f}-{max(loads):.1f} on 2 cores at the end of each "
             "recipe (above 2, other work shared the cores and the minutes are inflated; quality is unaffected). "

@@ -36,18 +36,19 @@ from .study.finals import (
 )
 from .study.records import FinalRecord, StudyRecord, TrialRecord, study_budget, write_study
 
-__all__ = ["run_finish", "render_finish", "final_plan", "check_corpus", "export_final_model", "export_final", "export_trial", "RECIPES", "DEFAULT_STEPS", "DEFAULT_TOP"]
+__all__ = ["run_finish", "render_finish", "final_plan", "check_corpus", "export_final_model", "export_final", "export_trial", "FINISHING", "DEFAULT_STEPS", "DEFAULT_TOP"]
 
 DEFAULT_TOP = 3
 # 1,000 steps of embedding distillation on the STS-B train pairs, lr 2e-4, recovered a 2x MiniLM
-# plan from 79.07 to 82.10 held-out Spearman (issue 16's table; benchmarks/finish.md measures it on
-# this project's split).
+# plan from 79.07 to 82.10 held-out Spearman (issue 16's table; benchmarks.finish measures it on
+# this project's split: benchmarks/results/finish_results.md).
 DEFAULT_STEPS = 1000
-# the finishing recipe per task family: which losses and which peak learning rate, chosen on the
-# validation split (benchmarks/finish_recipe.py: sentence similarity, a 4x-plus MiniLM plan on
+# the finishing hyperparameters per task family (not a "recipe": that word names the small models
+# trained from data, problem/recipes.py): which distillation losses and which peak learning rate, chosen
+# on the validation split (benchmarks/finish_recipe.py: sentence similarity, a 4x-plus MiniLM plan on
 # STS-B: lr 5e-4 beat 2e-4 at 300 and at 1,000 steps; hidden or attention losses, dropout, batch 16
 # and lr 1e-4 did not)
-RECIPES = {
+FINISHING = {
     "sentence-similarity": {"losses": ("embedding",), "lr": 5e-4},
     "text-classification": {"losses": ("logits",), "lr": 1e-4},
     "causal-lm": {"losses": ("logits",), "lr": 1e-4},
@@ -104,12 +105,12 @@ def check_corpus(cfg: StudyConfig):
 
 
 def final_plan(plan_dict: dict, task: str, steps: int):
-    """The search plan with its distillation replaced by the finishing recipe at `steps` steps."""
+    """The search plan with its distillation replaced by the finishing hyperparameters (FINISHING) at `steps` steps."""
     from slimformer.methods import Plan
 
     plan = Plan.from_dict(plan_dict)
-    recipe = RECIPES[task]
-    return replace(plan, distill=replace(plan.distill, steps=steps, losses=recipe["losses"], lr=recipe["lr"]))
+    chosen = FINISHING[task]
+    return replace(plan, distill=replace(plan.distill, steps=steps, losses=chosen["losses"], lr=chosen["lr"]))
 
 
 def _probe_step_s(bench, corpus) -> float:

@@ -14,7 +14,7 @@ import sys
 
 import optuna
 import pytest
-from slimformer.searcher.finish import RECIPES
+from slimformer.searcher.finish import FINISHING
 
 pytestmark = pytest.mark.slow  # CLI runs of search and finish (minutes on a busy machine)
 
@@ -59,7 +59,7 @@ def test_finish_stores_final_models_apart_and_export_takes_them(study, cli):
     assert linked <= set(search)
     for t in finals:
         a = t.user_attrs
-        assert a["steps"] == 12 and a["plan"]["distill"]["steps"] == 12 and a["plan"]["distill"]["lr"] == RECIPES["sentence-similarity"]["lr"]
+        assert a["steps"] == 12 and a["plan"]["distill"]["steps"] == 12 and a["plan"]["distill"]["lr"] == FINISHING["sentence-similarity"]["lr"]
         assert a["test_quality"] is not None and a["quality"] == t.value
         assert (study.parent / "study-final" / f"trial-{a['search_trial']}" / "manifest.json").is_file()
     assert "valid" in res.stdout and "test" in res.stdout
