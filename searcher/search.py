@@ -41,7 +41,7 @@ from .study.session import SearchSession
 from .study.storage import check_storage, open_storage, storage_file
 from .study.transfer import data_meta, transferable_trials
 
-__all__ = ["run_search", "prepare"]
+__all__ = ["run_search", "prepare", "SAMPLERS", "BACKENDS", "registered"]
 
 
 def _study_exists(handle: StudyHandle) -> bool:
@@ -53,19 +53,46 @@ def _study_exists(handle: StudyHandle) -> bool:
     return handle.name in [s.study_name for s in optuna.study.get_all_study_summaries(storage)]
 
 
+SAMPLERS: dict = {}  # search.sampler -> (seed, parallel) -> an Optuna sampler (config.SAMPLERS names them)
+BACKENDS: dict = {}  # search.backend -> (cfg) -> the backend module that runs the trials (its `run(session)`)
+
+
+def registered(table: dict, name: str):
+    """Registers the decorated function in `table` under `name` (samplers and backends, as adapters are
+    registered with methods.adapters.register_adapter)."""
+    def register(fn):
+        table[name] = fn
+        return fn
+    return register
+
+
+@registered(SAMPLERS, "tpe")
+def _tpe(seed, parallel):
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=8,
+                                      constant_liar=parallel > 1)
+
+
+@registered(SAMPLERS, "nsga2")
+def _nsga2(seed, parallel):
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=10)
+
+
+@registered(SAMPLERS, "gp")
+def _gp(seed, parallel):
+    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=8)
+
+
+@registered(SAMPLERS, "random")
+def _random(seed, parallel):
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
 def _sampler(name: str, seed: int | None, parallel: int) -> optuna.samplers.BaseSampler:
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if name == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=8,
-                                              constant_liar=parallel > 1)
-        if name == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed, population_size=10)
-        if name == "gp":
-            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=8)
-        return optuna.samplers.RandomSampler(seed=seed)
+        return SAMPLERS[name](seed, parallel)
 
 
 def _summary(session: SearchSession, predictor) -> dict:
@@ -217,10 +244,18 @@ def run_search(cfg: StudyConfig, *, trials: int | None = None, timeout: float | 
 
 def _backend(cfg: StudyConfig):
     """The backend module that runs the trials (each has `run(session)`)."""
-    if cfg.search.backend == "ray":  # Ray Tune (searcher/backends/raytune.py; imports Ray)
-        from .backends import raytune
+    return BACKENDS[cfg.search.backend](cfg)
 
-        return raytune
+
+@registered(BACKENDS, "ray")
+def _ray(cfg: StudyConfig):
+    from .backends import raytune  # Ray Tune (searcher/backends/raytune.py; imports Ray)
+
+    return raytune
+
+
+@registered(BACKENDS, "local")
+def _local(cfg: StudyConfig):
     if cfg.search.workers > 1 and not is_worker():  # K processes on this storage (searcher/backends/workers.py)
         return workers
     return local  # this process (searcher/backends/local.py); also what each worker runs
