@@ -16,7 +16,9 @@ speedups from the same rounds.
 
 Here eager PyTorch (transformers' forward with `DynamicCache`; the prefill computes the LM head on the
 last position only, as `generate` does); OpenVINO's stateful LLM has the same interface
-(devices/openvino_lm.OVGeneration). A study times a candidate in either (`GENERATE_RUNTIMES`; `auto`: both,
+(devices/genai.GenAIGeneration: openvino_genai.LLMPipeline's own loop, whose decode call returns its own
+measure of the G steps, `latency.Elapsed`; devices/openvino_lm.OVGeneration: slimformer's loop on the IR, when
+GenAI is missing). A study times a candidate in either (`GENERATE_RUNTIMES`; `auto`: both,
 the faster counts) through `DecodeRunner`, which keeps the generation so that its prefill is timed and
 its artifact scored in the same runtime.
 
@@ -106,25 +108,32 @@ class Generation:
 
 class DecodeRunner:
     """A study's latency runner of a decoder: calling it decodes (`generation.decode`); `generation` (a
-    `Generation` or an `OVGeneration`) also gives the prefill, and `runtime` names where it runs."""
+    `Generation`, `GenAIGeneration` or `OVGeneration`) also gives the prefill, `runtime` names where it runs
+    and `loop` whose generation loop times it (GENAI_LOOP, or slimformer's own)."""
 
     def __init__(self, generation, runtime: str):
         self.generation, self.runtime = generation, runtime
+        self.loop = getattr(generation, "loop", f"slimformer ({runtime})")
 
     def __call__(self):
         return self.generation.decode()
 
 
-def generation(runtime: str, model, prompt: torch.Tensor, new_tokens: int, threads: int, plan=None):
+def generation(runtime: str, model, prompt: torch.Tensor, new_tokens: int, threads: int, plan=None,
+               own_loop: bool = False):
     """`model`'s greedy KV-cache generation in `runtime`: eager PyTorch (`Generation`), or OpenVINO's stateful
     LLM (devices/openvino_lm.py: a resolved plan's bits 8 and 4 as real int8 / int4 weights, so `model` is
-    then built with float weights)."""
+    then built with float weights) run by openvino_genai.LLMPipeline as users run it (devices/genai.py), or by
+    slimformer's own loop on the IR (`OVGeneration`) when openvino-genai is not installed or `own_loop`."""
     if runtime == "eager":
         return Generation(model, prompt, new_tokens)
     if runtime == "openvino":
-        from .openvino_lm import plan_generation
+        from .genai import genai_available, genai_generation
+        from .openvino_lm import plan_generation, plan_source
 
-        return plan_generation(model, prompt, new_tokens, threads, plan)
+        if own_loop or not genai_available():
+            return plan_generation(model, prompt, new_tokens, threads, plan)
+        return genai_generation(plan_source(model, threads, plan), model, prompt, new_tokens)
     raise UserError(f"device.generate: no KV-cache generation loop for runtime {runtime!r} "
                     f"(runtimes with one: {', '.join(GENERATE_RUNTIMES)})")
 

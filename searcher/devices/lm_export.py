@@ -28,12 +28,12 @@ from pathlib import Path
 
 import torch
 
+from .genai import GenAIGeneration, genai_available, genai_properties, genai_tokens
 from .generate import DecodeRunner, Generation, tokens_per_s
 from .latency import device_facts, measure_latency
 from .openvino_lm import OVGeneration, OVScorer, lm_compile_config, load_lm, save_lm
 
-__all__ = ["LM_LAYOUT", "export_lm", "evaluate_lm_artifact", "genai_properties", "genai_tokens", "CHECK_PROMPTS",
-           "TOP1_TOLERANCE"]
+__all__ = ["LM_LAYOUT", "export_lm", "evaluate_lm_artifact", "CHECK_PROMPTS", "TOP1_TOLERANCE"]
 
 LM_LAYOUT = "openvino-genai"
 CHECK_PROMPTS = 3
@@ -42,24 +42,6 @@ CHECK_PROMPT_TOKENS, CHECK_NEW_TOKENS = 16, 16  # at most: shorter when the stud
 # INT4_ASYM g64 of SmolLM2 agreed 65.6% with the float32 original and a fixed int8/int4 plan 73.3% (test text,
 # docs/decoders.md); a graph that computes something else agrees on about 1 / vocabulary
 TOP1_TOLERANCE = 50.0
-
-
-def genai_properties(compile_config: dict, threads: int) -> dict:
-    """What LLMPipeline is told to run as the search timed: the stateful IR's SDPA backend (GenAI's default
-    backend is paged attention), the compile settings and the threads."""
-    return {"ATTENTION_BACKEND": "SDPA", "INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": False,
-            **compile_config}
-
-
-def genai_tokens(folder: Path, prompt: torch.Tensor, new_tokens: int, properties: dict) -> list[int]:
-    """Greedy tokens of `folder` through openvino_genai.LLMPipeline on the prompt's token ids."""
-    import openvino as ov
-    import openvino_genai
-
-    pipe = openvino_genai.LLMPipeline(str(folder), "CPU", **properties)
-    ids = ov.Tensor(prompt.numpy().astype("int64"))
-    out = pipe.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-    return [int(t) for t in out.tokens[0]]
 
 
 def _check_prompts(bench) -> list[torch.Tensor]:
@@ -125,11 +107,7 @@ def export_lm(fmt: str, bench, model, plan, out: Path, info: dict, log=print) ->
         config = lm_compile_config(src["precision"])
         props = genai_properties(config, src["threads"])
         genai = None
-        try:
-            import openvino_genai  # noqa: F401
-        except ImportError:
-            pass
-        else:
+        if genai_available():
             got = genai_tokens(stage, prompts[0], exact["new_tokens"], props)
             genai = {"tokens": got, "equal_to_openvino": got == timed["tokens"][0]["openvino"]}
         baseline = bench.quality(bench.model, full=True)
@@ -180,22 +158,24 @@ def evaluate_lm_artifact(bench, folder: Path, rounds: int | None = None) -> dict
     manifest, _ = verified_tree(folder)
     d, prompt, new = bench.cfg.device, bench.inputs["input_ids"], bench.generate.new_tokens
     precision = (manifest.get("compile_config") or {}).get("INFERENCE_PRECISION_HINT", "f32")
-    gen = OVGeneration(load_lm(folder, d.threads, precision), prompt, new)
+    own = OVGeneration(load_lm(folder, d.threads, precision), prompt, new)
+    props = manifest.get("genai_properties") or genai_properties(lm_compile_config(precision), d.threads)
+    gen = GenAIGeneration(folder, prompt, new, props) if genai_available() else own  # timed as users run it
     q = bench.quality(OVScorer(load_lm(folder, d.threads, precision, last_logits=False)), full=True)
-    lat = bench.latency_of({"candidate": DecodeRunner(gen, "openvino")}, rounds)
+    runner = DecodeRunner(gen, "openvino")
+    lat = bench.latency_of({"candidate": runner}, rounds)
     with bench.timing():
         pre = measure_latency({"baseline": Generation(bench.model, prompt, 1).prefill, "candidate": gen.prefill},
                               baseline="baseline", rounds=d.rounds, warmup=d.warmup, threads=d.threads)
-    tokens = gen.tokens()
+    bench.log(f"decode and prefill timed in {runner.loop}")
+    tokens = own.tokens()
     text = bench.tokenizer.decode(tokens)
     bench.log(f"greedy text after the study's {prompt.shape[1]}-token prompt ({new} tokens, slimformer's loop): {text!r}")
     genai_text = None
-    try:
-        import openvino_genai  # noqa: F401
-    except ImportError:
+    if gen is own:
         bench.log("openvino-genai is not installed: LLMPipeline not run")
     else:
-        got = genai_tokens(folder, prompt, new, manifest.get("genai_properties") or {})
+        got = gen.tokens()
         genai_text = bench.tokenizer.decode(got)
         bench.log(f"greedy text by openvino_genai.LLMPipeline: {genai_text!r} ({'the same' if got == tokens else 'DIFFERENT'})")
     size = sum((folder / f).stat().st_size for f in manifest["model_files"]) / 2**20
@@ -203,6 +183,7 @@ def evaluate_lm_artifact(bench, folder: Path, rounds: int | None = None) -> dict
     return {**q, "latency_ms": cand.median_ms, "latency_p10_ms": cand.p10_ms, "latency_p90_ms": cand.p90_ms,
             "baseline_latency_ms": lat["baseline"].median_ms, "speedup": cand.speedup, "latency_phase": "decode",
             "decode_tokens_per_s": tokens_per_s(cand.median_ms), "prefill_ms": pre["candidate"].median_ms,
+            "decode_loop": runner.loop,
             "prefill_speedup": pre["candidate"].speedup, "params": manifest.get("params"), "size_mb": size,
             "simulated": False, "runtime": "openvino", "plan": manifest.get("plan"), "greedy_tokens": tokens,
             "greedy_text": text, "genai_text": genai_text, "genai_same": None if genai_text is None else got == tokens}

@@ -16,12 +16,9 @@ devices/generate.py, and a folder that `openvino_genai.LLMPipeline` loads.
   and the LM head stay float. `weights="int8_asym" | "int4_asym"` instead compresses the whole model
   with NNCF's own defaults (the peers: INT4 keeps the embeddings and the last MatMul in INT8_ASYM).
   Elsewhere bits 4 stay simulated (`BITS_MARK`).
-- `save_lm` writes the IR as openvino_model.xml/.bin with config.json, generation_config.json and, given
-  a tokenizer, openvino_tokenizer.xml / openvino_detokenizer.xml (openvino-tokenizers): the folder that
-  `openvino_genai.LLMPipeline(folder, "CPU")` opens.
-- `OVGeneration` is this runtime's `Generation` (prefill, decode on the state put back to the prompt,
-  tokens, a timed call; the LM head on the last position only, as `generate` and GenAI do); `OVScorer`
-  gives full-sequence logits like a PyTorch causal LM, to score the artifact itself.
+- `save_lm`: the IR, config.json, generation_config.json and the tokenizer IRs: the folder GenAI's LLMPipeline opens.
+- `OVGeneration`: slimformer's own greedy loop on the IR (devices/genai.py times candidates in LLMPipeline, as
+  users run them; this loop when GenAI is missing); `OVScorer`: full-sequence logits, to score the IR itself.
 
 Imports: errors, methods (public names).
 """
@@ -41,8 +38,8 @@ from ..errors import UserError
 from .openvino import INSTALL_HINT, compile_ir, flushes_denormals, quiet_nncf
 from .runtime import optional_module
 
-__all__ = ["convert_lm", "save_lm", "load_lm", "plan_weights", "plan_generation", "fit_group", "OVGeneration", "OVScorer", "IR_XML",
-           "WHOLE_MODEL_MODES", "BITS_MARK", "lm_compile_config", "stateful_io"]
+__all__ = ["convert_lm", "save_lm", "load_lm", "plan_weights", "plan_generation", "plan_source", "fit_group",
+           "OVGeneration", "OVScorer", "IR_XML", "WHOLE_MODEL_MODES", "BITS_MARK", "lm_compile_config", "stateful_io"]
 
 IR_XML = "openvino_model.xml"  # the name GenAI's LLMPipeline looks for
 WHOLE_MODEL_MODES = {"int8_asym": "INT8_ASYM", "int4_asym": "INT4_ASYM", "int4_sym": "INT4_SYM"}
@@ -356,21 +353,24 @@ def fit_group(model, bits: list[int] | None, group_size: int) -> int:
     return g
 
 
-def plan_generation(model, prompt: torch.Tensor, new_tokens: int, threads: int, plan=None, group_size: int | None = None):
-    """`OVGeneration` of a float (pruned) causal LM with a resolved plan's bits as real int8 / int4 weights
-    (int4 in groups of the plan's group_size, `fit_group`) and bf16 inference where the plan asks for bits 16
-    (build the model with the plan's bits set to 32: the weights are compressed here, not in PyTorch).
-    Its `source` keeps the IR and how it was compiled (`OVGeneration.scorer`, export)."""
+def plan_source(model, threads: int, plan=None, group_size: int | None = None) -> dict:
+    """The stateful IR of a float (pruned) causal LM, a resolved plan's bits 8/4 as real int8/int4 weights (`fit_group`;
+    bits 16: bf16 inference), and how it is compiled: ov_model, threads, precision, bits, group_size."""
     bits, precision = None, "f32"
     if plan is not None and plan.bits is not None:
         n = len(plan.bits) if isinstance(plan.bits, tuple) else max(plan.layers or (0,)) + 1
         bits = plan_weights(plan, n)
         precision = "bf16" if 16 in (plan.bits if isinstance(plan.bits, tuple) else (plan.bits,)) else "f32"
     group = fit_group(model, bits, group_size or (plan.group_size if plan is not None else 64))
-    ov_model = convert_lm(model, bits=bits, group_size=group)
-    gen = OVGeneration(load_lm(ov_model, threads, precision), prompt, new_tokens)
-    gen.source = {"ov_model": ov_model, "threads": threads, "precision": precision, "bits": bits,
-                  "group_size": group if 4 in (bits or ()) else None}
+    return {"ov_model": convert_lm(model, bits=bits, group_size=group), "threads": threads, "precision": precision,
+            "bits": bits, "group_size": group if 4 in (bits or ()) else None}
+
+
+def plan_generation(model, prompt: torch.Tensor, new_tokens: int, threads: int, plan=None, group_size: int | None = None):
+    """`OVGeneration` (slimformer's own loop) of `plan_source`'s IR; its `source` is that dict."""
+    src = plan_source(model, threads, plan, group_size)
+    gen = OVGeneration(load_lm(src["ov_model"], threads, src["precision"]), prompt, new_tokens)
+    gen.source = src
     return gen
 
 

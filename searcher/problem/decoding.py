@@ -10,7 +10,9 @@ whose plan distilled (a finished one) is not rebuilt: its trained weights as rou
 (`graph.float_copy`: int8 weights dequantized, simulated int4 weights as their grid values) are
 compressed again. Bits 3 and 2 have no OpenVINO kernel and are refused there.
 
-The runner (`DecodeRunner`) keeps its generation, so the candidate's prefill is timed in the same
+Under OpenVINO the candidate runs in openvino_genai.LLMPipeline as users run the export (devices/genai.py;
+the trial's `decode_loop` names it); without openvino-genai in slimformer's own loop on the same IR, which the
+log and `decode_loop` say. The runner (`DecodeRunner`) keeps its generation, so the candidate's prefill is timed in the same
 runtime (`phase_figures`) and its quality is scored on the artifact that was timed (`scored_model`:
 OpenVINO's full-sequence logits of the same IR, compiled the same way).
 
@@ -25,6 +27,7 @@ from dataclasses import replace
 from slimformer.methods import plan_of
 
 from ..devices.adaptive import speedup_interval
+from ..devices.genai import GENAI_LOOP
 from ..devices.generate import GENERATE_RUNTIMES, DecodeRunner, generation, tokens_per_s
 from ..devices.latency import measure_latency
 
@@ -32,6 +35,7 @@ __all__ = ["decoder_runtimes", "openvino_refusal", "float_source", "decode_runne
            "REAL_LOW_BITS", "decoder_formats"]
 
 REAL_LOW_BITS = {"openvino": (8, 4), "eager": (8,)}  # bits below 16 run on real kernels, per decoder runtime
+OWN_LOOP_NOTE = "openvino-genai is not installed"
 OPENVINO_LOW_BITS = "int4_weights"  # the format name the device facts add for OpenVINO's int4 weight kernels
 
 
@@ -76,7 +80,12 @@ def decode_runner(bench, model, runtime: str) -> DecodeRunner:
     prompt, g, threads = bench.inputs["input_ids"], bench.generate.new_tokens, bench.cfg.device.threads
     if runtime == "openvino":
         source, plan = float_source(bench, model)
-        return DecodeRunner(generation(runtime, source, prompt, g, threads, plan), runtime)
+        runner = DecodeRunner(generation(runtime, source, prompt, g, threads, plan), runtime)
+        if runner.loop != GENAI_LOOP and not getattr(bench, "told_own_loop", False):
+            bench.told_own_loop = True
+            bench.log(f"{OWN_LOOP_NOTE}: OpenVINO candidates are timed in slimformer's own loop on the IR "
+                      "(slower than LLMPipeline runs the exported folder); pip install openvino-genai")
+        return runner
     return DecodeRunner(generation(runtime, model, prompt, g, threads), runtime)
 
 
@@ -90,7 +99,7 @@ def scored_model(model, runner):
 def phase_figures(bench, runner: DecodeRunner, decode_ms=None) -> dict:
     """The candidate's prefill (in its runner's runtime) against the original's (eager) in interleaved rounds:
     median, speedup and its interval at budget.confidence; its decode tokens per second; and under OpenVINO
-    `simulated` False (its int8/int4 weights are real kernels)."""
+    `simulated` False (its int8/int4 weights are real kernels); `decode_loop`: whose generation loop timed it."""
     from ..devices.generate import Generation
 
     d, prompt = bench.cfg.device, bench.inputs["input_ids"]
@@ -102,6 +111,7 @@ def phase_figures(bench, runner: DecodeRunner, decode_ms=None) -> dict:
     out = {"latency_phase": "decode", "prefill_ms": lat["candidate"].median_ms,
            "prefill_baseline_ms": lat["baseline"].median_ms, "prefill_speedup": lat["candidate"].speedup,
            "prefill_speedup_low": low, "prefill_speedup_high": high}
+    out["decode_loop"] = runner.loop  # whose generation loop timed decode and prefill
     if runner.runtime == "openvino":
         out["simulated"] = False
     decode_ms = getattr(decode_ms, "candidate_ms", decode_ms)  # a SpeedupEstimate: its median per token

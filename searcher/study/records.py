@@ -202,6 +202,7 @@ class TrialRecord:
     prefill_speedup: float | None = None
     prefill_speedup_low: float | None = None
     prefill_speedup_high: float | None = None
+    decode_loop: str | None = None  # a decoder's: whose generation loop timed it (openvino_genai.LLMPipeline, slimformer's)
     fail_reason: str | None = None
     retried: bool | None = None
     retry_of: int | None = None

@@ -125,14 +125,72 @@ def test_scorer_gives_the_full_sequence_logits_of_pytorch_row_by_row(tiny_models
 
 def test_generation_dispatches_by_runtime_and_refuses_one_without_a_loop(tiny_models):
     from slimformer.methods import Plan
+    from slimformer.searcher.devices.genai import GenAIGeneration
     from slimformer.searcher.devices.generate import Generation, generation
     from slimformer.searcher.devices.openvino_lm import OVGeneration
     from slimformer.searcher.errors import UserError
 
+    pytest.importorskip("openvino_genai")
     model = tiny_models["llama"].build()
     prompt = _prompt()
     assert isinstance(generation("eager", model, prompt, 3, 1), Generation)
-    gen = generation("openvino", model, prompt, 3, 1, plan=Plan(bits=[8, 32, 32]).resolve(model_shape(model)))
-    assert isinstance(gen, OVGeneration) and len(gen.tokens()) == 3
+    plan = Plan(bits=[8, 32, 32]).resolve(model_shape(model))
+    gen = generation("openvino", model, prompt, 3, 1, plan=plan)  # GenAI's loop, as users run the export
+    assert isinstance(gen, GenAIGeneration) and len(gen.tokens()) == 3 and gen.source["bits"] == [8, 32, 32]
+    own = generation("openvino", model, prompt, 3, 1, plan=plan, own_loop=True)
+    assert isinstance(own, OVGeneration) and len(own.tokens()) == 3
     with pytest.raises(UserError, match="no KV-cache generation loop for runtime 'onnxruntime'"):
         generation("onnxruntime", model, prompt, 3, 1)
+
+
+def test_genai_pipeline_greedy_tokens_equal_pytorch_at_float32_and_decode_is_its_own_measure(tiny_models):
+    """LLMPipeline on the folder save_lm writes (token ids in, no template): the same greedy tokens as PyTorch
+    at f32; its decode call returns GenAI's own measure of the G steps after the first token (latency.Elapsed),
+    and the protocol takes that instead of the call's wall time (which includes the prefill)."""
+    pytest.importorskip("openvino_genai")
+    from slimformer.searcher.devices import genai
+    from slimformer.searcher.devices.generate import DecodeRunner
+    from slimformer.searcher.devices.latency import Elapsed, measure_latency
+    from slimformer.searcher.devices.openvino_lm import lm_compile_config, plan_source
+
+    model = tiny_models["llama"].build()
+    prompt = _prompt(9, seed=4)
+    src = plan_source(model, threads=1)
+    gen = genai.genai_generation(src, model, prompt, 6)
+    exact = genai.GenAIGeneration(gen.folder, prompt, 6, genai.genai_properties(lm_compile_config("f32", exact=True), 1))
+    assert exact.tokens() == _pt_tokens(model, prompt, 6)
+    assert gen.properties["ATTENTION_BACKEND"] == "SDPA" and gen.properties["INFERENCE_NUM_THREADS"] == 1
+    got = gen.decode()
+    assert isinstance(got, Elapsed) and got > 0
+    assert DecodeRunner(gen, "openvino").loop == genai.GENAI_LOOP == "openvino_genai.LLMPipeline"
+    timed = gen()
+    assert set(timed) == {"prefill", "decode"} and timed["prefill"] > 0 and timed["decode"] > 0
+    folder = gen.folder
+    assert (folder / "openvino_model.xml").exists()
+    del gen
+    import gc
+
+    gc.collect()
+    assert not folder.exists()  # the candidate's temporary folder goes with it
+
+    import time
+
+    def slow():
+        time.sleep(0.05)
+        return Elapsed(1.5)
+
+    lat = measure_latency({"own": slow, "wall": lambda: time.sleep(0.02)}, rounds=2, warmup=0, gap_ms=0)
+    assert lat["own"].samples_ms == [1.5, 1.5] and lat["wall"].median_ms >= 20
+
+
+def test_without_genai_openvino_decoders_run_in_slimformers_own_loop_and_say_so(tiny_models, monkeypatch):
+    from slimformer.searcher.devices import genai
+    from slimformer.searcher.devices.generate import DecodeRunner, generation
+    from slimformer.searcher.devices.openvino_lm import OVGeneration
+
+    model = tiny_models["llama"].build()
+    monkeypatch.setattr(genai, "genai_available", lambda: False)
+    gen = generation("openvino", model, _prompt(), 3, 1)
+    assert isinstance(gen, OVGeneration) and gen.source["precision"] == "f32"
+    assert DecodeRunner(gen, "openvino").loop == "slimformer (openvino)"
+    assert generation("eager", model, _prompt(), 3, 1).__class__.__name__ == "Generation"

@@ -341,6 +341,7 @@ def test_search_in_openvino_times_each_candidate_in_its_generation_loop_with_rea
 
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
+    pytest.importorskip("openvino_genai")
     space = {"heads": {"choices": [2, 4]}, "ffn": {"choices": [32, 64]}, "bits": {"choices": [4], "tie": "shared"}}
     for runtime in ("openvino", "auto"):
         db = tmp_path / f"{runtime}.db"
@@ -359,6 +360,8 @@ def test_search_in_openvino_times_each_candidate_in_its_generation_loop_with_rea
             assert a["prefill_ms"] > 0 and a["prefill_speedup_low"] <= a["prefill_speedup"] <= a["prefill_speedup_high"]
             assert a["quality"] < 0 and a["speedup"] > 0
             assert a["simulated"] is (a["runtime"] == "eager")  # real int4 kernels in OpenVINO only
+            # OpenVINO candidates decode (and prefill) in openvino_genai.LLMPipeline, as users run the export
+            assert a["decode_loop"] == ("openvino_genai.LLMPipeline" if a["runtime"] == "openvino" else "slimformer (eager)")
             if runtime == "openvino":
                 assert a["runtime"] == "openvino" and "runtime_speedups" not in a
             else:
@@ -378,7 +381,7 @@ def test_export_best_of_an_openvino_decoder_study_is_a_genai_folder_with_pytorch
     import json
 
     from slimformer.methods import Plan, apply_plan
-    from slimformer.searcher.devices.lm_export import genai_properties
+    from slimformer.searcher.devices.genai import genai_properties
     from slimformer.searcher.devices.openvino_lm import lm_compile_config
     from slimformer.searcher.problem.models import load_model
 
@@ -417,6 +420,7 @@ def test_export_best_of_an_openvino_decoder_study_is_a_genai_folder_with_pytorch
     res = cli("evaluate", out, "--study", study)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "greedy text" in res.stderr and "(the same)" in res.stderr and "speedup" in res.stdout
+    assert "decode and prefill timed in openvino_genai.LLMPipeline" in res.stderr
     raw = bytearray((out / "openvino_model.bin").read_bytes())
     raw[-1] ^= 1
     (out / "openvino_model.bin").write_bytes(bytes(raw))
