@@ -238,10 +238,10 @@ def evaluate_artifact(bench, folder: Path, rounds: int | None = None) -> dict:
 def write_artifact(fmt: str, bench, model, out: Path, info: dict, options: dict | None = None, log=print) -> dict:
     """Build, verify and write the artifact of `model` (built by `bench`) into `out`; returns the manifest."""
     from slimformer.methods import plan_of
-    from slimformer.methods.export import MANIFEST, ExportError, sha256_file
+    from slimformer.methods.export import ExportError
 
     from .card import base_card_facts, render_card
-    from .layout import base_normalizes, model_paths, move_tree, tree_files, write_library_files
+    from .layout import base_normalizes, model_paths, seal, write_library_files
 
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} exists and is not a directory")
@@ -291,10 +291,7 @@ def write_artifact(fmt: str, bench, model, out: Path, info: dict, options: dict 
                              **{k: v for k, v in quality.items()}, "split": "full validation"},
             **info,
         }
-        (stage / "README.md").write_text(render_card(manifest, base_card_facts(base_dir, bench.cfg.model.name)))
-        manifest["files"] = {name: sha256_file(stage / name) for name in tree_files(stage)}
-        (stage / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
-        move_tree(stage, out)
+        seal(stage, out, manifest, render_card(manifest, base_card_facts(base_dir, bench.cfg.model.name)))
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return manifest

@@ -33,7 +33,7 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["SENTENCE_TASK", "model_paths", "runtime_files", "write_library_files", "verified_tree", "move_tree",
+__all__ = ["SENTENCE_TASK", "model_paths", "runtime_files", "write_library_files", "verified_tree", "move_tree", "seal",
            "honest_config", "tree_files", "load_lines"]
 
 SENTENCE_TASK = "sentence-similarity"
@@ -224,3 +224,16 @@ def move_tree(stage: Path, out: Path) -> None:
             shutil.rmtree(target)
         os.replace(p, target)
     os.replace(stage / MANIFEST, out / MANIFEST)
+
+
+def seal(stage: Path, out: Path, manifest: dict, card: str) -> None:
+    """Finish a staged export: the model card as README.md, the sha256 of every file in the manifest,
+    manifest.json written last, then the folder moved into `out` (`move_tree`)."""
+    import json
+
+    from slimformer.methods.export import MANIFEST, sha256_file
+
+    (stage / "README.md").write_text(card)
+    manifest["files"] = {name: sha256_file(stage / name) for name in tree_files(stage)}
+    (stage / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
+    move_tree(stage, out)

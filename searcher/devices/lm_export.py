@@ -21,7 +21,6 @@ Imports: errors, methods (public names).
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -73,10 +72,10 @@ def _greedy(bench, model, src: dict, prompts, exact: bool) -> dict:
 
 def export_lm(fmt: str, bench, model, plan, out: Path, info: dict, log=print) -> dict:
     """Build, verify and write a decoder's GenAI folder into `out` (staged beside it, moved in complete)."""
-    from slimformer.methods.export import MANIFEST, ExportError, sha256_file
+    from slimformer.methods.export import ExportError
 
     from .card import base_card_facts, render_lm_card
-    from .layout import move_tree, tree_files
+    from .layout import seal
 
     if fmt != "openvino":
         raise ExportError(f"a decoder timed with device.generate exports as openvino (the folder OpenVINO GenAI "
@@ -131,10 +130,7 @@ def export_lm(fmt: str, bench, model, plan, out: Path, info: dict, log=print) ->
                                  "new_tokens": bench.generate.new_tokens},
         }
         base_dir = getattr(bench.model.config, "name_or_path", None)
-        (stage / "README.md").write_text(render_lm_card(manifest, base_card_facts(base_dir, bench.cfg.model.name)))
-        manifest["files"] = {name: sha256_file(stage / name) for name in tree_files(stage)}
-        (stage / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
-        move_tree(stage, out)
+        seal(stage, out, manifest, render_lm_card(manifest, base_card_facts(base_dir, bench.cfg.model.name)))
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return manifest
